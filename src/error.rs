@@ -1,0 +1,101 @@
+//! The library's error type: one variant per way a request can fail.
+//!
+//! Every variant names the thing that failed (the page, the client, the node) so a
+//! user reading the message knows what to fix. `is_retryable` tells the client
+//! which errors a retry with the same (client id, seq) may cure.
+
+use serde::{Deserialize, Serialize};
+
+use crate::protocol::{ClientId, Epoch};
+
+/// A failed IVY request, from bad input to a lost quorum.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum Error {
+    /// The page name is not 1-64 characters of `[A-Za-z0-9_.-]`.
+    #[error("bad page name {name:?}: a page name is 1-64 characters of A-Z a-z 0-9 _ . -")]
+    BadPageName { name: String },
+    /// The content is larger than `max_page_bytes`.
+    #[error("content for page {page} is {len} bytes; the limit is {max} bytes")]
+    TooLarge {
+        page: String,
+        len: usize,
+        max: usize,
+    },
+    /// A read of a page that was never written.
+    #[error("page {page} does not exist")]
+    PageNotFound { page: String },
+    /// The client id is not in the directory's client registry.
+    #[error("client {client} is not registered with the central manager")]
+    UnknownClient { client: ClientId },
+    /// The page's owner left the cluster; its bytes left with it.
+    #[error("page {page} is lost: its owner, client {client}, has left")]
+    OwnerGone { page: String, client: ClientId },
+    /// A client (owner or copy holder) did not answer the manager.
+    #[error("client {client} at {addr} did not answer: {reason}")]
+    ClientUnreachable {
+        client: ClientId,
+        addr: String,
+        reason: String,
+    },
+    /// This CM node is not the leader; `leader` names the one it knows of.
+    #[error("CM node is not the leader{}", leader_hint(.leader))]
+    NotLeader { leader: Option<(u64, String)> },
+    /// The CM cluster could not commit: no majority of nodes answered in time.
+    #[error("no quorum: {0}")]
+    NoQuorum(String),
+    /// A request older than the client's last applied one.
+    #[error("request {seq} of client {client} is older than its last applied request {last}")]
+    StaleRequest {
+        client: ClientId,
+        seq: u64,
+        last: u64,
+    },
+    /// The page changed epoch between the manager's read and its commit.
+    #[error("page {page} moved to epoch {epoch} during the fault")]
+    EpochMoved { page: String, epoch: Epoch },
+    /// A holder was asked for a page copy it does not have.
+    #[error("client {client} does not hold page {page} at epoch {epoch}")]
+    NotHeld {
+        client: ClientId,
+        page: String,
+        epoch: Epoch,
+    },
+    /// A page transfer was lost before its fault was acknowledged.
+    #[error("page {page}: the copy for epoch {epoch} did not arrive")]
+    TransferLost { page: String, epoch: Epoch },
+    /// No CM node answered within the deadline.
+    #[error("no CM node answered: {0}")]
+    Unavailable(String),
+    /// A request was not well formed.
+    #[error("malformed request: {0}")]
+    Malformed(String),
+    /// Local storage failed.
+    #[error("storage error: {0}")]
+    Storage(String),
+}
+
+fn leader_hint(leader: &Option<(u64, String)>) -> String {
+    match leader {
+        Some((id, addr)) => format!("; the leader is node {id} at {addr}"),
+        None => "; no leader is known yet".to_string(),
+    }
+}
+
+impl Error {
+    /// True when the same request may succeed if retried (same client id and seq).
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Error::NotLeader { .. }
+                | Error::NoQuorum(_)
+                | Error::EpochMoved { .. }
+                | Error::NotHeld { .. }
+                | Error::TransferLost { .. }
+                | Error::Unavailable(_)
+                | Error::ClientUnreachable { .. }
+        )
+    }
+}
+
+/// Shorthand for results with the library's error.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

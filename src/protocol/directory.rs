@@ -1,0 +1,263 @@
+//! The central manager's directory: the replicated state machine.
+//!
+//! Every CM node applies the same [`DirCmd`]s in log order and reaches the same
+//! [`Directory`]. `apply` is deterministic (BTreeMaps, no clocks, no randomness):
+//! the manager does the IO of a fault (invalidate, forward) first, then commits one
+//! command that checks the page is still at the epoch it saw and records the new
+//! owner and copy set. The session table answers a retried request (same client id
+//! and seq) with its first result, so nothing is applied twice.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use super::types::{ClientId, Epoch, FaultKind, PageName};
+use crate::error::Error;
+
+/// What the directory knows of one page.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PageEntry {
+    /// The client holding the page's authoritative bytes.
+    pub owner: ClientId,
+    /// Clients holding read-only copies (never contains the owner).
+    pub copy_set: BTreeSet<ClientId>,
+    /// Grows by one on every ownership change.
+    pub epoch: Epoch,
+}
+
+/// A registered client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientInfo {
+    /// Address of the client's PageHolder service.
+    pub addr: String,
+    /// The registration nonce, so a retried registration returns the same id.
+    pub nonce: u64,
+}
+
+/// The last granted request of a client (Raft dissertation §6.3).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    /// The request's sequence number.
+    pub seq: u64,
+    /// The answer it was given.
+    pub grant: Grant,
+}
+
+/// A granted fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    /// The epoch the requester holds its copy at.
+    pub epoch: Epoch,
+    /// True when the write fault created the page.
+    pub created: bool,
+}
+
+/// One command in the replicated log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DirCmd {
+    /// Add a client to the registry.
+    Register { addr: String, nonce: u64 },
+    /// Remove a client: it leaves every copy set; pages it owns are lost.
+    Unregister { client: ClientId },
+    /// Commit a fault whose transfer is done; `seen` is the epoch the manager
+    /// acted on (`None` for a write fault that creates the page).
+    Fault {
+        client: ClientId,
+        seq: u64,
+        page: PageName,
+        kind: FaultKind,
+        seen: Option<Epoch>,
+    },
+}
+
+/// The result of applying one [`DirCmd`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// The client's id.
+    Registered { client: ClientId },
+    /// The client was removed (or was not there).
+    Unregistered,
+    /// The fault is committed.
+    Granted(Grant),
+    /// The command changed nothing.
+    Rejected(Error),
+}
+
+/// The replicated directory: pages, clients and sessions.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Directory {
+    pages: BTreeMap<PageName, PageEntry>,
+    clients: BTreeMap<ClientId, ClientInfo>,
+    sessions: BTreeMap<ClientId, Session>,
+    next_client: ClientId,
+}
+
+impl Directory {
+    /// Applies one command; the same commands in the same order give the same state.
+    pub fn apply(&mut self, cmd: &DirCmd) -> Outcome {
+        match cmd {
+            DirCmd::Register { addr, nonce } => self.register(addr, *nonce),
+            DirCmd::Unregister { client } => self.unregister(*client),
+            DirCmd::Fault {
+                client,
+                seq,
+                page,
+                kind,
+                seen,
+            } => self.fault(*client, *seq, page, *kind, *seen),
+        }
+    }
+
+    /// The entry of `page`, if it exists.
+    pub fn page(&self, page: &PageName) -> Option<&PageEntry> {
+        self.pages.get(page)
+    }
+
+    /// All pages, in name order.
+    pub fn pages(&self) -> impl Iterator<Item = (&PageName, &PageEntry)> {
+        self.pages.iter()
+    }
+
+    /// The registered client `id`, if any.
+    pub fn client(&self, id: ClientId) -> Option<&ClientInfo> {
+        self.clients.get(&id)
+    }
+
+    /// Number of registered clients.
+    pub fn client_count(&self) -> usize {
+        self.clients.len()
+    }
+
+    /// The grant already given to request `seq` of `client`, if it was granted.
+    pub fn cached_grant(&self, client: ClientId, seq: u64) -> Option<Grant> {
+        self.sessions
+            .get(&client)
+            .filter(|s| s.seq == seq)
+            .map(|s| s.grant)
+    }
+
+    fn register(&mut self, addr: &str, nonce: u64) -> Outcome {
+        if let Some((id, _)) = self.clients.iter().find(|(_, c)| c.nonce == nonce) {
+            return Outcome::Registered { client: *id };
+        }
+        self.next_client += 1;
+        let client = self.next_client;
+        self.clients.insert(
+            client,
+            ClientInfo {
+                addr: addr.to_string(),
+                nonce,
+            },
+        );
+        Outcome::Registered { client }
+    }
+
+    fn unregister(&mut self, client: ClientId) -> Outcome {
+        self.clients.remove(&client);
+        self.sessions.remove(&client);
+        for entry in self.pages.values_mut() {
+            entry.copy_set.remove(&client);
+        }
+        Outcome::Unregistered
+    }
+
+    fn fault(
+        &mut self,
+        client: ClientId,
+        seq: u64,
+        page: &PageName,
+        kind: FaultKind,
+        seen: Option<Epoch>,
+    ) -> Outcome {
+        if let Some(session) = self.sessions.get(&client) {
+            if session.seq == seq {
+                return Outcome::Granted(session.grant);
+            }
+            if seq < session.seq {
+                return Outcome::Rejected(Error::StaleRequest {
+                    client,
+                    seq,
+                    last: session.seq,
+                });
+            }
+        }
+        if !self.clients.contains_key(&client) {
+            return Outcome::Rejected(Error::UnknownClient { client });
+        }
+        let granted = match kind {
+            FaultKind::Read => self.grant_read(client, page, seen),
+            FaultKind::Write => self.grant_write(client, page, seen),
+        };
+        match granted {
+            Ok(grant) => {
+                self.sessions.insert(client, Session { seq, grant });
+                Outcome::Granted(grant)
+            }
+            Err(err) => Outcome::Rejected(err),
+        }
+    }
+
+    fn grant_read(
+        &mut self,
+        client: ClientId,
+        page: &PageName,
+        seen: Option<Epoch>,
+    ) -> Result<Grant, Error> {
+        let entry = self.pages.get_mut(page).ok_or_else(|| not_found(page))?;
+        if Some(entry.epoch) != seen {
+            return Err(Error::EpochMoved {
+                page: page.to_string(),
+                epoch: entry.epoch,
+            });
+        }
+        if entry.owner != client {
+            entry.copy_set.insert(client);
+        }
+        Ok(Grant {
+            epoch: entry.epoch,
+            created: false,
+        })
+    }
+
+    fn grant_write(
+        &mut self,
+        client: ClientId,
+        page: &PageName,
+        seen: Option<Epoch>,
+    ) -> Result<Grant, Error> {
+        let Some(entry) = self.pages.get_mut(page) else {
+            if seen.is_some() {
+                return Err(not_found(page));
+            }
+            let entry = PageEntry {
+                owner: client,
+                copy_set: BTreeSet::new(),
+                epoch: 1,
+            };
+            self.pages.insert(page.clone(), entry);
+            return Ok(Grant {
+                epoch: 1,
+                created: true,
+            });
+        };
+        if Some(entry.epoch) != seen {
+            return Err(Error::EpochMoved {
+                page: page.to_string(),
+                epoch: entry.epoch,
+            });
+        }
+        entry.owner = client;
+        entry.copy_set.clear();
+        entry.epoch += 1;
+        Ok(Grant {
+            epoch: entry.epoch,
+            created: false,
+        })
+    }
+}
+
+fn not_found(page: &PageName) -> Error {
+    Error::PageNotFound {
+        page: page.to_string(),
+    }
+}

@@ -1,0 +1,216 @@
+//! A client's page table: its copies, their access and epoch, and pending transfers.
+//!
+//! The table is pure: each method is one step of the IVY protocol on the client
+//! side. A page sent by an owner is held as *pending* until the fault that asked
+//! for it is granted for that epoch (commit point 4); an invalidation drops older
+//! pending copies too, so a grant that arrives after a later invalidation cannot
+//! install a stale copy (the client faults again instead). A copy is accepted only
+//! for an epoch newer than the one the client holds, so a delayed duplicate of a
+//! transfer can never overwrite newer bytes. An owner that hands its page away keeps the bytes with no access until a
+//! later epoch invalidates them (commit point 3), so a redone fault can be served.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::types::{Access, ClientId, Epoch, FaultKind, PageName};
+use crate::error::{Error, Result};
+
+/// A client's copy of one page.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LocalPage {
+    /// What the client may do with the copy without a fault.
+    pub access: Access,
+    /// The epoch the copy belongs to.
+    pub epoch: Epoch,
+    /// The bytes; kept with `Access::Invalid` by an owner that handed the page away.
+    pub content: Option<Vec<u8>>,
+}
+
+/// Bytes received for a fault that is not yet granted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Pending {
+    epoch: Epoch,
+    access: Access,
+    content: Vec<u8>,
+}
+
+/// What an owner must send after a forward request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transfer {
+    /// The epoch the requester will hold the copy at.
+    pub epoch: Epoch,
+    /// The access the requester will get.
+    pub access: Access,
+    /// The page bytes.
+    pub content: Vec<u8>,
+}
+
+/// One client's pages.
+#[derive(Debug, Clone, Default)]
+pub struct PageTable {
+    me: ClientId,
+    pages: BTreeMap<PageName, LocalPage>,
+    pending: BTreeMap<PageName, Pending>,
+}
+
+impl PageTable {
+    /// An empty table for client `me`.
+    pub fn new(me: ClientId) -> Self {
+        PageTable {
+            me,
+            ..Default::default()
+        }
+    }
+
+    /// The local copy of `page`, when access allows a read without a fault.
+    pub fn read(&self, page: &PageName) -> Option<&[u8]> {
+        let local = self.pages.get(page)?;
+        match local.access {
+            Access::Invalid => None,
+            Access::Read | Access::Write => local.content.as_deref(),
+        }
+    }
+
+    /// Writes `content` locally when the client owns the page with write access.
+    pub fn write(&mut self, page: &PageName, content: &[u8]) -> bool {
+        match self.pages.get_mut(page) {
+            Some(local) if local.access == Access::Write => {
+                local.content = Some(content.to_vec());
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The local copies, in page order.
+    pub fn pages(&self) -> impl Iterator<Item = (&PageName, &LocalPage)> {
+        self.pages.iter()
+    }
+
+    /// The manager invalidates copies older than `epoch`.
+    pub fn invalidate(&mut self, page: &PageName, epoch: Epoch) {
+        if self.pending.get(page).is_some_and(|p| p.epoch < epoch) {
+            self.pending.remove(page);
+        }
+        if self.pages.get(page).is_some_and(|l| l.epoch < epoch) {
+            self.pages.remove(page);
+        }
+    }
+
+    /// The manager asks this client, owner of `page` at `epoch`, to hand a copy to
+    /// another client (or itself); returns what to send.
+    pub fn forward(&mut self, page: &PageName, epoch: Epoch, kind: FaultKind) -> Result<Transfer> {
+        self.promote_pending_at(page, epoch);
+        let me = self.me;
+        let not_held = || Error::NotHeld {
+            client: me,
+            page: page.to_string(),
+            epoch,
+        };
+        let local = self.pages.get_mut(page).ok_or_else(not_held)?;
+        if local.epoch != epoch {
+            return Err(not_held());
+        }
+        let content = local.content.clone().ok_or_else(not_held)?;
+        let (access, sent_epoch) = match kind {
+            FaultKind::Read => {
+                local.access = Access::Read;
+                (Access::Read, epoch)
+            }
+            FaultKind::Write => {
+                local.access = Access::Invalid;
+                (Access::Write, epoch + 1)
+            }
+        };
+        Ok(Transfer {
+            epoch: sent_epoch,
+            access,
+            content,
+        })
+    }
+
+    /// An owner sent `content` for a fault of ours; it stays pending until granted.
+    /// Returns false when the copy is stale and was dropped.
+    pub fn receive(
+        &mut self,
+        page: &PageName,
+        epoch: Epoch,
+        access: Access,
+        content: Vec<u8>,
+    ) -> bool {
+        let local_epoch = self.pages.get(page).map_or(0, |l| l.epoch);
+        let pending_epoch = self.pending.get(page).map_or(0, |p| p.epoch);
+        if epoch <= local_epoch || epoch < pending_epoch {
+            return false;
+        }
+        self.pending.insert(
+            page.clone(),
+            Pending {
+                epoch,
+                access,
+                content,
+            },
+        );
+        true
+    }
+
+    /// The manager granted our fault on `page` at `epoch`: install the pending copy
+    /// (or create the page) and return the bytes the fault was for.
+    pub fn grant(&mut self, page: &PageName, epoch: Epoch, created: bool) -> Result<Vec<u8>> {
+        if created && !self.pages.contains_key(page) {
+            let local = LocalPage {
+                access: Access::Write,
+                epoch,
+                content: Some(Vec::new()),
+            };
+            self.pages.insert(page.clone(), local);
+            return Ok(Vec::new());
+        }
+        if let Some(local) = self.pages.get(page) {
+            // Already installed: a forward for this epoch promoted it first.
+            if local.epoch == epoch && local.access >= Access::Read {
+                return local.content.clone().ok_or_else(|| self.lost(page, epoch));
+            }
+        }
+        let pending = match self.pending.remove(page) {
+            Some(p) if p.epoch == epoch => p,
+            Some(p) => {
+                self.pending.insert(page.clone(), p);
+                return Err(self.lost(page, epoch));
+            }
+            None => return Err(self.lost(page, epoch)),
+        };
+        let content = pending.content.clone();
+        self.install(page, pending);
+        Ok(content)
+    }
+
+    fn lost(&self, page: &PageName, epoch: Epoch) -> Error {
+        Error::TransferLost {
+            page: page.to_string(),
+            epoch,
+        }
+    }
+
+    /// A forward for `epoch` proves the directory committed our ownership at that
+    /// epoch, so a pending copy of that epoch is ours to install.
+    fn promote_pending_at(&mut self, page: &PageName, epoch: Epoch) {
+        if let Some(p) = self.pending.remove(page) {
+            if p.epoch == epoch {
+                self.install(page, p);
+            } else {
+                self.pending.insert(page.clone(), p);
+            }
+        }
+    }
+
+    fn install(&mut self, page: &PageName, pending: Pending) {
+        let local = LocalPage {
+            access: pending.access,
+            epoch: pending.epoch,
+            content: Some(pending.content),
+        };
+        self.pages.insert(page.clone(), local);
+    }
+}

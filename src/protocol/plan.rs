@@ -1,0 +1,118 @@
+//! How the manager serves a fault: the steps, computed from the directory alone.
+//!
+//! `Directory::plan_fault` turns a request into a [`Plan`]: either the cached grant
+//! of a retried request, or the invalidations and the forward to run (IO done by
+//! the caller, in this order), then the command to commit, then the old owner to
+//! release once the commit names a new one. Every step carries the page epoch and
+//! is idempotent, so a new leader may redo a plan an old leader left unfinished.
+
+use super::directory::{DirCmd, Directory, Grant};
+use super::types::{ClientId, Epoch, FaultKind, PageName};
+use crate::error::{Error, Result};
+
+/// Ask the owner to send the page to the requester.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forward {
+    /// The owner the directory names.
+    pub owner: ClientId,
+    /// The epoch the owner holds the page at.
+    pub epoch: Epoch,
+    /// What the requester asked for.
+    pub kind: FaultKind,
+}
+
+/// The steps of one fault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FaultPlan {
+    /// Copy holders to invalidate first, all with `invalidate_epoch`.
+    pub invalidate: Vec<ClientId>,
+    /// Copies older than this epoch are invalid.
+    pub invalidate_epoch: Epoch,
+    /// The transfer, absent when the write fault creates the page.
+    pub forward: Option<Forward>,
+    /// The command that commits the fault.
+    pub commit: DirCmd,
+    /// An old owner whose kept bytes may go once the commit is applied.
+    pub release: Option<ClientId>,
+}
+
+/// What the manager does for a fault request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plan {
+    /// The request was granted before: answer again, do nothing.
+    Cached(Grant),
+    /// Run these steps.
+    Run(FaultPlan),
+}
+
+impl Directory {
+    /// Plans fault `seq` of `client` on `page`; an error changes nothing.
+    pub fn plan_fault(
+        &self,
+        client: ClientId,
+        seq: u64,
+        page: &PageName,
+        kind: FaultKind,
+    ) -> Result<Plan> {
+        if let Some(grant) = self.cached_grant(client, seq) {
+            return Ok(Plan::Cached(grant));
+        }
+        if self.client(client).is_none() {
+            return Err(Error::UnknownClient { client });
+        }
+        let commit = |seen| DirCmd::Fault {
+            client,
+            seq,
+            page: page.clone(),
+            kind,
+            seen,
+        };
+        let Some(entry) = self.page(page) else {
+            return match kind {
+                FaultKind::Read => Err(Error::PageNotFound {
+                    page: page.to_string(),
+                }),
+                FaultKind::Write => Ok(Plan::Run(FaultPlan {
+                    invalidate: Vec::new(),
+                    invalidate_epoch: 0,
+                    forward: None,
+                    commit: commit(None),
+                    release: None,
+                })),
+            };
+        };
+        if self.client(entry.owner).is_none() {
+            return Err(Error::OwnerGone {
+                page: page.to_string(),
+                client: entry.owner,
+            });
+        }
+        let forward = Some(Forward {
+            owner: entry.owner,
+            epoch: entry.epoch,
+            kind,
+        });
+        let plan = match kind {
+            FaultKind::Read => FaultPlan {
+                invalidate: Vec::new(),
+                invalidate_epoch: 0,
+                forward,
+                commit: commit(Some(entry.epoch)),
+                release: None,
+            },
+            FaultKind::Write => FaultPlan {
+                invalidate: entry
+                    .copy_set
+                    .iter()
+                    .copied()
+                    .filter(|c| *c != client && *c != entry.owner)
+                    .collect(),
+                invalidate_epoch: entry.epoch + 1,
+                forward,
+                commit: commit(Some(entry.epoch)),
+                release: (entry.owner != client).then_some(entry.owner),
+            },
+        };
+        Ok(Plan::Run(plan))
+    }
+}
