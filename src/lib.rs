@@ -13,3 +13,11 @@ pub mod error;
 pub mod protocol;
 
 pub use error::{Error, Result};
+pub mod client;
+pub mod cluster;
+pub mod cm;
+pub mod config;
+pub mod demo;
+pub mod replication;
+pub mod rpc;
+pub mod storage;

@@ -1,1 +1,240 @@
-fn main() {}
+//! The `ivy` binary: a thin CLI over the library.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use ivy_raft::client::{repl, Client, ClientConfig};
+use ivy_raft::cm::{CmConfig, CmNode};
+use ivy_raft::config::{parse_addrs, parse_peers, DEFAULT_CMS, DEFAULT_PEERS};
+use ivy_raft::demo::{self, Workload};
+use ivy_raft::protocol::DEFAULT_MAX_PAGE_BYTES;
+use ivy_raft::replication::RaftTimers;
+use serde_json::json;
+
+/// IVY distributed shared memory with a Raft-replicated central manager.
+#[derive(Parser)]
+#[command(name = "ivy", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a central-manager (CM) node; running the same command again restarts it from its data dir.
+    Cm(CmArgs),
+    /// Run a client: serves its pages and reads commands from stdin (type `help`).
+    Client(ClientArgs),
+    /// Show every CM node: id, address, role, term, last log index, applied index; exit 0 when a leader exists.
+    Status(StatusArgs),
+    /// Run the original experiment on an embedded 3-CM cluster, without and with a leader kill.
+    Demo(DemoArgs),
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    /// The directory is committed through Raft on every CM node.
+    Raft,
+    /// The original primary/backup design (not built yet).
+    Heartbeat,
+}
+
+#[derive(Args, Clone, Copy)]
+struct TimerArgs {
+    /// Raft heartbeat interval, ms.
+    #[arg(long, env = "IVY_HEARTBEAT_MS", default_value_t = RaftTimers::default().heartbeat_ms)]
+    heartbeat_ms: u64,
+    /// Raft election timeout, lower bound, ms.
+    #[arg(long, env = "IVY_ELECTION_MIN_MS", default_value_t = RaftTimers::default().election_min_ms)]
+    election_min_ms: u64,
+    /// Raft election timeout, upper bound, ms.
+    #[arg(long, env = "IVY_ELECTION_MAX_MS", default_value_t = RaftTimers::default().election_max_ms)]
+    election_max_ms: u64,
+}
+
+impl TimerArgs {
+    fn timers(self) -> RaftTimers {
+        RaftTimers {
+            heartbeat_ms: self.heartbeat_ms,
+            election_min_ms: self.election_min_ms,
+            election_max_ms: self.election_max_ms,
+        }
+    }
+}
+
+#[derive(Args)]
+struct CmArgs {
+    /// This node's id, a key of --peers.
+    #[arg(long, env = "IVY_ID")]
+    id: u64,
+    /// Every CM node as ID=HOST:PORT, comma separated.
+    #[arg(long, env = "IVY_PEERS", default_value = DEFAULT_PEERS)]
+    peers: String,
+    /// Where this node keeps its sled store [default: data/cm-ID].
+    #[arg(long, env = "IVY_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Address to listen on [default: this node's address in --peers].
+    #[arg(long, env = "IVY_LISTEN")]
+    listen: Option<String>,
+    /// How the directory is replicated.
+    #[arg(long, env = "IVY_MODE", value_enum, default_value = "raft")]
+    mode: Mode,
+    #[command(flatten)]
+    timers: TimerArgs,
+}
+
+#[derive(Args)]
+struct ClientArgs {
+    /// CM node addresses, comma separated.
+    #[arg(long, env = "IVY_CM", default_value = DEFAULT_CMS)]
+    cm: String,
+    /// Address to serve this client's pages on (port 0: any free port).
+    #[arg(long, env = "IVY_LISTEN", default_value = "127.0.0.1:0")]
+    listen: String,
+    /// Print one JSON object per line instead of text.
+    #[arg(long, env = "IVY_JSON")]
+    json: bool,
+    /// Largest page content, bytes.
+    #[arg(long, env = "IVY_MAX_PAGE_BYTES", default_value_t = DEFAULT_MAX_PAGE_BYTES)]
+    max_page_bytes: usize,
+    /// Deadline of one read or write, retries included, ms.
+    #[arg(long, env = "IVY_TIMEOUT_MS", default_value_t = 5000)]
+    timeout_ms: u64,
+}
+
+#[derive(Args)]
+struct StatusArgs {
+    /// CM node addresses, comma separated.
+    #[arg(long, env = "IVY_CM", default_value = DEFAULT_CMS)]
+    cm: String,
+    /// Print JSON instead of a table.
+    #[arg(long, env = "IVY_JSON")]
+    json: bool,
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Clients, all running at once.
+    #[arg(long, env = "IVY_DEMO_CLIENTS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=200))]
+    clients: u64,
+    /// Random operations per client.
+    #[arg(long, env = "IVY_DEMO_OPS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    ops: u64,
+    #[command(flatten)]
+    timers: TimerArgs,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+    runtime.block_on(async {
+        match cli.command {
+            Command::Cm(args) => run_cm(args).await,
+            Command::Client(args) => run_client(args).await,
+            Command::Status(args) => run_status(args).await,
+            Command::Demo(args) => run_demo(args).await,
+        }
+    })
+}
+
+async fn run_cm(args: CmArgs) -> Result<()> {
+    if args.mode == Mode::Heartbeat {
+        bail!("--mode heartbeat is not built yet; use --mode raft");
+    }
+    let peers = parse_peers(&args.peers)?;
+    let config = CmConfig {
+        id: args.id,
+        data_dir: args
+            .data_dir
+            .unwrap_or_else(|| PathBuf::from(format!("data/cm-{}", args.id))),
+        timers: args.timers.timers(),
+        peers,
+    };
+    config.validate()?;
+    let listen = args
+        .listen
+        .unwrap_or_else(|| config.peers[&config.id].clone());
+    let listener = tokio::net::TcpListener::bind(&listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let node = CmNode::start(config.clone(), listener).await?;
+    eprintln!(
+        "CM node {} serving on {} (data dir {})",
+        config.id,
+        node.addr,
+        config.data_dir.display()
+    );
+    shutdown_signal().await;
+    eprintln!("CM node {} stopping", config.id);
+    node.shutdown().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+async fn run_client(args: ClientArgs) -> Result<()> {
+    let config = ClientConfig {
+        cms: parse_addrs(&args.cm)?,
+        listen: args.listen,
+        max_page_bytes: args.max_page_bytes,
+        op_timeout: Duration::from_millis(args.timeout_ms),
+        record_grants: false,
+    };
+    let client = Client::start(config).await?;
+    let stdin = tokio::io::BufReader::new(tokio::io::stdin());
+    repl::run(client, stdin, args.json).await?;
+    Ok(())
+}
+
+async fn run_status(args: StatusArgs) -> Result<()> {
+    let mut nodes = Vec::new();
+    for addr in parse_addrs(&args.cm)? {
+        nodes.push(repl::node_status(&addr).await);
+    }
+    let has_leader = nodes.iter().any(|n| n["role"] == "leader");
+    let report = json!({"op": "status", "ok": has_leader, "cm": nodes});
+    if args.json {
+        println!("{report}");
+    } else {
+        println!("{}", repl::human_status(&report));
+    }
+    if !has_leader {
+        bail!("no CM node is the leader");
+    }
+    Ok(())
+}
+
+async fn run_demo(args: DemoArgs) -> Result<()> {
+    let work = Workload {
+        clients: args.clients as usize,
+        ops: args.ops as usize,
+        pages: 10,
+    };
+    println!(
+        "ivy demo: 3 CM nodes (Raft), {} clients x {} random reads/writes on P1..P10, no sleeps",
+        work.clients, work.ops
+    );
+    let reports = demo::run(args.timers.timers(), work).await?;
+    let failed: usize = reports.iter().map(|r| r.failed).sum();
+    if failed > 0 {
+        bail!("{failed} operations failed");
+    }
+    Ok(())
+}

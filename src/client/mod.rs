@@ -1,0 +1,324 @@
+//! The client node: holds pages, serves them to others, faults to the CM.
+//!
+//! A read hits locally with a valid copy and a write with write access; anything
+//! else is a fault to the CM leader. A fault is one request (client id, seq) that
+//! [`CmConn`] retries across CM nodes until a deadline; the grant names the epoch
+//! whose pending copy the page table then installs. One fault runs at a time per
+//! client; local hits never wait for it.
+
+mod cm_conn;
+mod holder;
+pub mod repl;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::Request;
+
+pub use cm_conn::CmConn;
+use holder::HolderService;
+
+use crate::error::Error;
+use crate::protocol::{
+    check_size, ClientId, Epoch, FaultKind, Grant, LocalPage, PageName, PageTable,
+    DEFAULT_MAX_PAGE_BYTES,
+};
+use crate::rpc::pb::page_holder_server::PageHolderServer;
+use crate::rpc::{self, pb, Channels};
+
+/// Deadline of one RPC from a client.
+pub const CLIENT_RPC_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Deadline of an owner's page send to a requester (inside the manager's forward).
+pub const PAGE_SEND_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Default deadline of a whole operation, retries included.
+pub const DEFAULT_OP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Most faults one operation takes before giving up (each superseded grant costs one).
+const MAX_FAULT_ROUNDS: usize = 8;
+
+/// What a client needs to start.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// CM node addresses, any order.
+    pub cms: Vec<String>,
+    /// Where to serve the PageHolder service (port 0: any free port).
+    pub listen: String,
+    /// Largest page content accepted.
+    pub max_page_bytes: usize,
+    /// Deadline of one read or write, retries included.
+    pub op_timeout: Duration,
+    /// Keep every write grant's epoch (for exactly-once checks; grows with use).
+    pub record_grants: bool,
+}
+
+impl ClientConfig {
+    /// A config for the CM nodes at `cms`, with every default.
+    pub fn new(cms: Vec<String>) -> Self {
+        ClientConfig {
+            cms,
+            listen: "127.0.0.1:0".into(),
+            max_page_bytes: DEFAULT_MAX_PAGE_BYTES,
+            op_timeout: DEFAULT_OP_TIMEOUT,
+            record_grants: false,
+        }
+    }
+}
+
+/// Whether an operation was served from the local copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hit {
+    /// No RPC was needed.
+    Local,
+    /// The client took a fault to the CM.
+    Fault,
+}
+
+/// State shared by the client and its PageHolder service.
+pub(crate) struct Shared {
+    id: ClientId,
+    table: Mutex<PageTable>,
+    peers: Channels,
+    max_page_bytes: usize,
+}
+
+impl Shared {
+    fn table(&self) -> MutexGuard<'_, PageTable> {
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A running client; dropping it stops its server (as a crash would).
+pub struct Client {
+    shared: Arc<Shared>,
+    cm: CmConn,
+    addr: SocketAddr,
+    seq: AtomicU64,
+    faulting: tokio::sync::Mutex<()>,
+    grants: Option<Mutex<Vec<(PageName, Epoch)>>>,
+    stop: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<()>>,
+}
+
+impl Client {
+    /// Binds the PageHolder service, registers with the CM cluster and serves.
+    pub async fn start(config: ClientConfig) -> Result<Client, Error> {
+        let listener = TcpListener::bind(&config.listen)
+            .await
+            .map_err(|e| Error::Unavailable(format!("cannot listen on {}: {e}", config.listen)))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| Error::Unavailable(format!("listener: {e}")))?;
+        let cm = CmConn::new(config.cms.clone(), CLIENT_RPC_TIMEOUT, config.op_timeout)?;
+        let id = register(&cm, addr).await?;
+        let shared = Arc::new(Shared {
+            id,
+            table: Mutex::new(PageTable::new(id)),
+            peers: Channels::new(PAGE_SEND_TIMEOUT),
+            max_page_bytes: config.max_page_bytes,
+        });
+        let router = tonic::transport::Server::builder()
+            .add_service(PageHolderServer::new(HolderService::new(shared.clone())));
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(rpc::serve(router, listener, async {
+            let _ = stopped.await;
+        }));
+        tracing::info!(client = id, %addr, "client registered");
+        Ok(Client {
+            shared,
+            cm,
+            addr,
+            seq: AtomicU64::new(0),
+            faulting: tokio::sync::Mutex::new(()),
+            grants: config.record_grants.then(Mutex::default),
+            stop: Some(stop),
+            server: Some(server),
+        })
+    }
+
+    /// This client's id.
+    pub fn id(&self) -> ClientId {
+        self.shared.id
+    }
+
+    /// The address of this client's PageHolder service.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The CM connection, for status queries.
+    pub fn cm(&self) -> &CmConn {
+        &self.cm
+    }
+
+    /// The local page table, in page order.
+    pub fn pages(&self) -> Vec<(PageName, LocalPage)> {
+        self.shared
+            .table()
+            .pages()
+            .map(|(p, l)| (p.clone(), l.clone()))
+            .collect()
+    }
+
+    /// The epochs of the write faults granted to this client, when recorded.
+    pub fn write_grants(&self) -> Vec<(PageName, Epoch)> {
+        self.grants.as_ref().map_or_else(Vec::new, |g| {
+            g.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        })
+    }
+
+    /// Reads `page`: locally when the copy is valid, else by a read fault.
+    pub async fn read(&self, page: &str) -> Result<(Vec<u8>, Hit), Error> {
+        let page = PageName::new(page)?;
+        if let Some(v) = self.shared.table().read(&page) {
+            return Ok((v.to_vec(), Hit::Local));
+        }
+        let _one_fault = self.faulting.lock().await;
+        for _ in 0..MAX_FAULT_ROUNDS {
+            if let Some(v) = self.shared.table().read(&page) {
+                return Ok((v.to_vec(), Hit::Fault));
+            }
+            let grant = self.fault(&page, FaultKind::Read).await?;
+            match self.shared.table().grant(&page, grant.epoch, grant.created) {
+                Ok(v) => return Ok((v, Hit::Fault)),
+                Err(err) if err.is_retryable() => {
+                    tracing::debug!("read of {page}: {err}; faulting again")
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        Err(Error::Unavailable(format!(
+            "read of {page}: the copy was superseded {MAX_FAULT_ROUNDS} times"
+        )))
+    }
+
+    /// Writes `content` to `page`: locally with write access, else by a write fault
+    /// (the first write of a page creates it).
+    pub async fn write(&self, page: &str, content: &[u8]) -> Result<Hit, Error> {
+        let page = PageName::new(page)?;
+        check_size(&page, content.len(), self.shared.max_page_bytes)?;
+        if self.shared.table().write(&page, content) {
+            return Ok(Hit::Local);
+        }
+        let _one_fault = self.faulting.lock().await;
+        for _ in 0..MAX_FAULT_ROUNDS {
+            if self.shared.table().write(&page, content) {
+                return Ok(Hit::Fault);
+            }
+            let grant = self.fault(&page, FaultKind::Write).await?;
+            if let Some(grants) = &self.grants {
+                grants
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push((page.clone(), grant.epoch));
+            }
+            let mut table = self.shared.table();
+            match table.grant(&page, grant.epoch, grant.created) {
+                Ok(_) if table.write(&page, content) => return Ok(Hit::Fault),
+                Ok(_) => tracing::debug!(
+                    "write of {page}: access moved on before the write; faulting again"
+                ),
+                Err(err) if err.is_retryable() => {
+                    tracing::debug!("write of {page}: {err}; faulting again")
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        Err(Error::Unavailable(format!(
+            "write of {page}: ownership was superseded {MAX_FAULT_ROUNDS} times"
+        )))
+    }
+
+    /// One fault request, retried with the same seq until granted or the deadline.
+    async fn fault(&self, page: &PageName, kind: FaultKind) -> Result<Grant, Error> {
+        let seq = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
+        let req = pb::FaultRequest {
+            client: self.id(),
+            seq,
+            page: page.to_string(),
+        };
+        let what = format!(
+            "{} fault on {page}",
+            if kind == FaultKind::Read {
+                "read"
+            } else {
+                "write"
+            }
+        );
+        let reply = self
+            .cm
+            .call(&what, |mut cm| {
+                let req = Request::new(req.clone());
+                async move {
+                    match kind {
+                        FaultKind::Read => cm.read_fault(req).await,
+                        FaultKind::Write => cm.write_fault(req).await,
+                    }
+                }
+            })
+            .await?;
+        Ok(Grant {
+            epoch: reply.epoch,
+            created: reply.created,
+        })
+    }
+
+    /// Leaves the cluster: the directory forgets this client, then the server stops.
+    pub async fn leave(mut self) -> Result<(), Error> {
+        let client = self.id();
+        let left = self
+            .cm
+            .call("unregister", |mut cm| async move {
+                cm.unregister(Request::new(pb::UnregisterRequest { client }))
+                    .await
+            })
+            .await;
+        self.stop_server().await;
+        left.map(|_| ())
+    }
+
+    /// Stops serving without telling the CM, as a crashed client would.
+    pub async fn crash(mut self) {
+        self.stop_server().await;
+    }
+
+    async fn stop_server(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.abort();
+            let _ = server.await;
+        }
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.abort();
+        }
+    }
+}
+
+/// Registers the PageHolder address; the random nonce makes a retry return the same id.
+async fn register(cm: &CmConn, addr: SocketAddr) -> Result<ClientId, Error> {
+    let nonce = rand::random::<u64>();
+    let req = pb::RegisterRequest {
+        addr: addr.to_string(),
+        nonce,
+    };
+    let reply = cm
+        .call("register", |mut c| {
+            let req = Request::new(req.clone());
+            async move { c.register(req).await }
+        })
+        .await?;
+    Ok(reply.client)
+}

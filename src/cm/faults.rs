@@ -1,0 +1,223 @@
+//! Serving faults on the leader: per-page serialisation, then the plan's IO, then
+//! the commit.
+//!
+//! A fault takes the page's lock, reads the directory (linearizably: once per
+//! leader term the node waits until it has applied everything committed before it
+//! led), and runs the plan: invalidate copies, forward from the owner, commit. The
+//! requester is told nothing until the commit is applied (commit point 1). A commit
+//! that finds the page moved is planned and run again with the same (client, seq).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::ServerState;
+use tokio::task::JoinSet;
+
+use super::holders::Holder;
+use crate::error::Error;
+use crate::protocol::{ClientId, Directory, FaultKind, FaultPlan, Grant, Outcome, PageName, Plan};
+use crate::replication::{not_leader, raft_error, Proposer, Raft};
+use crate::rpc::Channels;
+use crate::storage::SharedDirectory;
+
+/// How many times a fault is planned again when its page moved or its owner was not ready.
+const MAX_REDO: u32 = 8;
+
+/// Pause before a redo, times the attempt number.
+const REDO_BACKOFF: Duration = Duration::from_millis(10);
+
+/// The leader's fault server.
+pub struct Faults {
+    raft: Raft,
+    dir: SharedDirectory,
+    proposer: Proposer,
+    channels: Channels,
+    commit_deadline: Duration,
+    ready_term: AtomicU64,
+    locks: Mutex<HashMap<PageName, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Faults {
+    /// A fault server over `raft`, reading `dir` and calling holders via `channels`.
+    pub fn new(
+        raft: Raft,
+        dir: SharedDirectory,
+        proposer: Proposer,
+        channels: Channels,
+        commit_deadline: Duration,
+    ) -> Self {
+        Faults {
+            raft,
+            dir,
+            proposer,
+            channels,
+            commit_deadline,
+            ready_term: AtomicU64::new(0),
+            locks: Mutex::default(),
+        }
+    }
+
+    /// Serves fault `seq` of `client` on `page` and returns the committed grant.
+    pub async fn fault(
+        &self,
+        client: ClientId,
+        seq: u64,
+        page: &PageName,
+        kind: FaultKind,
+    ) -> Result<Grant, Error> {
+        self.ensure_leader().await?;
+        let lock = self.page_lock(page);
+        let served = {
+            let _serialised = lock.lock().await;
+            self.serve(client, seq, page, kind).await
+        };
+        self.drop_lock_if_idle(page, lock);
+        served
+    }
+
+    async fn serve(
+        &self,
+        client: ClientId,
+        seq: u64,
+        page: &PageName,
+        kind: FaultKind,
+    ) -> Result<Grant, Error> {
+        let mut last_err = None;
+        for attempt in 0..MAX_REDO {
+            if attempt > 0 {
+                tokio::time::sleep(REDO_BACKOFF * attempt).await;
+            }
+            let plan = match self.read(|d| d.plan_fault(client, seq, page, kind))? {
+                Plan::Cached(grant) => return Ok(grant),
+                Plan::Run(plan) => plan,
+            };
+            match self.run(client, page, &plan).await {
+                Ok(grant) => return Ok(grant),
+                Err(err @ (Error::EpochMoved { .. } | Error::NotHeld { .. })) => {
+                    last_err = Some(err)
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        Err(last_err.unwrap_or_else(|| Error::Unavailable("fault was not served".into())))
+    }
+
+    /// Commits any other directory command (registration) on the leader.
+    pub async fn commit(&self, cmd: crate::protocol::DirCmd) -> Result<Outcome, Error> {
+        self.ensure_leader().await?;
+        self.proposer.propose(cmd).await
+    }
+
+    /// Runs `f` on the directory.
+    pub fn read<T>(&self, f: impl FnOnce(&Directory) -> T) -> T {
+        f(&self.dir.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    async fn run(
+        &self,
+        client: ClientId,
+        page: &PageName,
+        plan: &FaultPlan,
+    ) -> Result<Grant, Error> {
+        let requester = self.holder(client)?;
+        self.invalidate_all(page, &plan.invalidate, plan.invalidate_epoch)
+            .await?;
+        if let Some(fwd) = &plan.forward {
+            let owner = self.holder(fwd.owner)?;
+            owner
+                .forward(&self.channels, page, fwd.epoch, fwd.kind, &requester)
+                .await?;
+        }
+        let grant = match self.proposer.propose(plan.commit.clone()).await? {
+            Outcome::Granted(grant) => grant,
+            Outcome::Rejected(err) => return Err(err),
+            other => return Err(Error::Storage(format!("fault commit gave {other:?}"))),
+        };
+        if let Some(old) = plan.release {
+            self.release(old, page, grant.epoch);
+        }
+        Ok(grant)
+    }
+
+    /// Invalidates every copy holder in parallel; any failure fails the fault.
+    async fn invalidate_all(
+        &self,
+        page: &PageName,
+        holders: &[ClientId],
+        epoch: u64,
+    ) -> Result<(), Error> {
+        let mut calls = JoinSet::new();
+        for id in holders {
+            let holder = self.holder(*id)?;
+            let (channels, page) = (self.channels.clone(), page.clone());
+            calls.spawn(async move { holder.invalidate(&channels, &page, epoch).await });
+        }
+        while let Some(done) = calls.join_next().await {
+            done.map_err(|e| Error::Unavailable(format!("invalidation task: {e}")))??;
+        }
+        Ok(())
+    }
+
+    /// Tells an old owner, best effort, that its kept bytes are no longer needed.
+    fn release(&self, old: ClientId, page: &PageName, epoch: u64) {
+        let Ok(holder) = self.holder(old) else { return };
+        let (channels, page) = (self.channels.clone(), page.clone());
+        tokio::spawn(async move {
+            if let Err(err) = holder.invalidate(&channels, &page, epoch).await {
+                tracing::debug!("release of {page} at client {}: {err}", holder.id);
+            }
+        });
+    }
+
+    fn holder(&self, id: ClientId) -> Result<Holder, Error> {
+        let addr = self.read(|d| d.client(id).map(|c| c.addr.clone()));
+        let addr = addr.ok_or(Error::UnknownClient { client: id })?;
+        Ok(Holder { id, addr })
+    }
+
+    fn page_lock(&self, page: &PageName) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
+        locks.entry(page.clone()).or_default().clone()
+    }
+
+    /// Forgets a page's lock when no other fault holds or waits for it, so the
+    /// map stays as small as the set of pages being faulted on.
+    fn drop_lock_if_idle(&self, page: &PageName, lock: Arc<tokio::sync::Mutex<()>>) {
+        let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
+        // One reference in the map and ours: nobody else holds or waits.
+        if Arc::strong_count(&lock) == 2 {
+            locks.remove(page);
+        }
+    }
+
+    /// Fails with `NotLeader` unless this node leads; once per term, waits until
+    /// the directory reflects every commit of earlier terms.
+    async fn ensure_leader(&self) -> Result<(), Error> {
+        let (state, term) = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            (m.state, m.current_term)
+        };
+        if state != ServerState::Leader {
+            return Err(not_leader(&self.raft));
+        }
+        if self.ready_term.load(Ordering::Acquire) == term {
+            return Ok(());
+        }
+        let linear =
+            tokio::time::timeout(self.commit_deadline, self.raft.ensure_linearizable()).await;
+        match linear {
+            Ok(Ok(_)) => {
+                self.ready_term.store(term, Ordering::Release);
+                Ok(())
+            }
+            Ok(Err(err)) => Err(raft_error(&self.raft, err)),
+            Err(_) => Err(Error::NoQuorum(format!(
+                "leader could not reach a majority within {} ms",
+                self.commit_deadline.as_millis()
+            ))),
+        }
+    }
+}

@@ -1,0 +1,281 @@
+//! `ivy demo`: the original experiment on an embedded 3-CM cluster.
+//!
+//! For each scenario a fresh in-process cluster (ephemeral loopback ports, temp
+//! dirs) and 10 clients start, P1..P10 are seeded, and every client runs 10
+//! random reads/writes with no sleeps, all clients at once. The "kill-leader"
+//! scenario shuts the leader down once a third of the operations are done. Each
+//! scenario prints ops, failed ops, average per-client time, p50/p99 fault
+//! latency and the failover gap (leader kill to the first fault served after it).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::sync::{Mutex, Notify};
+use tokio::time::Instant;
+
+use crate::client::{Client, Hit};
+use crate::cluster::Cluster;
+use crate::error::Error;
+use crate::replication::RaftTimers;
+
+/// The demo's workload size.
+#[derive(Debug, Clone, Copy)]
+pub struct Workload {
+    /// Number of clients, all running at once.
+    pub clients: usize,
+    /// Operations per client.
+    pub ops: usize,
+    /// Pages P1..=Pn.
+    pub pages: usize,
+}
+
+impl Default for Workload {
+    /// The original experiment: 10 clients × 10 operations on P1..P10.
+    fn default() -> Self {
+        Workload {
+            clients: 10,
+            ops: 10,
+            pages: 10,
+        }
+    }
+}
+
+/// One finished operation.
+#[derive(Debug, Clone)]
+pub struct OpRecord {
+    /// When it started, since the scenario began.
+    pub start: Duration,
+    /// When it returned.
+    pub end: Duration,
+    /// Ok(hit) or the error text.
+    pub result: Result<Hit, String>,
+}
+
+/// The summary of one scenario.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// Scenario name.
+    pub name: &'static str,
+    /// Operations run.
+    pub ops: usize,
+    /// Operations that returned an error.
+    pub failed: usize,
+    /// Operations served locally.
+    pub local: usize,
+    /// Mean time a client took for all its operations.
+    pub avg_client_ms: f64,
+    /// Median latency of operations that took a fault.
+    pub p50_fault_ms: f64,
+    /// 99th percentile latency of operations that took a fault.
+    pub p99_fault_ms: f64,
+    /// Leader kill to the first fault that completed after it.
+    pub failover_gap_ms: Option<f64>,
+    /// Pages read back afterwards by a fresh client.
+    pub read_back: usize,
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let gap = self
+            .failover_gap_ms
+            .map_or("-".to_string(), |g| format!("{g:.1} ms"));
+        write!(
+            f,
+            "{:<12} ops {:>4}  failed {:>3}  local {:>3}  avg/client {:>7.2} ms  fault p50 {:>6.2} ms  p99 {:>7.2} ms  failover gap {:>9}  read back {} pages",
+            self.name, self.ops, self.failed, self.local, self.avg_client_ms, self.p50_fault_ms, self.p99_fault_ms, gap, self.read_back
+        )
+    }
+}
+
+/// Runs the no-fault and kill-leader scenarios and returns their reports.
+pub async fn run(timers: RaftTimers, work: Workload) -> Result<Vec<Report>, Error> {
+    let mut reports = Vec::new();
+    for (name, kill) in [("no-faults", false), ("kill-leader", true)] {
+        let report = scenario(name, kill, timers, work).await?;
+        println!("{report}");
+        reports.push(report);
+    }
+    Ok(reports)
+}
+
+/// One scenario on a fresh cluster.
+pub async fn scenario(
+    name: &'static str,
+    kill: bool,
+    timers: RaftTimers,
+    work: Workload,
+) -> Result<Report, Error> {
+    let cluster = Arc::new(Mutex::new(Cluster::start(3, timers).await?));
+    let mut clients = Vec::new();
+    for _ in 0..work.clients {
+        clients.push(Arc::new(cluster.lock().await.client().await?));
+    }
+    for p in 1..=work.pages {
+        clients[0]
+            .write(&format!("P{p}"), format!("Content{p}").as_bytes())
+            .await?;
+    }
+    let began = Instant::now();
+    let done = Arc::new(AtomicU64::new(0));
+    let progress = Arc::new(Notify::new());
+    let killer = kill.then(|| {
+        let threshold = (work.clients * work.ops / 3) as u64;
+        tokio::spawn(kill_leader_at(
+            cluster.clone(),
+            done.clone(),
+            progress.clone(),
+            threshold,
+            began,
+        ))
+    });
+    let mut tasks = Vec::new();
+    for c in &clients {
+        let (c, done, progress) = (c.clone(), done.clone(), progress.clone());
+        tasks.push(tokio::spawn(async move {
+            run_client(&c, work, began, &done, &progress).await
+        }));
+    }
+    let mut per_client = Vec::new();
+    for t in tasks {
+        per_client.push(
+            t.await
+                .map_err(|e| Error::Unavailable(format!("client task: {e}")))?,
+        );
+    }
+    let killed_at = match killer {
+        Some(k) => k
+            .await
+            .map_err(|e| Error::Unavailable(format!("killer task: {e}")))?,
+        None => None,
+    };
+    let read_back = read_back(&cluster, work.pages).await;
+    for c in clients {
+        if let Ok(c) = Arc::try_unwrap(c) {
+            c.crash().await;
+        }
+    }
+    if let Ok(cluster) = Arc::try_unwrap(cluster) {
+        cluster.into_inner().shutdown().await;
+    }
+    Ok(summarise(name, &per_client, killed_at, read_back))
+}
+
+async fn run_client(
+    c: &Client,
+    work: Workload,
+    began: Instant,
+    done: &AtomicU64,
+    progress: &Notify,
+) -> Vec<OpRecord> {
+    let mut records = Vec::with_capacity(work.ops);
+    for i in 0..work.ops {
+        let (page, write) = {
+            let mut rng = rand::thread_rng();
+            (
+                format!("P{}", rng.gen_range(1..=work.pages)),
+                rng.gen_bool(0.5),
+            )
+        };
+        let start = began.elapsed();
+        let result = if write {
+            c.write(&page, format!("c{}-{}", c.id(), i + 1).as_bytes())
+                .await
+        } else {
+            c.read(&page).await.map(|(_, hit)| hit)
+        };
+        records.push(OpRecord {
+            start,
+            end: began.elapsed(),
+            result: result.map_err(|e| e.to_string()),
+        });
+        done.fetch_add(1, Ordering::SeqCst);
+        progress.notify_waiters();
+    }
+    records
+}
+
+/// Waits until `threshold` operations are done, then kills the leader; returns when.
+async fn kill_leader_at(
+    cluster: Arc<Mutex<Cluster>>,
+    done: Arc<AtomicU64>,
+    progress: Arc<Notify>,
+    threshold: u64,
+    began: Instant,
+) -> Option<Duration> {
+    while done.load(Ordering::SeqCst) < threshold {
+        let notified = progress.notified();
+        if done.load(Ordering::SeqCst) >= threshold {
+            break;
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(50), notified).await;
+    }
+    let mut cluster = cluster.lock().await;
+    let leader = cluster.leader()?;
+    let at = began.elapsed();
+    cluster.kill(leader).await;
+    Some(at)
+}
+
+async fn read_back(cluster: &Mutex<Cluster>, pages: usize) -> usize {
+    let Ok(reader) = cluster.lock().await.client().await else {
+        return 0;
+    };
+    let mut ok = 0;
+    for p in 1..=pages {
+        ok += usize::from(reader.read(&format!("P{p}")).await.is_ok());
+    }
+    reader.crash().await;
+    ok
+}
+
+fn summarise(
+    name: &'static str,
+    per_client: &[Vec<OpRecord>],
+    killed: Option<Duration>,
+    read_back: usize,
+) -> Report {
+    let all: Vec<&OpRecord> = per_client.iter().flatten().collect();
+    let mut faults: Vec<f64> = all
+        .iter()
+        .filter(|r| r.result == Ok(Hit::Fault))
+        .map(|r| ms(r.end - r.start))
+        .collect();
+    faults.sort_by(f64::total_cmp);
+    let client_ms: Vec<f64> = per_client
+        .iter()
+        .filter(|ops| !ops.is_empty())
+        .map(|ops| ms(ops[ops.len() - 1].end - ops[0].start))
+        .collect();
+    let gap = killed.and_then(|k| {
+        all.iter()
+            .filter(|r| r.result == Ok(Hit::Fault) && r.end > k)
+            .map(|r| ms(r.end - k))
+            .reduce(f64::min)
+    });
+    Report {
+        name,
+        ops: all.len(),
+        failed: all.iter().filter(|r| r.result.is_err()).count(),
+        local: all.iter().filter(|r| r.result == Ok(Hit::Local)).count(),
+        avg_client_ms: client_ms.iter().sum::<f64>() / client_ms.len().max(1) as f64,
+        p50_fault_ms: percentile(&faults, 0.50),
+        p99_fault_ms: percentile(&faults, 0.99),
+        failover_gap_ms: gap,
+        read_back,
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// The `q` quantile of sorted values (0 when empty).
+pub fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}

@@ -1,0 +1,81 @@
+//! The batching proposer: one task owns `client_write`, commands queue to it.
+//!
+//! While one entry is being committed, the commands that arrive wait in the
+//! channel; the next entry carries all of them (up to `MAX_BATCH`). Each caller
+//! gets the outcome of its own command. A commit that does not finish within the
+//! deadline is reported as a lost quorum; it may still commit later, which is safe
+//! because every fault command is deduplicated by (client id, seq).
+
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::{raft_error, Raft};
+use crate::error::Error;
+use crate::protocol::{DirCmd, Outcome};
+use crate::storage::Batch;
+
+/// Most commands in one log entry.
+pub const MAX_BATCH: usize = 256;
+
+type Reply = oneshot::Sender<Result<Outcome, Error>>;
+
+/// A handle to the batching proposer task.
+#[derive(Clone)]
+pub struct Proposer {
+    tx: mpsc::UnboundedSender<(DirCmd, Reply)>,
+}
+
+impl Proposer {
+    /// Starts the proposer for `raft`; commits that take longer than `deadline` fail.
+    pub fn spawn(raft: Raft, deadline: Duration) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run(raft, rx, deadline));
+        Proposer { tx }
+    }
+
+    /// Commits `cmd` and returns its outcome once applied on this (leader) node.
+    pub async fn propose(&self, cmd: DirCmd) -> Result<Outcome, Error> {
+        let (reply, rx) = oneshot::channel();
+        let stopped = || Error::Unavailable("the CM node is shutting down".into());
+        self.tx.send((cmd, reply)).map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+}
+
+async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<(DirCmd, Reply)>, deadline: Duration) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(item) => batch.push(item),
+                Err(_) => break,
+            }
+        }
+        let (cmds, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+        let n = cmds.len();
+        for (reply, result) in replies
+            .into_iter()
+            .zip(commit(&raft, cmds, deadline).await.into_iter())
+        {
+            let _ = reply.send(result);
+        }
+        tracing::trace!(commands = n, "committed batch");
+    }
+}
+
+/// Commits one batch and splits its outcome per command.
+async fn commit(raft: &Raft, cmds: Vec<DirCmd>, deadline: Duration) -> Vec<Result<Outcome, Error>> {
+    let n = cmds.len();
+    let written = tokio::time::timeout(deadline, raft.client_write(Batch(cmds))).await;
+    let err = match written {
+        Ok(Ok(resp)) if resp.data.0.len() == n => return resp.data.0.into_iter().map(Ok).collect(),
+        Ok(Ok(resp)) => Error::Storage(format!("batch of {n} gave {} outcomes", resp.data.0.len())),
+        Ok(Err(err)) => raft_error(raft, err),
+        Err(_) => Error::NoQuorum(format!(
+            "the directory change did not commit within {} ms; is a majority of CM nodes up?",
+            deadline.as_millis()
+        )),
+    };
+    vec![Err(err); n]
+}

@@ -1,0 +1,306 @@
+//! An in-process 3-CM cluster on loopback: IVY semantics, failover, bad input.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Result;
+use ivy_raft::client::{Client, ClientConfig, Hit};
+use ivy_raft::cluster::Cluster;
+use ivy_raft::replication::RaftTimers;
+use ivy_raft::Error;
+use tokio::time::Instant;
+
+async fn client(cluster: &Cluster, op_timeout: Duration) -> Result<Client> {
+    let mut config = ClientConfig::new(cluster.addrs());
+    config.op_timeout = op_timeout;
+    config.record_grants = true;
+    Ok(Client::start(config).await?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reads_and_writes_across_clients() -> Result<()> {
+    let cluster = Cluster::start(3, RaftTimers::default()).await?;
+    let (c1, c2, c3) = (
+        cluster.client().await?,
+        cluster.client().await?,
+        cluster.client().await?,
+    );
+
+    assert_eq!(
+        c1.write("P1", b"a").await?,
+        Hit::Fault,
+        "the first write creates the page"
+    );
+    assert_eq!(
+        c1.write("P1", b"a2").await?,
+        Hit::Local,
+        "the owner writes locally"
+    );
+    assert_eq!(c2.read("P1").await?, (b"a2".to_vec(), Hit::Fault));
+    assert_eq!(c2.read("P1").await?, (b"a2".to_vec(), Hit::Local));
+    assert_eq!(
+        c1.read("P1").await?,
+        (b"a2".to_vec(), Hit::Local),
+        "a downgraded owner still reads locally"
+    );
+
+    assert_eq!(c3.write("P1", b"b").await?, Hit::Fault);
+    assert_eq!(
+        c1.read("P1").await?,
+        (b"b".to_vec(), Hit::Fault),
+        "the old owner was invalidated"
+    );
+    assert_eq!(
+        c2.read("P1").await?,
+        (b"b".to_vec(), Hit::Fault),
+        "the old copy was invalidated"
+    );
+    assert_eq!(c3.read("P1").await?, (b"b".to_vec(), Hit::Local));
+
+    // The directory agrees on every node once applied.
+    let leader = cluster.leader().expect("a leader");
+    assert!(cluster.node(leader).is_some());
+    cluster.shutdown().await;
+    Ok(())
+}
+
+/// One writer per page (so the last acknowledged value is known), readers of
+/// every page, and a leader kill in the middle of the stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leader_kill_during_faults_loses_nothing() -> Result<()> {
+    const CLIENTS: usize = 4;
+    const OPS: usize = 60;
+    let mut cluster = Cluster::start(3, RaftTimers::default()).await?;
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        clients.push(Arc::new(client(&cluster, Duration::from_secs(10)).await?));
+    }
+    for (i, c) in clients.iter().enumerate() {
+        c.write(&format!("W{i}"), b"0").await?;
+    }
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, bool)>();
+    let mut tasks = Vec::new();
+    for (i, c) in clients.iter().enumerate() {
+        let (c, tx) = (c.clone(), tx.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut last_acked = String::new();
+            for k in 1..=OPS {
+                let fault = if k % 2 == 0 {
+                    let value = format!("{i}-{k}");
+                    let hit = c
+                        .write(&format!("W{i}"), value.as_bytes())
+                        .await
+                        .expect("write");
+                    last_acked = value;
+                    hit == Hit::Fault
+                } else {
+                    let page = format!("W{}", (i + k) % CLIENTS);
+                    let (v, hit) = c.read(&page).await.expect("read");
+                    let v = String::from_utf8(v).unwrap();
+                    assert!(
+                        v == "0" || v.starts_with(&page[1..]),
+                        "read of {page} gave {v:?}, never written there"
+                    );
+                    hit == Hit::Fault
+                };
+                let _ = tx.send((Instant::now(), fault));
+            }
+            last_acked
+        }));
+    }
+    drop(tx);
+    // Kill the leader once a third of the operations are done.
+    let mut done = 0;
+    while done < CLIENTS * OPS / 3 {
+        rx.recv().await.expect("workers run");
+        done += 1;
+    }
+    let old = cluster.leader().expect("a leader");
+    let killed_at = Instant::now();
+    cluster.kill(old).await;
+    let mut first_fault_after = None;
+    while let Some((at, fault)) = rx.recv().await {
+        if fault && first_fault_after.is_none() && at > killed_at {
+            first_fault_after = Some(at - killed_at);
+        }
+    }
+    let mut last = Vec::new();
+    for t in tasks {
+        last.push(t.await?);
+    }
+    let gap = first_fault_after.expect("faults resumed after the kill");
+    println!(
+        "leader {old} killed; first fault served {} ms later",
+        gap.as_millis()
+    );
+    assert!(
+        gap < Duration::from_secs(3),
+        "faults resumed only after {gap:?}"
+    );
+
+    // Every acknowledged write is read back, by a client that never held a copy.
+    let reader = cluster.client().await?;
+    for (i, value) in last.iter().enumerate() {
+        let (v, _) = reader.read(&format!("W{i}")).await?;
+        assert_eq!(
+            String::from_utf8(v)?,
+            *value,
+            "last acknowledged write of W{i}"
+        );
+    }
+    // Exactly once: write grants of a page are 1, 2, ... with no gap or repeat; a
+    // write fault applied twice would skip an epoch.
+    let mut epochs: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for c in &clients {
+        for (page, epoch) in c.write_grants() {
+            epochs.entry(page.to_string()).or_default().push(epoch);
+        }
+    }
+    for (page, mut got) in epochs {
+        got.sort_unstable();
+        let want: Vec<u64> = (1..=got.len() as u64).collect();
+        assert_eq!(got, want, "write grants of {page}");
+    }
+    cluster.restart(old).await?;
+    cluster.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lost_quorum_fails_within_deadline_then_recovers() -> Result<()> {
+    let mut cluster = Cluster::start(3, RaftTimers::default()).await?;
+    let c = client(&cluster, Duration::from_secs(2)).await?;
+    c.write("P1", b"before").await?;
+    let leader = cluster.leader().expect("a leader");
+    let others: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
+    cluster.kill(others[0]).await;
+    cluster.kill(others[1]).await;
+
+    let start = Instant::now();
+    let c2 = client(&cluster, Duration::from_secs(2)).await;
+    let err = match c2 {
+        Err(err) => err.downcast::<Error>()?,
+        Ok(c2) => c2.read("P1").await.expect_err("no quorum, no read fault"),
+    };
+    let took = start.elapsed();
+    println!("no quorum: {err} (after {took:?})");
+    assert!(took < Duration::from_secs(4), "the error took {took:?}");
+    assert!(
+        matches!(err, Error::Unavailable(_) | Error::NoQuorum(_)),
+        "{err:?}"
+    );
+    assert_eq!(
+        c.read("P1").await?.0,
+        b"before",
+        "a local copy stays readable"
+    );
+
+    cluster.restart(others[0]).await?;
+    cluster.wait_leader(Duration::from_secs(10)).await?;
+    let c3 = client(&cluster, Duration::from_secs(10)).await?;
+    assert_eq!(c3.read("P1").await?.0, b"before");
+    cluster.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_input_gets_clear_errors_and_changes_nothing() -> Result<()> {
+    let cluster = Cluster::start(3, RaftTimers::default()).await?;
+    let c1 = client(&cluster, Duration::from_secs(2)).await?;
+    let c2 = client(&cluster, Duration::from_secs(2)).await?;
+
+    let err = c1.write("no/slash", b"x").await.unwrap_err();
+    assert!(
+        err.to_string().starts_with("bad page name \"no/slash\""),
+        "{err}"
+    );
+    let err = c1
+        .write("P1", &vec![b'x'; 64 * 1024 + 1])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "content for page P1 is 65537 bytes; the limit is 65536 bytes"
+    );
+    c1.write("P1", &vec![b'x'; 64 * 1024]).await?;
+    let err = c2.read("P9").await.unwrap_err();
+    assert_eq!(err.to_string(), "page P9 does not exist");
+    assert_eq!(
+        c2.read("P1").await?.0.len(),
+        64 * 1024,
+        "the oversized write changed nothing"
+    );
+
+    // An owner that crashed: a clear error naming it, within the deadline.
+    c1.write("P2", b"owned by c1").await?;
+    let c1_id = c1.id();
+    c1.crash().await;
+    let start = Instant::now();
+    let err = c2.write("P2", b"x").await.unwrap_err();
+    assert!(
+        start.elapsed() < Duration::from_secs(4),
+        "took {:?}",
+        start.elapsed()
+    );
+    assert!(
+        err.to_string().contains(&format!("client {c1_id}")),
+        "{err}"
+    );
+
+    // An owner that left: its pages are reported lost, naming it.
+    let c3 = client(&cluster, Duration::from_secs(2)).await?;
+    c3.write("P3", b"v").await?;
+    let c3_id = c3.id();
+    c3.leave().await?;
+    let err = c2.read("P3").await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!("page P3 is lost: its owner, client {c3_id}, has left")
+    );
+    cluster.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writers_of_one_page_serialise() -> Result<()> {
+    const WRITERS: usize = 4;
+    const WRITES: usize = 25;
+    let cluster = Cluster::start(3, RaftTimers::default()).await?;
+    let mut clients = Vec::new();
+    for _ in 0..WRITERS {
+        clients.push(Arc::new(client(&cluster, Duration::from_secs(10)).await?));
+    }
+    let mut tasks = Vec::new();
+    for (i, c) in clients.iter().enumerate() {
+        let c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            for k in 0..WRITES {
+                c.write("HOT", format!("{i}-{k}").as_bytes())
+                    .await
+                    .expect("write");
+                let (v, _) = c.read("HOT").await.expect("read");
+                assert!(!v.is_empty(), "a read never sees an empty page");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await?;
+    }
+    let mut epochs: Vec<u64> = clients
+        .iter()
+        .flat_map(|c| c.write_grants())
+        .map(|(_, e)| e)
+        .collect();
+    epochs.sort_unstable();
+    let distinct: BTreeSet<u64> = epochs.iter().copied().collect();
+    assert_eq!(distinct.len(), epochs.len(), "no epoch granted twice");
+    let (v, _) = clients[0].read("HOT").await?;
+    let v = String::from_utf8(v)?;
+    assert!(
+        v.ends_with(&format!("-{}", WRITES - 1)),
+        "final value {v:?} is some writer's last write"
+    );
+    cluster.shutdown().await;
+    Ok(())
+}
