@@ -145,7 +145,7 @@ impl ClientProc {
             .lines
             .recv_timeout(ANSWER_TIMEOUT)
             .context("client answered nothing")?;
-        Ok(serde_json::from_str(&line).with_context(|| format!("not JSON: {line}"))?)
+        serde_json::from_str(&line).with_context(|| format!("not JSON: {line}"))
     }
 
     fn cmd(&mut self, line: &str) -> Result<Value> {
@@ -206,6 +206,9 @@ fn processes_survive_leader_kill_and_whole_cluster_restart() -> Result<()> {
     // Restart it with the same command: it rejoins.
     cms.start(leader)?;
     cms.wait_leader(Duration::from_secs(20))?;
+    for p in 1..=10 {
+        c2.write(&format!("P{p}"), &format!("Content{p}"))?;
+    }
     let x = c1.cmd("x 20")?;
     assert_eq!(
         (&x["op"], &x["n"], &x["failed"]),

@@ -56,7 +56,7 @@ async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<(DirCmd, Reply)>, deadl
         let n = cmds.len();
         for (reply, result) in replies
             .into_iter()
-            .zip(commit(&raft, cmds, deadline).await.into_iter())
+            .zip(commit(&raft, cmds, deadline).await)
         {
             let _ = reply.send(result);
         }
