@@ -5,7 +5,8 @@
 //! random reads/writes with no sleeps, all clients at once. The "kill-leader"
 //! scenario shuts the leader down once a third of the operations are done. Each
 //! scenario prints ops, failed ops, average per-client time, p50/p99 fault
-//! latency and the failover gap (leader kill to the first fault served after it).
+//! latency and the failover gap (leader kill to the first fault that started
+//! after it and succeeded), with the time the cluster took to elect a new leader.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -70,22 +71,33 @@ pub struct Report {
     pub p50_fault_ms: f64,
     /// 99th percentile latency of operations that took a fault.
     pub p99_fault_ms: f64,
-    /// Leader kill to the first fault that completed after it.
+    /// Leader kill to the first fault that started after it and succeeded.
     pub failover_gap_ms: Option<f64>,
+    /// Leader kill to a new leader.
+    pub election_ms: Option<f64>,
     /// Pages read back afterwards by a fresh client.
     pub read_back: usize,
+    /// The first few distinct errors, if any operation failed.
+    pub errors: Vec<String>,
 }
 
 impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let election = self
+            .election_ms
+            .map_or(String::new(), |e| format!(" (new leader after {e:.0} ms)"));
         let gap = self
             .failover_gap_ms
             .map_or("-".to_string(), |g| format!("{g:.1} ms"));
         write!(
             f,
-            "{:<12} ops {:>4}  failed {:>3}  local {:>3}  avg/client {:>7.2} ms  fault p50 {:>6.2} ms  p99 {:>7.2} ms  failover gap {:>9}  read back {} pages",
-            self.name, self.ops, self.failed, self.local, self.avg_client_ms, self.p50_fault_ms, self.p99_fault_ms, gap, self.read_back
-        )
+            "{:<12} ops {:>4}  failed {:>3}  local {:>3}  avg/client {:>7.2} ms  fault p50 {:>6.2} ms  p99 {:>7.2} ms  failover gap {:>9}  read back {} pages{}",
+            self.name, self.ops, self.failed, self.local, self.avg_client_ms, self.p50_fault_ms, self.p99_fault_ms, gap, self.read_back, election
+        )?;
+        for err in &self.errors {
+            write!(f, "\n             error: {err}")?;
+        }
+        Ok(())
     }
 }
 
@@ -203,7 +215,7 @@ async fn kill_leader_at(
     progress: Arc<Notify>,
     threshold: u64,
     began: Instant,
-) -> Option<Duration> {
+) -> Option<Kill> {
     while done.load(Ordering::SeqCst) < threshold {
         let notified = progress.notified();
         if done.load(Ordering::SeqCst) >= threshold {
@@ -215,7 +227,19 @@ async fn kill_leader_at(
     let leader = cluster.leader()?;
     let at = began.elapsed();
     cluster.kill(leader).await;
-    Some(at)
+    let elected = cluster
+        .wait_leader(crate::cluster::LEADER_WAIT)
+        .await
+        .ok()
+        .map(|_| began.elapsed() - at);
+    Some(Kill { at, elected })
+}
+
+/// When the leader was killed, and how long the cluster took to elect another.
+#[derive(Debug, Clone, Copy)]
+struct Kill {
+    at: Duration,
+    elected: Option<Duration>,
 }
 
 async fn read_back(cluster: &Mutex<Cluster>, pages: usize) -> usize {
@@ -233,7 +257,7 @@ async fn read_back(cluster: &Mutex<Cluster>, pages: usize) -> usize {
 fn summarise(
     name: &'static str,
     per_client: &[Vec<OpRecord>],
-    killed: Option<Duration>,
+    killed: Option<Kill>,
     read_back: usize,
 ) -> Report {
     let all: Vec<&OpRecord> = per_client.iter().flatten().collect();
@@ -248,10 +272,12 @@ fn summarise(
         .filter(|ops| !ops.is_empty())
         .map(|ops| ms(ops[ops.len() - 1].end - ops[0].start))
         .collect();
+    // Operations in flight at the kill may finish on the old leader; the gap is
+    // measured to the first fault both started and served after it.
     let gap = killed.and_then(|k| {
         all.iter()
-            .filter(|r| r.result == Ok(Hit::Fault) && r.end > k)
-            .map(|r| ms(r.end - k))
+            .filter(|r| r.result == Ok(Hit::Fault) && r.start >= k.at)
+            .map(|r| ms(r.end - k.at))
             .reduce(f64::min)
     });
     Report {
@@ -263,8 +289,24 @@ fn summarise(
         p50_fault_ms: percentile(&faults, 0.50),
         p99_fault_ms: percentile(&faults, 0.99),
         failover_gap_ms: gap,
+        election_ms: killed.and_then(|k| k.elected).map(ms),
         read_back,
+        errors: first_errors(&all),
     }
+}
+
+/// Up to `SHOWN_ERRORS` distinct error messages, in the order they happened.
+fn first_errors(all: &[&OpRecord]) -> Vec<String> {
+    const SHOWN_ERRORS: usize = 3;
+    let mut errors: Vec<String> = Vec::new();
+    for r in all {
+        if let Err(e) = &r.result {
+            if !errors.contains(e) && errors.len() < SHOWN_ERRORS {
+                errors.push(e.clone());
+            }
+        }
+    }
+    errors
 }
 
 fn ms(d: Duration) -> f64 {

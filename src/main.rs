@@ -128,9 +128,16 @@ struct DemoArgs {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    // Without RUST_LOG: a CM node says what it does; everything else stays quiet.
+    // openraft's own logs (a down peer is logged every retry) need RUST_LOG=openraft=warn.
+    let default_filter = match cli.command {
+        Command::Cm(_) => "info,openraft=off",
+        _ => "warn,openraft=off",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| default_filter.into()),
         )
         .with_writer(std::io::stderr)
         .init();

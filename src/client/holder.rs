@@ -109,6 +109,18 @@ impl pb::page_holder_server::PageHolder for HolderService {
         Ok(Response::new(pb::SendPageReply {}))
     }
 
+    async fn confirm(
+        &self,
+        req: Request<pb::ConfirmRequest>,
+    ) -> Result<Response<pb::ConfirmReply>, Status> {
+        let req = req.into_inner();
+        let page = rpc::page_name(&req.page)?;
+        let epoch = positive_epoch(req.epoch)?;
+        let confirmed = self.shared.table().confirm(&page, epoch, req.created);
+        confirmed.map_err(|e| rpc::status_from_error(&e))?;
+        Ok(Response::new(pb::ConfirmReply {}))
+    }
+
     async fn invalidate(
         &self,
         req: Request<pb::InvalidateRequest>,

@@ -181,11 +181,19 @@ impl Client {
         }
         let _one_fault = self.faulting.lock().await;
         for _ in 0..MAX_FAULT_ROUNDS {
-            if let Some(v) = self.shared.table().read(&page) {
-                return Ok((v.to_vec(), Hit::Fault));
+            {
+                let mut table = self.shared.table();
+                if let Some(v) = table.read(&page) {
+                    return Ok((v.to_vec(), Hit::Fault));
+                }
+                table.intend_read(&page);
             }
             let grant = self.fault(&page, FaultKind::Read).await?;
-            match self.shared.table().grant(&page, grant.epoch, grant.created) {
+            let mut table = self.shared.table();
+            if let Some(v) = table.take_confirmed(&page, grant.epoch) {
+                return Ok((v, Hit::Fault));
+            }
+            match table.grant(&page, grant.epoch, grant.created) {
                 Ok(v) => return Ok((v, Hit::Fault)),
                 Err(err) if err.is_retryable() => {
                     tracing::debug!("read of {page}: {err}; faulting again")
@@ -207,11 +215,23 @@ impl Client {
             return Ok(Hit::Local);
         }
         let _one_fault = self.faulting.lock().await;
+        let written = self.write_by_fault(&page, content).await;
+        if written.is_err() {
+            self.shared.table().cancel_intent(&page);
+        }
+        written
+    }
+
+    async fn write_by_fault(&self, page: &PageName, content: &[u8]) -> Result<Hit, Error> {
         for _ in 0..MAX_FAULT_ROUNDS {
-            if self.shared.table().write(&page, content) {
-                return Ok(Hit::Fault);
+            {
+                let mut table = self.shared.table();
+                if table.write(page, content) {
+                    return Ok(Hit::Fault);
+                }
+                table.intend_write(page, content);
             }
-            let grant = self.fault(&page, FaultKind::Write).await?;
+            let grant = self.fault(page, FaultKind::Write).await?;
             if let Some(grants) = &self.grants {
                 grants
                     .lock()
@@ -219,8 +239,15 @@ impl Client {
                     .push((page.clone(), grant.epoch));
             }
             let mut table = self.shared.table();
-            match table.grant(&page, grant.epoch, grant.created) {
-                Ok(_) if table.write(&page, content) => return Ok(Hit::Fault),
+            if table.take_confirmed(page, grant.epoch).is_some() {
+                return Ok(Hit::Fault);
+            }
+            // No confirmation applied the value: install from the reply ourselves.
+            match table.grant(page, grant.epoch, grant.created) {
+                Ok(_) if table.write(page, content) => {
+                    table.cancel_intent(page);
+                    return Ok(Hit::Fault);
+                }
                 Ok(_) => tracing::debug!(
                     "write of {page}: access moved on before the write; faulting again"
                 ),

@@ -3,8 +3,9 @@
 //!
 //! A fault takes the page's lock, reads the directory (linearizably: once per
 //! leader term the node waits until it has applied everything committed before it
-//! led), and runs the plan: invalidate copies, forward from the owner, commit. The
-//! requester is told nothing until the commit is applied (commit point 1). A commit
+//! led), and runs the plan: invalidate copies, forward from the owner, commit, and
+//! confirm to the requester before the lock is released. The requester is told
+//! nothing until the commit is applied (commit point 1). A commit
 //! that finds the page moved is planned and run again with the same (client, seq).
 
 use std::collections::HashMap;
@@ -71,7 +72,11 @@ impl Faults {
         let lock = self.page_lock(page);
         let served = {
             let _serialised = lock.lock().await;
-            self.serve(client, seq, page, kind).await
+            let served = self.serve(client, seq, page, kind).await;
+            if let Ok(grant) = &served {
+                self.confirm(client, page, *grant).await;
+            }
+            served
         };
         self.drop_lock_if_idle(page, lock);
         served
@@ -158,6 +163,22 @@ impl Faults {
             done.map_err(|e| Error::Unavailable(format!("invalidation task: {e}")))??;
         }
         Ok(())
+    }
+
+    /// Confirms a committed grant to the requester while the page is still locked,
+    /// so its copy is installed (and a write applied) before the next fault on the
+    /// page. Best effort: the requester also installs on the fault's reply.
+    async fn confirm(&self, client: ClientId, page: &PageName, grant: Grant) {
+        let confirmed = match self.holder(client) {
+            Ok(holder) => holder.confirm(&self.channels, page, grant).await,
+            Err(err) => Err(err),
+        };
+        if let Err(err) = confirmed {
+            tracing::debug!(
+                "confirm of {page} at epoch {} to client {client}: {err}",
+                grant.epoch
+            );
+        }
     }
 
     /// Tells an old owner, best effort, that its kept bytes are no longer needed.

@@ -3,7 +3,7 @@
 use tonic::Request;
 
 use crate::error::Error;
-use crate::protocol::{ClientId, Epoch, FaultKind, PageName};
+use crate::protocol::{ClientId, Epoch, FaultKind, Grant, PageName};
 use crate::rpc::pb::page_holder_client::PageHolderClient;
 use crate::rpc::{self, pb, Channels};
 
@@ -31,6 +31,26 @@ impl Holder {
         };
         client
             .invalidate(Request::new(req))
+            .await
+            .map_err(|s| self.error(&s))?;
+        Ok(())
+    }
+
+    /// Tells the requester its fault on `page` is committed at `epoch`.
+    pub async fn confirm(
+        &self,
+        channels: &Channels,
+        page: &PageName,
+        grant: Grant,
+    ) -> Result<(), Error> {
+        let mut client = PageHolderClient::new(channels.get(&self.addr)?);
+        let req = pb::ConfirmRequest {
+            page: page.to_string(),
+            epoch: grant.epoch,
+            created: grant.created,
+        };
+        client
+            .confirm(Request::new(req))
             .await
             .map_err(|s| self.error(&s))?;
         Ok(())

@@ -32,6 +32,9 @@ use crate::storage;
 /// Deadline of one call from the manager to a client or a peer.
 pub const HOLDER_RPC_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How long a stopping node waits for in-flight calls before cutting connections.
+pub const SERVER_STOP_GRACE: Duration = Duration::from_secs(1);
+
 /// Largest gRPC message a CM node accepts (Raft entries, snapshots).
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
@@ -111,6 +114,7 @@ impl CmNode {
         let server = tokio::spawn(rpc::serve(router, listener, async {
             let _ = stopped.await;
         }));
+        tokio::spawn(log_role_changes(raft.clone()));
         tracing::info!(id = config.id, %addr, "CM node started");
         Ok(CmNode {
             raft,
@@ -126,14 +130,21 @@ impl CmNode {
     }
 
     async fn stop_now(&mut self) {
+        // Raft first, so requests still in flight fail fast instead of committing.
+        let _ = self.raft.shutdown().await;
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        if let Some(server) = self.server.take() {
-            server.abort();
-            let _ = server.await;
+        if let Some(mut server) = self.server.take() {
+            // Graceful stop closes open connections; give in-flight calls a moment.
+            if tokio::time::timeout(SERVER_STOP_GRACE, &mut server)
+                .await
+                .is_err()
+            {
+                server.abort();
+                let _ = server.await;
+            }
         }
-        let _ = self.raft.shutdown().await;
     }
 }
 
@@ -147,6 +158,26 @@ impl Drop for CmNode {
             rt.spawn(async move {
                 let _ = raft.shutdown().await;
             });
+        }
+    }
+}
+
+/// Logs every change of this node's role or of the leader it knows, until shutdown.
+async fn log_role_changes(raft: Raft) {
+    let mut metrics = raft.metrics();
+    let mut seen = None;
+    loop {
+        let now = {
+            let m = metrics.borrow_and_update();
+            (m.state, m.current_leader, m.current_term)
+        };
+        if seen.map(|(s, l, _)| (s, l)) != Some((now.0, now.1)) {
+            let leader = now.1.map_or("none".to_string(), |l| l.to_string());
+            tracing::info!("role {}, term {}, leader {leader}", role_name(now.0), now.2);
+            seen = Some(now);
+        }
+        if now.0 == openraft::ServerState::Shutdown || metrics.changed().await.is_err() {
+            return;
         }
     }
 }

@@ -6,7 +6,14 @@
 //! pending copies too, so a grant that arrives after a later invalidation cannot
 //! install a stale copy (the client faults again instead). A copy is accepted only
 //! for an epoch newer than the one the client holds, so a delayed duplicate of a
-//! transfer can never overwrite newer bytes. An owner that hands its page away keeps the bytes with no access until a
+//! transfer can never overwrite newer bytes.
+//!
+//! The manager *confirms* a committed fault to the requester while it still holds
+//! the page's lock (Li & Hudak's confirmation step), so the copy is installed, and
+//! a write's value applied, before the next fault on the page can invalidate or
+//! forward it. A write op records its value as an *intent* before it faults; the
+//! confirmation applies it. The requester's own handling of the fault reply is the
+//! fallback when a confirmation was lost. An owner that hands its page away keeps the bytes with no access until a
 //! later epoch invalidates them (commit point 3), so a redone fault can be served.
 
 use std::collections::BTreeMap;
@@ -52,6 +59,8 @@ pub struct PageTable {
     me: ClientId,
     pages: BTreeMap<PageName, LocalPage>,
     pending: BTreeMap<PageName, Pending>,
+    intents: BTreeMap<PageName, Vec<u8>>,
+    confirmed: BTreeMap<PageName, (Epoch, Vec<u8>)>,
 }
 
 impl PageTable {
@@ -184,6 +193,50 @@ impl PageTable {
         let content = pending.content.clone();
         self.install(page, pending);
         Ok(content)
+    }
+
+    /// A write op is about to fault: its value waits to be applied by the confirmation.
+    pub fn intend_write(&mut self, page: &PageName, content: &[u8]) {
+        self.intents.insert(page.clone(), content.to_vec());
+        self.confirmed.remove(page);
+    }
+
+    /// A read op is about to fault: forget an old confirmation.
+    pub fn intend_read(&mut self, page: &PageName) {
+        self.intents.remove(page);
+        self.confirmed.remove(page);
+    }
+
+    /// The op gave up: a late confirmation must not apply its value.
+    pub fn cancel_intent(&mut self, page: &PageName) {
+        self.intents.remove(page);
+        self.confirmed.remove(page);
+    }
+
+    /// The manager confirms our fault on `page` at `epoch`: install the copy, apply
+    /// a write intent, and keep the resulting bytes for the waiting op.
+    pub fn confirm(&mut self, page: &PageName, epoch: Epoch, created: bool) -> Result<()> {
+        let mut content = self.grant(page, epoch, created)?;
+        if let Some(value) = self.intents.remove(page) {
+            if self.write(page, &value) {
+                content = value;
+            } else {
+                self.intents.insert(page.clone(), value);
+            }
+        }
+        self.confirmed.insert(page.clone(), (epoch, content));
+        Ok(())
+    }
+
+    /// What the confirmation of our fault at `epoch` left: the bytes read, or for a
+    /// write op, `Some` only when its value was applied.
+    pub fn take_confirmed(&mut self, page: &PageName, epoch: Epoch) -> Option<Vec<u8>> {
+        if self.intents.contains_key(page)
+            || self.confirmed.get(page).is_none_or(|(e, _)| *e != epoch)
+        {
+            return None;
+        }
+        self.confirmed.remove(page).map(|(_, v)| v)
     }
 
     fn lost(&self, page: &PageName, epoch: Epoch) -> Error {

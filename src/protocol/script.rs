@@ -8,8 +8,11 @@
 //! Commands: `register`; `write C PAGE VALUE`; `read C PAGE`; `partial C read|write
 //! PAGE` (run a fault's IO but crash before the commit); `retry C` (resend the
 //! client's last fault with the same seq); `commit C SEQ read|write PAGE SEEN`;
-//! `invalidate C PAGE EPOCH`; `forward C PAGE EPOCH read|write`; `send C PAGE EPOCH
-//! read|write VALUE`; `unregister C`; `table C`; `dir PAGE`.
+//! `invalidate C PAGE EPOCH`; `forward C PAGE EPOCH read|write`; `intend C PAGE VALUE`,
+//! `cancel C PAGE`, `confirm C PAGE EPOCH`, `taken C PAGE EPOCH` (a write op's steps
+//! one at a time); `send C PAGE EPOCH
+//! read|write VALUE`; `unregister C`; `table C`; `dir PAGE`; `confirms lost|delivered`
+//! (drop the manager's confirmations, so the requester installs from the reply).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -23,6 +26,7 @@ struct World {
     tables: BTreeMap<ClientId, PageTable>,
     seqs: BTreeMap<ClientId, u64>,
     last: BTreeMap<ClientId, (u64, PageName, FaultKind)>,
+    confirms_lost: bool,
 }
 
 type Out = Result<String, Error>;
@@ -66,6 +70,26 @@ impl World {
                 Ok(if kept { "pending" } else { "dropped" }.into())
             }
             ["table", c] => Ok(self.show_table(id(c))),
+            ["intend", c, p, v] => {
+                self.table(id(c)).intend_write(&name(p)?, v.as_bytes());
+                Ok("ok".into())
+            }
+            ["cancel", c, p] => {
+                self.table(id(c)).cancel_intent(&name(p)?);
+                Ok("ok".into())
+            }
+            ["confirm", c, p, e] => {
+                self.table(id(c)).confirm(&name(p)?, num(e), false)?;
+                Ok("ok".into())
+            }
+            ["taken", c, p, e] => Ok(match self.table(id(c)).take_confirmed(&name(p)?, num(e)) {
+                Some(v) => format!("done {:?}", text(&v)),
+                None => "not done".into(),
+            }),
+            ["confirms", "lost"] | ["confirms", "delivered"] => {
+                self.confirms_lost = a[1] == "lost";
+                Ok("ok".into())
+            }
             ["dir", p] => Ok(self.show_dir(&name(p)?)),
             _ => panic!("unknown script command {a:?}"),
         }
@@ -99,10 +123,14 @@ impl World {
         if self.table(c).write(page, v.as_bytes()) {
             return Ok("ok local".into());
         }
+        self.table(c).intend_write(page, v.as_bytes());
         let (grant, how) = self.fault(c, page, FaultKind::Write, true)?;
-        self.table(c).grant(page, grant.epoch, grant.created)?;
-        let wrote = self.table(c).write(page, v.as_bytes());
-        assert!(wrote, "a granted write fault gives write access");
+        if self.table(c).take_confirmed(page, grant.epoch).is_none() {
+            self.table(c).grant(page, grant.epoch, grant.created)?;
+            let wrote = self.table(c).write(page, v.as_bytes());
+            assert!(wrote, "a granted write fault gives write access");
+            self.table(c).cancel_intent(page);
+        }
         let created = if grant.created { " created" } else { "" };
         Ok(format!("ok {how} epoch={}{created}", grant.epoch))
     }
@@ -111,8 +139,12 @@ impl World {
         if let Some(v) = self.table(c).read(page) {
             return Ok(format!("ok local {:?}", text(v)));
         }
+        self.table(c).intend_read(page);
         let (grant, how) = self.fault(c, page, FaultKind::Read, true)?;
-        let v = self.table(c).grant(page, grant.epoch, false)?;
+        let v = match self.table(c).take_confirmed(page, grant.epoch) {
+            Some(v) => v,
+            None => self.table(c).grant(page, grant.epoch, false)?,
+        };
         Ok(format!("ok {how} epoch={} {:?}", grant.epoch, text(&v)))
     }
 
@@ -124,7 +156,10 @@ impl World {
     fn retry(&mut self, c: ClientId) -> Out {
         let (seq, page, k) = self.last.get(&c).cloned().expect("a fault to retry");
         let (grant, how) = self.run_fault(c, seq, &page, k, true)?;
-        let v = self.table(c).grant(&page, grant.epoch, grant.created)?;
+        let v = match self.table(c).take_confirmed(&page, grant.epoch) {
+            Some(v) => v,
+            None => self.table(c).grant(&page, grant.epoch, grant.created)?,
+        };
         Ok(format!("ok {how} epoch={} {:?}", grant.epoch, text(&v)))
     }
 
@@ -164,7 +199,10 @@ impl World {
         commit: bool,
     ) -> Result<(Grant, &'static str), Error> {
         let plan = match self.dir.plan_fault(c, seq, page, k)? {
-            Plan::Cached(grant) => return Ok((grant, "cached")),
+            Plan::Cached(grant) => {
+                self.confirm(c, page, grant);
+                return Ok((grant, "cached"));
+            }
             Plan::Run(plan) => plan,
         };
         for holder in &plan.invalidate {
@@ -184,10 +222,18 @@ impl World {
             Outcome::Rejected(err) => return Err(err),
             other => panic!("unexpected outcome {other:?}"),
         };
+        self.confirm(c, page, grant);
         if let Some(old) = plan.release {
             self.table(old).invalidate(page, grant.epoch);
         }
         Ok((grant, "fault"))
+    }
+
+    /// The manager's confirmation to the requester, unless the script lost it.
+    fn confirm(&mut self, c: ClientId, page: &PageName, grant: Grant) {
+        if !self.confirms_lost {
+            let _ = self.table(c).confirm(page, grant.epoch, grant.created);
+        }
     }
 
     fn show_table(&mut self, c: ClientId) -> String {

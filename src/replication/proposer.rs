@@ -54,10 +54,7 @@ async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<(DirCmd, Reply)>, deadl
         }
         let (cmds, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
         let n = cmds.len();
-        for (reply, result) in replies
-            .into_iter()
-            .zip(commit(&raft, cmds, deadline).await)
-        {
+        for (reply, result) in replies.into_iter().zip(commit(&raft, cmds, deadline).await) {
             let _ = reply.send(result);
         }
         tracing::trace!(commands = n, "committed batch");
