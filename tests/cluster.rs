@@ -79,13 +79,14 @@ async fn leader_kill_during_faults_loses_nothing() -> Result<()> {
     for (i, c) in clients.iter().enumerate() {
         c.write(&format!("W{i}"), b"0").await?;
     }
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, bool)>();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, Instant, bool)>();
     let mut tasks = Vec::new();
     for (i, c) in clients.iter().enumerate() {
         let (c, tx) = (c.clone(), tx.clone());
         tasks.push(tokio::spawn(async move {
             let mut last_acked = String::new();
             for k in 1..=OPS {
+                let started = Instant::now();
                 let fault = if k % 2 == 0 {
                     let value = format!("{i}-{k}");
                     let hit = c
@@ -104,7 +105,7 @@ async fn leader_kill_during_faults_loses_nothing() -> Result<()> {
                     );
                     hit == Hit::Fault
                 };
-                let _ = tx.send((Instant::now(), fault));
+                let _ = tx.send((started, Instant::now(), fault));
             }
             last_acked
         }));
@@ -119,10 +120,13 @@ async fn leader_kill_during_faults_loses_nothing() -> Result<()> {
     let old = cluster.leader().expect("a leader");
     let killed_at = Instant::now();
     cluster.kill(old).await;
-    let mut first_fault_after = None;
-    while let Some((at, fault)) = rx.recv().await {
-        if fault && first_fault_after.is_none() && at > killed_at {
-            first_fault_after = Some(at - killed_at);
+    // Faults in flight at the kill may finish on the old leader: measure to the
+    // first fault that started after the kill.
+    let mut first_fault_after: Option<Duration> = None;
+    while let Some((started, ended, fault)) = rx.recv().await {
+        if fault && started >= killed_at {
+            let gap = ended - killed_at;
+            first_fault_after = Some(first_fault_after.map_or(gap, |g| g.min(gap)));
         }
     }
     let mut last = Vec::new();
