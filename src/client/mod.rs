@@ -16,8 +16,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use tonic::Request;
 
 pub use cm_conn::CmConn;
@@ -29,7 +27,7 @@ use crate::protocol::{
     DEFAULT_MAX_PAGE_BYTES,
 };
 use crate::rpc::pb::page_holder_server::PageHolderServer;
-use crate::rpc::{self, pb, Channels};
+use crate::rpc::{pb, Channels, Server};
 
 /// Deadline of one RPC from a client.
 pub const CLIENT_RPC_TIMEOUT: Duration = Duration::from_secs(3);
@@ -102,8 +100,7 @@ pub struct Client {
     seq: AtomicU64,
     faulting: tokio::sync::Mutex<()>,
     grants: Option<Mutex<Vec<(PageName, Epoch)>>>,
-    stop: Option<oneshot::Sender<()>>,
-    server: Option<JoinHandle<()>>,
+    server: Server,
 }
 
 impl Client {
@@ -125,10 +122,7 @@ impl Client {
         });
         let router = tonic::transport::Server::builder()
             .add_service(PageHolderServer::new(HolderService::new(shared.clone())));
-        let (stop, stopped) = oneshot::channel::<()>();
-        let server = tokio::spawn(rpc::serve(router, listener, async {
-            let _ = stopped.await;
-        }));
+        let server = Server::spawn(router, listener);
         tracing::info!(client = id, %addr, "client registered");
         Ok(Client {
             shared,
@@ -137,8 +131,7 @@ impl Client {
             seq: AtomicU64::new(0),
             faulting: tokio::sync::Mutex::new(()),
             grants: config.record_grants.then(Mutex::default),
-            stop: Some(stop),
-            server: Some(server),
+            server,
         })
     }
 
@@ -316,21 +309,7 @@ impl Client {
     }
 
     async fn stop_server(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(server) = self.server.take() {
-            server.abort();
-            let _ = server.await;
-        }
-    }
-}
-
-impl Drop for Client {
-    fn drop(&mut self) {
-        if let Some(server) = self.server.take() {
-            server.abort();
-        }
+        self.server.stop().await;
     }
 }
 

@@ -16,8 +16,6 @@ use std::time::Duration;
 
 use openraft::BasicNode;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 pub use faults::Faults;
 pub use manager::{role_name, ManagerService};
@@ -26,14 +24,11 @@ use crate::error::Error;
 use crate::replication::{commit_deadline, Proposer, Raft, RaftTimers};
 use crate::rpc::pb::manager_server::ManagerServer;
 use crate::rpc::pb::raft_transport_server::RaftTransportServer;
-use crate::rpc::{self, Channels, NetworkFactory, TransportService};
+use crate::rpc::{Channels, NetworkFactory, Server, TransportService};
 use crate::storage;
 
 /// Deadline of one call from the manager to a client or a peer.
 pub const HOLDER_RPC_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// How long a stopping node waits for in-flight calls before cutting connections.
-pub const SERVER_STOP_GRACE: Duration = Duration::from_secs(1);
 
 /// Largest gRPC message a CM node accepts (Raft entries, snapshots).
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
@@ -78,8 +73,7 @@ pub struct CmNode {
     pub raft: Raft,
     /// The address it serves on.
     pub addr: std::net::SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    server: Option<JoinHandle<()>>,
+    server: Server,
 }
 
 impl CmNode {
@@ -110,18 +104,10 @@ impl CmNode {
                 RaftTransportServer::new(TransportService::new(raft.clone()))
                     .max_decoding_message_size(MAX_MESSAGE_BYTES),
             );
-        let (stop, stopped) = oneshot::channel::<()>();
-        let server = tokio::spawn(rpc::serve(router, listener, async {
-            let _ = stopped.await;
-        }));
+        let server = Server::spawn(router, listener);
         tokio::spawn(log_role_changes(raft.clone()));
         tracing::info!(id = config.id, %addr, "CM node started");
-        Ok(CmNode {
-            raft,
-            addr,
-            stop: Some(stop),
-            server: Some(server),
-        })
+        Ok(CmNode { raft, addr, server })
     }
 
     /// Stops serving and shuts Raft down, releasing the sled store.
@@ -132,27 +118,12 @@ impl CmNode {
     async fn stop_now(&mut self) {
         // Raft first, so requests still in flight fail fast instead of committing.
         let _ = self.raft.shutdown().await;
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(mut server) = self.server.take() {
-            // Graceful stop closes open connections; give in-flight calls a moment.
-            if tokio::time::timeout(SERVER_STOP_GRACE, &mut server)
-                .await
-                .is_err()
-            {
-                server.abort();
-                let _ = server.await;
-            }
-        }
+        self.server.stop().await;
     }
 }
 
 impl Drop for CmNode {
     fn drop(&mut self) {
-        if let Some(server) = self.server.take() {
-            server.abort();
-        }
         let raft = self.raft.clone();
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {

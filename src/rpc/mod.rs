@@ -17,5 +17,5 @@ pub mod pb {
 }
 
 pub use convert::{error_from_status, fault_kind, mode, page_name, status_from_error};
-pub use net::{channel, serve, Channels, RPC_CONNECT_TIMEOUT};
+pub use net::{channel, serve, Channels, Server, RPC_CONNECT_TIMEOUT, SERVER_STOP_GRACE};
 pub use raft_transport::{NetworkFactory, PeerNetwork, TransportService};

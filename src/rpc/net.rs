@@ -6,6 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_stream::StreamExt;
 use tonic::transport::{Channel, Endpoint};
@@ -50,6 +52,56 @@ impl Channels {
         let ch = channel(addr, self.timeout)?;
         cache.insert(addr.to_string(), ch.clone());
         Ok(ch)
+    }
+}
+
+/// How long a stopping server waits for in-flight calls before cutting connections.
+pub const SERVER_STOP_GRACE: Duration = Duration::from_secs(1);
+
+/// A gRPC server running in the background; dropping it aborts the server task.
+pub struct Server {
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Serves `router` on `listener` in a background task.
+    pub fn spawn(router: tonic::transport::server::Router, listener: TcpListener) -> Self {
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(serve(router, listener, async {
+            let _ = stopped.await;
+        }));
+        Server {
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Stops accepting, closes every connection (in-flight calls get
+    /// `SERVER_STOP_GRACE` to finish), and waits until the server is gone. Closing
+    /// the connections matters: tonic serves each connection in its own task, which
+    /// aborting the server task alone would leave running.
+    pub async fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(mut task) = self.task.take() {
+            if tokio::time::timeout(SERVER_STOP_GRACE, &mut task)
+                .await
+                .is_err()
+            {
+                task.abort();
+                let _ = task.await;
+            }
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
     }
 }
 
