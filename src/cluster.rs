@@ -1,20 +1,18 @@
 //! An in-process CM cluster on loopback, for the demo and the tests.
 //!
 //! Every node gets an ephemeral 127.0.0.1 port and a directory under one temp
-//! dir. Nodes can be killed (Raft shut down, sled released) and restarted from
+//! dir. A Raft cluster has 3 nodes; a heartbeat pair has 2 (primary, backup). Nodes can be killed (Raft shut down, sled released) and restarted from
 //! the same directory on the same address. Dropping the cluster stops every node
 //! and removes the temp dir.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use openraft::ServerState;
 use tokio::net::TcpListener;
 
 use crate::client::{Client, ClientConfig};
-use crate::cm::{CmConfig, CmNode};
+use crate::cm::{CmConfig, CmNode, Mode};
 use crate::error::Error;
-use crate::replication::RaftTimers;
 
 /// How long to wait for a leader before giving up.
 pub const LEADER_WAIT: Duration = Duration::from_secs(10);
@@ -23,13 +21,18 @@ pub const LEADER_WAIT: Duration = Duration::from_secs(10);
 pub struct Cluster {
     nodes: BTreeMap<u64, Option<CmNode>>,
     peers: BTreeMap<u64, String>,
-    timers: RaftTimers,
+    mode: Mode,
     dir: tempfile::TempDir,
 }
 
 impl Cluster {
-    /// Starts `n` CM nodes with ids 1..=n and waits for a leader.
-    pub async fn start(n: u64, timers: RaftTimers) -> Result<Cluster, Error> {
+    /// Starts the CM nodes of `mode` (ids 1..=3 for Raft, 1..=2 for heartbeat)
+    /// and waits for a leader.
+    pub async fn start(mode: Mode) -> Result<Cluster, Error> {
+        let n = match mode {
+            Mode::Raft(_) => 3,
+            Mode::Heartbeat { .. } => 2,
+        };
         let dir = tempfile::tempdir().map_err(|e| Error::Storage(format!("temp dir: {e}")))?;
         let mut listeners = BTreeMap::new();
         for id in 1..=n {
@@ -50,7 +53,7 @@ impl Cluster {
         let mut cluster = Cluster {
             nodes: BTreeMap::new(),
             peers,
-            timers,
+            mode,
             dir,
         };
         for (id, listener) in listeners {
@@ -66,7 +69,7 @@ impl Cluster {
             id,
             peers: self.peers.clone(),
             data_dir: self.dir.path().join(format!("cm-{id}")),
-            timers: self.timers,
+            mode: self.mode,
         }
     }
 
@@ -80,14 +83,11 @@ impl Cluster {
         self.nodes.get(&id).and_then(|n| n.as_ref())
     }
 
-    /// The id of the node that says it leads, among the running ones.
+    /// The id of the node that says it serves faults, among the running ones.
     pub fn leader(&self) -> Option<u64> {
-        self.nodes.iter().find_map(|(id, n)| {
-            let n = n.as_ref()?;
-            let m = n.raft.metrics();
-            let m = m.borrow();
-            (m.state == ServerState::Leader).then_some(*id)
-        })
+        self.nodes
+            .iter()
+            .find_map(|(id, n)| n.as_ref()?.status().serving.then_some(*id))
     }
 
     /// Waits until a running node leads and every running node knows it.

@@ -18,8 +18,8 @@ use tokio::time::Instant;
 
 use crate::client::{Client, Hit};
 use crate::cluster::Cluster;
+use crate::cm::Mode;
 use crate::error::Error;
-use crate::replication::RaftTimers;
 
 /// The demo's workload size.
 #[derive(Debug, Clone, Copy)]
@@ -102,10 +102,14 @@ impl std::fmt::Display for Report {
 }
 
 /// Runs the no-fault and kill-leader scenarios and returns their reports.
-pub async fn run(timers: RaftTimers, work: Workload) -> Result<Vec<Report>, Error> {
+pub async fn run(mode: Mode, work: Workload) -> Result<Vec<Report>, Error> {
     let mut reports = Vec::new();
-    for (name, kill) in [("no-faults", false), ("kill-leader", true)] {
-        let report = scenario(name, kill, timers, work).await?;
+    let kill_name = match mode {
+        Mode::Raft(_) => "kill-leader",
+        Mode::Heartbeat { .. } => "kill-primary",
+    };
+    for (name, kill) in [("no-faults", false), (kill_name, true)] {
+        let report = scenario(name, kill, mode, work).await?;
         println!("{report}");
         reports.push(report);
     }
@@ -116,10 +120,10 @@ pub async fn run(timers: RaftTimers, work: Workload) -> Result<Vec<Report>, Erro
 pub async fn scenario(
     name: &'static str,
     kill: bool,
-    timers: RaftTimers,
+    mode: Mode,
     work: Workload,
 ) -> Result<Report, Error> {
-    let cluster = Arc::new(Mutex::new(Cluster::start(3, timers).await?));
+    let cluster = Arc::new(Mutex::new(Cluster::start(mode).await?));
     let mut clients = Vec::new();
     for _ in 0..work.clients {
         clients.push(Arc::new(cluster.lock().await.client().await?));

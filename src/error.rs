@@ -63,8 +63,8 @@ pub enum Error {
     /// A page transfer was lost before its fault was acknowledged.
     #[error("page {page}: the copy for epoch {epoch} did not arrive")]
     TransferLost { page: String, epoch: Epoch },
-    /// No CM node answered within the deadline.
-    #[error("no CM node answered: {0}")]
+    /// A node or service did not answer, or answered that it cannot serve now.
+    #[error("unavailable: {0}")]
     Unavailable(String),
     /// A request was not well formed.
     #[error("malformed request: {0}")]

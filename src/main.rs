@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ivy_raft::client::{repl, Client, ClientConfig};
-use ivy_raft::cm::{CmConfig, CmNode};
+use ivy_raft::cm::{CmConfig, CmNode, Mode, DEFAULT_PULSE};
 use ivy_raft::config::{parse_addrs, parse_peers, DEFAULT_CMS, DEFAULT_PEERS};
 use ivy_raft::demo::{self, Workload};
 use ivy_raft::protocol::DEFAULT_MAX_PAGE_BYTES;
@@ -29,16 +29,41 @@ enum Command {
     Client(ClientArgs),
     /// Show every CM node: id, address, role, term, last log index, applied index; exit 0 when a leader exists.
     Status(StatusArgs),
-    /// Run the original experiment on an embedded 3-CM cluster, without and with a leader kill.
+    /// Run the original experiment on an embedded CM cluster, without and with a leader kill.
     Demo(DemoArgs),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Mode {
-    /// The directory is committed through Raft on every CM node.
+enum ModeArg {
+    /// The directory is committed through Raft on every CM node and kept in sled.
     Raft,
-    /// The original primary/backup design (not built yet).
+    /// The original primary/backup design: the backup copies the primary's
+    /// directory every pulse (the baseline; loses changes on failover).
     Heartbeat,
+}
+
+/// How the directory is replicated, with each mode's settings.
+#[derive(Args, Clone, Copy)]
+struct ModeArgs {
+    /// How the directory is replicated.
+    #[arg(long, env = "IVY_MODE", value_enum, default_value = "raft")]
+    mode: ModeArg,
+    /// Heartbeat mode: how often the backup copies the primary's directory, ms.
+    #[arg(long, env = "IVY_PULSE_MS", default_value_t = DEFAULT_PULSE.as_millis() as u64)]
+    pulse_ms: u64,
+    #[command(flatten)]
+    timers: TimerArgs,
+}
+
+impl ModeArgs {
+    fn mode(self) -> Mode {
+        match self.mode {
+            ModeArg::Raft => Mode::Raft(self.timers.timers()),
+            ModeArg::Heartbeat => Mode::Heartbeat {
+                pulse: Duration::from_millis(self.pulse_ms),
+            },
+        }
+    }
 }
 
 #[derive(Args, Clone, Copy)]
@@ -78,11 +103,8 @@ struct CmArgs {
     /// Address to listen on [default: this node's address in --peers].
     #[arg(long, env = "IVY_LISTEN")]
     listen: Option<String>,
-    /// How the directory is replicated.
-    #[arg(long, env = "IVY_MODE", value_enum, default_value = "raft")]
-    mode: Mode,
     #[command(flatten)]
-    timers: TimerArgs,
+    mode: ModeArgs,
 }
 
 #[derive(Args)]
@@ -123,7 +145,7 @@ struct DemoArgs {
     #[arg(long, env = "IVY_DEMO_OPS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     ops: u64,
     #[command(flatten)]
-    timers: TimerArgs,
+    mode: ModeArgs,
 }
 
 fn main() -> Result<()> {
@@ -153,16 +175,13 @@ fn main() -> Result<()> {
 }
 
 async fn run_cm(args: CmArgs) -> Result<()> {
-    if args.mode == Mode::Heartbeat {
-        bail!("--mode heartbeat is not built yet; use --mode raft");
-    }
     let peers = parse_peers(&args.peers)?;
     let config = CmConfig {
         id: args.id,
         data_dir: args
             .data_dir
             .unwrap_or_else(|| PathBuf::from(format!("data/cm-{}", args.id))),
-        timers: args.timers.timers(),
+        mode: args.mode.mode(),
         peers,
     };
     config.validate()?;
@@ -215,7 +234,7 @@ async fn run_status(args: StatusArgs) -> Result<()> {
     for addr in parse_addrs(&args.cm)? {
         nodes.push(repl::node_status(&addr).await);
     }
-    let has_leader = nodes.iter().any(|n| n["role"] == "leader");
+    let has_leader = nodes.iter().any(|n| n["serving"] == true);
     let report = json!({"op": "status", "ok": has_leader, "cm": nodes});
     if args.json {
         println!("{report}");
@@ -234,12 +253,23 @@ async fn run_demo(args: DemoArgs) -> Result<()> {
         ops: args.ops as usize,
         pages: 10,
     };
+    let mode = args.mode.mode();
+    let cms = match mode {
+        Mode::Raft(_) => "3 CM nodes (Raft)".to_string(),
+        Mode::Heartbeat { pulse } => format!(
+            "primary + backup CM (heartbeat, pulse {} ms)",
+            pulse.as_millis()
+        ),
+    };
     println!(
-        "ivy demo: 3 CM nodes (Raft), {} clients x {} random reads/writes on P1..P10, no sleeps",
+        "ivy demo: {cms}, {} clients x {} random reads/writes on P1..P10, no sleeps",
         work.clients, work.ops
     );
-    let reports = demo::run(args.timers.timers(), work).await?;
+    let reports = demo::run(mode, work).await?;
     let failed: usize = reports.iter().map(|r| r.failed).sum();
+    if failed > 0 && matches!(mode, Mode::Heartbeat { .. }) {
+        bail!("{failed} operations failed: the heartbeat baseline loses what changed after the backup's last copy");
+    }
     if failed > 0 {
         bail!("{failed} operations failed");
     }

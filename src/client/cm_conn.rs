@@ -96,6 +96,19 @@ impl CmConn {
         (index, addrs[index].clone())
     }
 
+    /// CHANGE_CM: send the next requests to `addr` first.
+    pub fn prefer(&self, addr: &str) {
+        let mut addrs = lock(&self.addrs);
+        let index = match addrs.iter().position(|a| a == addr) {
+            Some(i) => i,
+            None => {
+                addrs.push(addr.to_string());
+                addrs.len() - 1
+            }
+        };
+        *lock(&self.leader) = index;
+    }
+
     /// After a failure on node `index`: follow a leader hint, else try the next node.
     fn next(&self, index: usize, err: &Error) {
         let mut addrs = lock(&self.addrs);

@@ -121,6 +121,20 @@ impl pb::page_holder_server::PageHolder for HolderService {
         Ok(Response::new(pb::ConfirmReply {}))
     }
 
+    async fn change_cm(
+        &self,
+        req: Request<pb::ChangeCmRequest>,
+    ) -> Result<Response<pb::ChangeCmReply>, Status> {
+        let addr = req.into_inner().addr;
+        if addr.parse::<std::net::SocketAddr>().is_err() {
+            let err = Error::Malformed(format!("CM address {addr:?} is not host:port"));
+            return Err(rpc::status_from_error(&err));
+        }
+        tracing::info!("CHANGE_CM: faults now go to {addr}");
+        self.shared.cm.prefer(&addr);
+        Ok(Response::new(pb::ChangeCmReply {}))
+    }
+
     async fn invalidate(
         &self,
         req: Request<pb::InvalidateRequest>,

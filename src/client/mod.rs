@@ -81,6 +81,7 @@ pub enum Hit {
 /// State shared by the client and its PageHolder service.
 pub(crate) struct Shared {
     id: ClientId,
+    cm: CmConn,
     table: Mutex<PageTable>,
     peers: Channels,
     max_page_bytes: usize,
@@ -95,7 +96,6 @@ impl Shared {
 /// A running client; dropping it stops its server (as a crash would).
 pub struct Client {
     shared: Arc<Shared>,
-    cm: CmConn,
     addr: SocketAddr,
     seq: AtomicU64,
     faulting: tokio::sync::Mutex<()>,
@@ -116,6 +116,7 @@ impl Client {
         let id = register(&cm, addr).await?;
         let shared = Arc::new(Shared {
             id,
+            cm,
             table: Mutex::new(PageTable::new(id)),
             peers: Channels::new(PAGE_SEND_TIMEOUT),
             max_page_bytes: config.max_page_bytes,
@@ -126,7 +127,6 @@ impl Client {
         tracing::info!(client = id, %addr, "client registered");
         Ok(Client {
             shared,
-            cm,
             addr,
             seq: AtomicU64::new(0),
             faulting: tokio::sync::Mutex::new(()),
@@ -147,7 +147,7 @@ impl Client {
 
     /// The CM connection, for status queries.
     pub fn cm(&self) -> &CmConn {
-        &self.cm
+        &self.shared.cm
     }
 
     /// The local page table, in page order.
@@ -272,6 +272,7 @@ impl Client {
             }
         );
         let reply = self
+            .shared
             .cm
             .call(&what, |mut cm| {
                 let req = Request::new(req.clone());
@@ -293,6 +294,7 @@ impl Client {
     pub async fn leave(mut self) -> Result<(), Error> {
         let client = self.id();
         let left = self
+            .shared
             .cm
             .call("unregister", |mut cm| async move {
                 cm.unregister(Request::new(pb::UnregisterRequest { client }))

@@ -231,7 +231,7 @@ async fn status(client: &Client) -> Value {
     for addr in client.cm().addrs() {
         nodes.push(node_status(&addr).await);
     }
-    let ok = nodes.iter().any(|n| n["role"] == "leader");
+    let ok = nodes.iter().any(|n| n["serving"] == true);
     json!({"op": "status", "ok": ok, "client": client.id(), "cm": nodes})
 }
 
@@ -249,9 +249,11 @@ pub async fn node_status(addr: &str) -> Value {
     match reply {
         Ok(Ok(r)) => {
             let r = r.into_inner();
-            json!({"addr": addr, "reachable": true, "id": r.id, "role": r.role, "term": r.term,
-                "last_log_index": r.last_log_index, "applied_index": r.applied_index, "leader": r.leader,
-                "pages": r.pages, "clients": r.clients, "mode": r.mode})
+            let last_sync_ms = (r.last_sync_ms >= 0).then_some(r.last_sync_ms);
+            json!({"addr": addr, "reachable": true, "id": r.id, "role": r.role, "serving": r.serving,
+                "term": r.term, "last_log_index": r.last_log_index, "applied_index": r.applied_index,
+                "leader": r.leader, "pages": r.pages, "clients": r.clients, "mode": r.mode,
+                "last_sync_ms": last_sync_ms})
         }
         Ok(Err(status)) => json!({"addr": addr, "reachable": false, "error": status.message()}),
         Err(_) => json!({"addr": addr, "reachable": false, "error": "no answer within 1 s"}),
@@ -319,35 +321,55 @@ fn human_pages(v: &Value) -> String {
 
 /// The `ivy status` table for node answers as produced by [`node_status`].
 pub fn human_status(v: &Value) -> String {
-    let mut out = format!(
-        "{:<4} {:<22} {:<10} {:>6} {:>9} {:>9}  reachable",
-        "id", "address", "role", "term", "last_log", "applied"
-    );
+    let row = |cells: [String; 8]| {
+        let [id, addr, role, term, last, applied, sync, reach] = cells;
+        format!("{id:<4} {addr:<22} {role:<15} {term:>6} {last:>9} {applied:>9} {sync:>9}  {reach}")
+    };
+    let header = [
+        "id",
+        "address",
+        "role",
+        "term",
+        "last_log",
+        "applied",
+        "last_sync",
+        "reachable",
+    ];
+    let mut lines = vec![row(header.map(String::from))];
     for n in v["cm"].as_array().cloned().unwrap_or_default() {
-        if n["reachable"] == true {
-            out.push_str(&format!(
-                "\n{:<4} {:<22} {:<10} {:>6} {:>9} {:>9}  yes",
-                n["id"],
-                n["addr"].as_str().unwrap_or(""),
-                n["role"].as_str().unwrap_or(""),
-                n["term"],
-                n["last_log_index"],
-                n["applied_index"]
-            ));
+        let text = |key: &str| n[key].as_str().unwrap_or("").to_string();
+        let cells = if n["reachable"] == true {
+            let sync = n["last_sync_ms"]
+                .as_i64()
+                .map_or("-".to_string(), |ms| format!("{ms} ms"));
+            let [id, term, last, applied] =
+                ["id", "term", "last_log_index", "applied_index"].map(|k| n[k].to_string());
+            [
+                id,
+                text("addr"),
+                text("role"),
+                term,
+                last,
+                applied,
+                sync,
+                "yes".to_string(),
+            ]
         } else {
-            out.push_str(&format!(
-                "\n{:<4} {:<22} {:<10} {:>6} {:>9} {:>9}  no ({})",
-                "-",
-                n["addr"].as_str().unwrap_or(""),
-                "-",
-                "-",
-                "-",
-                "-",
-                n["error"].as_str().unwrap_or("")
-            ));
-        }
+            let dash = || "-".to_string();
+            [
+                dash(),
+                text("addr"),
+                dash(),
+                dash(),
+                dash(),
+                dash(),
+                dash(),
+                format!("no ({})", text("error")),
+            ]
+        };
+        lines.push(row(cells));
     }
-    out
+    lines.join("\n")
 }
 
 #[cfg(test)]

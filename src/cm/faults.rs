@@ -9,17 +9,15 @@
 //! that finds the page moved is planned and run again with the same (client, seq).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use openraft::ServerState;
 use tokio::task::JoinSet;
 
 use super::holders::Holder;
+use super::replica::Replica;
 use crate::error::Error;
 use crate::protocol::{ClientId, Directory, FaultKind, FaultPlan, Grant, Outcome, PageName, Plan};
-use crate::replication::{not_leader, raft_error, Proposer, Raft};
 use crate::rpc::Channels;
 use crate::storage::SharedDirectory;
 
@@ -31,33 +29,27 @@ const REDO_BACKOFF: Duration = Duration::from_millis(10);
 
 /// The leader's fault server.
 pub struct Faults {
-    raft: Raft,
+    replica: Replica,
     dir: SharedDirectory,
-    proposer: Proposer,
     channels: Channels,
-    commit_deadline: Duration,
-    ready_term: AtomicU64,
     locks: Mutex<HashMap<PageName, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Faults {
-    /// A fault server over `raft`, reading `dir` and calling holders via `channels`.
-    pub fn new(
-        raft: Raft,
-        dir: SharedDirectory,
-        proposer: Proposer,
-        channels: Channels,
-        commit_deadline: Duration,
-    ) -> Self {
+    /// A fault server committing through `replica`, reading `dir` and calling
+    /// holders via `channels`.
+    pub fn new(replica: Replica, dir: SharedDirectory, channels: Channels) -> Self {
         Faults {
-            raft,
+            replica,
             dir,
-            proposer,
             channels,
-            commit_deadline,
-            ready_term: AtomicU64::new(0),
             locks: Mutex::default(),
         }
+    }
+
+    /// The replication this server commits through.
+    pub fn replica(&self) -> &Replica {
+        &self.replica
     }
 
     /// Serves fault `seq` of `client` on `page` and returns the committed grant.
@@ -68,7 +60,7 @@ impl Faults {
         page: &PageName,
         kind: FaultKind,
     ) -> Result<Grant, Error> {
-        self.ensure_leader().await?;
+        self.replica.ensure_leader().await?;
         let lock = self.page_lock(page);
         let served = {
             let _serialised = lock.lock().await;
@@ -111,8 +103,8 @@ impl Faults {
 
     /// Commits any other directory command (registration) on the leader.
     pub async fn commit(&self, cmd: crate::protocol::DirCmd) -> Result<Outcome, Error> {
-        self.ensure_leader().await?;
-        self.proposer.propose(cmd).await
+        self.replica.ensure_leader().await?;
+        self.replica.commit(cmd).await
     }
 
     /// Runs `f` on the directory.
@@ -135,7 +127,7 @@ impl Faults {
                 .forward(&self.channels, page, fwd.epoch, fwd.kind, &requester)
                 .await?;
         }
-        let grant = match self.proposer.propose(plan.commit.clone()).await? {
+        let grant = match self.replica.commit(plan.commit.clone()).await? {
             Outcome::Granted(grant) => grant,
             Outcome::Rejected(err) => return Err(err),
             other => return Err(Error::Storage(format!("fault commit gave {other:?}"))),
@@ -210,35 +202,6 @@ impl Faults {
         // One reference in the map and ours: nobody else holds or waits.
         if Arc::strong_count(&lock) == 2 {
             locks.remove(page);
-        }
-    }
-
-    /// Fails with `NotLeader` unless this node leads; once per term, waits until
-    /// the directory reflects every commit of earlier terms.
-    async fn ensure_leader(&self) -> Result<(), Error> {
-        let (state, term) = {
-            let m = self.raft.metrics();
-            let m = m.borrow();
-            (m.state, m.current_term)
-        };
-        if state != ServerState::Leader {
-            return Err(not_leader(&self.raft));
-        }
-        if self.ready_term.load(Ordering::Acquire) == term {
-            return Ok(());
-        }
-        let linear =
-            tokio::time::timeout(self.commit_deadline, self.raft.ensure_linearizable()).await;
-        match linear {
-            Ok(Ok(_)) => {
-                self.ready_term.store(term, Ordering::Release);
-                Ok(())
-            }
-            Ok(Err(err)) => Err(raft_error(&self.raft, err)),
-            Err(_) => Err(Error::NoQuorum(format!(
-                "leader could not reach a majority within {} ms",
-                self.commit_deadline.as_millis()
-            ))),
         }
     }
 }

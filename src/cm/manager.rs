@@ -10,19 +10,17 @@ use tonic::{Request, Response, Status};
 use super::faults::Faults;
 use crate::error::Error;
 use crate::protocol::{DirCmd, FaultKind, Outcome};
-use crate::replication::{leader_of, Raft};
 use crate::rpc::{self, pb};
 
 /// The client-facing service of one CM node.
 pub struct ManagerService {
-    raft: Raft,
     faults: Arc<Faults>,
 }
 
 impl ManagerService {
-    /// Serves clients with `faults` on the node running `raft`.
-    pub fn new(raft: Raft, faults: Arc<Faults>) -> Self {
-        ManagerService { raft, faults }
+    /// Serves clients with `faults`.
+    pub fn new(faults: Arc<Faults>) -> Self {
+        ManagerService { faults }
     }
 
     async fn fault(
@@ -119,22 +117,24 @@ impl pb::manager_server::Manager for ManagerService {
         &self,
         _req: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusReply>, Status> {
-        let m = self.raft.metrics().borrow().clone();
-        let (leader, leader_addr) = leader_of(&m).unwrap_or_default();
+        let st = self.faults.replica().status();
+        let (leader, leader_addr) = st.leader.unwrap_or_default();
         let (pages, clients) = self
             .faults
             .read(|d| (d.pages().count() as u64, d.client_count() as u64));
         Ok(Response::new(pb::StatusReply {
-            id: m.id,
-            role: role_name(m.state).to_string(),
-            term: m.current_term,
-            last_log_index: m.last_log_index.unwrap_or(0),
-            applied_index: m.last_applied.map_or(0, |l| l.index),
+            id: st.id,
+            role: st.role,
+            term: st.term,
+            last_log_index: st.last_log_index,
+            applied_index: st.applied_index,
             leader,
             leader_addr,
             pages,
             clients,
-            mode: "raft".to_string(),
+            mode: st.mode.to_string(),
+            serving: st.serving,
+            last_sync_ms: st.last_sync.map_or(-1, |d| d.as_millis() as i64),
         }))
     }
 }

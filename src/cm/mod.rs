@@ -1,37 +1,60 @@
-//! The central manager node: one member of the 3-node Raft-replicated CM cluster.
+//! The central manager node: one member of the replicated CM cluster.
 //!
-//! A node opens its sled store, starts openraft, and serves two gRPC services on
-//! one listener: `Manager` for clients and `RaftTransport` for its peers. On first
-//! start (an empty store) every node proposes the same initial membership, which
-//! openraft accepts once; restarting is running the same command again.
+//! A node serves the client-facing `Manager` service and its replication's
+//! service on one listener. In Raft mode it opens its sled store, starts openraft
+//! and serves `RaftTransport`; on first start (an empty store) every node proposes
+//! the same initial membership, which openraft accepts once, and restarting is
+//! running the same command again. In heartbeat mode (the baseline) it serves
+//! `Heartbeat`: the backup polls the primary every pulse and takes over when a
+//! pulse is missed; a restarted primary reclaims the title first.
 
 mod faults;
+mod heartbeat;
 mod holders;
 mod manager;
+mod raft_node;
+mod replica;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::BasicNode;
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 
 pub use faults::Faults;
 pub use manager::{role_name, ManagerService};
+pub use replica::{NodeStatus, Replica};
 
 use crate::error::Error;
-use crate::replication::{commit_deadline, Proposer, Raft, RaftTimers};
+use crate::replication::heartbeat::{HeartbeatReplica, Role};
+use crate::replication::{Raft, RaftTimers};
+use crate::rpc::pb::heartbeat_server::HeartbeatServer;
 use crate::rpc::pb::manager_server::ManagerServer;
 use crate::rpc::pb::raft_transport_server::RaftTransportServer;
-use crate::rpc::{Channels, NetworkFactory, Server, TransportService};
-use crate::storage;
+use crate::rpc::{Channels, Server, TransportService};
 
 /// Deadline of one call from the manager to a client or a peer.
 pub const HOLDER_RPC_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Largest gRPC message a CM node accepts (Raft entries, snapshots).
+/// Largest gRPC message a CM node accepts (Raft entries, snapshots, pulses).
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Default heartbeat-mode pulse: the original design's 1 s.
+pub const DEFAULT_PULSE: Duration = Duration::from_secs(1);
+
+/// How the directory is replicated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Committed through openraft on every CM node, persisted in sled.
+    Raft(RaftTimers),
+    /// The baseline: the primary's memory, copied by the backup every `pulse`.
+    Heartbeat {
+        /// How often the backup polls the primary.
+        pulse: Duration,
+    },
+}
 
 /// What a CM node needs to start.
 #[derive(Debug, Clone)]
@@ -40,14 +63,15 @@ pub struct CmConfig {
     pub id: u64,
     /// Every CM node's id and address.
     pub peers: BTreeMap<u64, String>,
-    /// Where the sled store lives.
+    /// Where the sled store lives (Raft mode).
     pub data_dir: PathBuf,
-    /// Raft timers.
-    pub timers: RaftTimers,
+    /// The replication mode.
+    pub mode: Mode,
 }
 
 impl CmConfig {
-    /// Checks the id is among the peers and the peers are addresses.
+    /// Checks the id is among the peers, the peers are addresses, and the mode's
+    /// settings are usable.
     pub fn validate(&self) -> Result<(), Error> {
         if !self.peers.contains_key(&self.id) {
             let ids: Vec<_> = self.peers.keys().collect();
@@ -63,16 +87,23 @@ impl CmConfig {
                 )));
             }
         }
-        self.timers.config().map(|_| ())
+        match self.mode {
+            Mode::Raft(timers) => timers.config().map(|_| ()),
+            Mode::Heartbeat { pulse } if pulse.is_zero() => {
+                Err(Error::Malformed("the pulse must be positive".into()))
+            }
+            Mode::Heartbeat { .. } => HeartbeatReplica::new(self.id, &self.peers).map(|_| ()),
+        }
     }
 }
 
 /// A running CM node; dropping it stops the node.
 pub struct CmNode {
-    /// This node's Raft handle.
-    pub raft: Raft,
     /// The address it serves on.
     pub addr: std::net::SocketAddr,
+    faults: Arc<Faults>,
+    raft: Option<Raft>,
+    poller: Option<JoinHandle<()>>,
     server: Server,
 }
 
@@ -83,48 +114,84 @@ impl CmNode {
         let addr = listener
             .local_addr()
             .map_err(|e| Error::Unavailable(format!("listener: {e}")))?;
-        let (log_store, state_machine) = open_store(&config).await?;
-        let dir = state_machine.directory();
         let channels = Channels::new(HOLDER_RPC_TIMEOUT);
-        let network = NetworkFactory::new(channels.clone());
-        let raft_config = config.timers.config()?;
-        let raft = Raft::new(config.id, raft_config, network, log_store, state_machine)
-            .await
-            .map_err(|e| Error::Storage(format!("raft start: {e}")))?;
-        initialize(&raft, &config.peers).await?;
-        let deadline = commit_deadline(&config.timers);
-        let proposer = Proposer::spawn(raft.clone(), deadline);
-        let faults = Arc::new(Faults::new(raft.clone(), dir, proposer, channels, deadline));
-        let router = tonic::transport::Server::builder()
-            .add_service(
-                ManagerServer::new(ManagerService::new(raft.clone(), faults))
-                    .max_decoding_message_size(MAX_MESSAGE_BYTES),
-            )
-            .add_service(
-                RaftTransportServer::new(TransportService::new(raft.clone()))
-                    .max_decoding_message_size(MAX_MESSAGE_BYTES),
-            );
+        let mut builder = tonic::transport::Server::builder();
+        let (faults, raft, poller, router) = match config.mode {
+            Mode::Raft(timers) => {
+                let (raft, replica, dir) = raft_node::start(&config, &timers, &channels).await?;
+                let faults = Arc::new(Faults::new(Replica::Raft(replica), dir, channels));
+                let transport = RaftTransportServer::new(TransportService::new(raft.clone()))
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES);
+                let router = builder
+                    .add_service(manager_server(&faults))
+                    .add_service(transport);
+                (faults, Some(raft), None, router)
+            }
+            Mode::Heartbeat { pulse } => {
+                let replica = Arc::new(HeartbeatReplica::new(config.id, &config.peers)?);
+                let my_addr = config.peers[&config.id].clone();
+                if replica.role() == Role::Primary {
+                    heartbeat::reclaim(&replica, &my_addr, pulse, &channels).await;
+                }
+                let poller = (replica.role() == Role::Backup).then(|| {
+                    tokio::spawn(heartbeat::poll_primary(
+                        replica.clone(),
+                        my_addr,
+                        pulse,
+                        channels.clone(),
+                    ))
+                });
+                let service =
+                    HeartbeatServer::new(heartbeat::HeartbeatService::new(replica.clone()))
+                        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+                let faults = Arc::new(Faults::new(
+                    Replica::Heartbeat(replica.clone()),
+                    replica.directory(),
+                    channels,
+                ));
+                let router = builder
+                    .add_service(manager_server(&faults))
+                    .add_service(service);
+                (faults, None, poller, router)
+            }
+        };
         let server = Server::spawn(router, listener);
-        tokio::spawn(log_role_changes(raft.clone()));
         tracing::info!(id = config.id, %addr, "CM node started");
-        Ok(CmNode { raft, addr, server })
+        Ok(CmNode {
+            addr,
+            faults,
+            raft,
+            poller,
+            server,
+        })
     }
 
-    /// Stops serving and shuts Raft down, releasing the sled store.
+    /// This node's status (role, term, indexes, leader).
+    pub fn status(&self) -> NodeStatus {
+        self.faults.replica().status()
+    }
+
+    /// Stops serving and shuts replication down, releasing the sled store.
     pub async fn shutdown(mut self) {
-        self.stop_now().await;
-    }
-
-    async fn stop_now(&mut self) {
-        // Raft first, so requests still in flight fail fast instead of committing.
-        let _ = self.raft.shutdown().await;
+        // Replication first, so requests still in flight fail fast instead of committing.
+        if let Some(raft) = &self.raft {
+            let _ = raft.shutdown().await;
+        }
+        if let Some(poller) = self.poller.take() {
+            poller.abort();
+        }
         self.server.stop().await;
     }
 }
 
 impl Drop for CmNode {
     fn drop(&mut self) {
-        let raft = self.raft.clone();
+        if let Some(poller) = self.poller.take() {
+            poller.abort();
+        }
+        let Some(raft) = self.raft.clone() else {
+            return;
+        };
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
                 let _ = raft.shutdown().await;
@@ -133,56 +200,7 @@ impl Drop for CmNode {
     }
 }
 
-/// Logs every change of this node's role or of the leader it knows, until shutdown.
-async fn log_role_changes(raft: Raft) {
-    let mut metrics = raft.metrics();
-    let mut seen = None;
-    loop {
-        let now = {
-            let m = metrics.borrow_and_update();
-            (m.state, m.current_leader, m.current_term)
-        };
-        if seen.map(|(s, l, _)| (s, l)) != Some((now.0, now.1)) {
-            let leader = now.1.map_or("none".to_string(), |l| l.to_string());
-            tracing::info!("role {}, term {}, leader {leader}", role_name(now.0), now.2);
-            seen = Some(now);
-        }
-        if now.0 == openraft::ServerState::Shutdown || metrics.changed().await.is_err() {
-            return;
-        }
-    }
-}
-
-/// Opens the sled store, waiting a little for a previous run in this process to release it.
-async fn open_store(
-    config: &CmConfig,
-) -> Result<(storage::LogStore, storage::StateMachine), Error> {
-    const TRIES: u32 = 50;
-    const PAUSE: Duration = Duration::from_millis(100);
-    let mut tries = 0;
-    loop {
-        match storage::open(&config.data_dir) {
-            Err(err) if tries < TRIES && err.to_string().contains("in use") => {
-                tries += 1;
-                tokio::time::sleep(PAUSE).await;
-            }
-            opened => return opened,
-        }
-    }
-}
-
-/// Proposes the initial membership if this node's store is empty.
-async fn initialize(raft: &Raft, peers: &BTreeMap<u64, String>) -> Result<(), Error> {
-    let fatal = |e: openraft::error::Fatal<u64>| Error::Storage(format!("raft: {e}"));
-    if raft.is_initialized().await.map_err(fatal)? {
-        return Ok(());
-    }
-    let members: BTreeMap<u64, BasicNode> = peers
-        .iter()
-        .map(|(id, addr)| (*id, BasicNode { addr: addr.clone() }))
-        .collect();
-    if let Err(err) = raft.initialize(members).await {
-        tracing::info!("initial membership not proposed by this node: {err}");
-    }
-    Ok(())
+fn manager_server(faults: &Arc<Faults>) -> ManagerServer<ManagerService> {
+    ManagerServer::new(ManagerService::new(faults.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
 }

@@ -123,6 +123,11 @@ impl Directory {
         self.clients.get(&id)
     }
 
+    /// The registered clients, by id.
+    pub fn clients(&self) -> impl Iterator<Item = (&ClientId, &ClientInfo)> {
+        self.clients.iter()
+    }
+
     /// Number of registered clients.
     pub fn client_count(&self) -> usize {
         self.clients.len()

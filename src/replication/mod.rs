@@ -4,9 +4,12 @@
 //! - [`Proposer`] batches directory commands into log entries: openraft 0.9 waits
 //!   for each log flush before the next append, so one entry carrying every
 //!   command that arrived meanwhile raises throughput.
+//! - [`heartbeat`] is the baseline: the original primary/backup design, whose
+//!   backup copies the directory every pulse.
 //! - [`leader_of`] and [`not_leader`] read who leads from the Raft metrics, so the
 //!   manager can point a client at the leader.
 
+pub mod heartbeat;
 mod proposer;
 
 use std::collections::BTreeMap;
