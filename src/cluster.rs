@@ -70,6 +70,7 @@ impl Cluster {
             peers: self.peers.clone(),
             data_dir: self.dir.path().join(format!("cm-{id}")),
             mode: self.mode,
+            unsafe_skip_invalidation: false,
         }
     }
 

@@ -105,6 +105,10 @@ struct CmArgs {
     listen: Option<String>,
     #[command(flatten)]
     mode: ModeArgs,
+    /// Testing only: skip invalidations so copies go stale (the chaos harness's
+    /// broken build).
+    #[arg(long, env = "IVY_UNSAFE_SKIP_INVALIDATION", hide = true)]
+    unsafe_skip_invalidation: bool,
 }
 
 #[derive(Args)]
@@ -182,6 +186,7 @@ async fn run_cm(args: CmArgs) -> Result<()> {
             .data_dir
             .unwrap_or_else(|| PathBuf::from(format!("data/cm-{}", args.id))),
         mode: args.mode.mode(),
+        unsafe_skip_invalidation: args.unsafe_skip_invalidation,
         peers,
     };
     config.validate()?;

@@ -24,7 +24,7 @@ const ROUND_BACKOFF: Duration = Duration::from_millis(50);
 
 /// Client-side view of the CM cluster.
 pub struct CmConn {
-    addrs: Mutex<Vec<String>>,
+    addrs: Vec<String>,
     leader: Mutex<usize>,
     channels: Channels,
     deadline: Duration,
@@ -41,7 +41,7 @@ impl CmConn {
             return Err(Error::Malformed("no CM address given".into()));
         }
         Ok(CmConn {
-            addrs: Mutex::new(addrs),
+            addrs,
             leader: Mutex::new(0),
             channels: Channels::new(rpc_timeout),
             deadline,
@@ -50,7 +50,7 @@ impl CmConn {
 
     /// The CM addresses this client knows.
     pub fn addrs(&self) -> Vec<String> {
-        lock(&self.addrs).clone()
+        self.addrs.clone()
     }
 
     /// Calls `f` on the leader, retrying on other nodes until it answers or the
@@ -91,31 +91,26 @@ impl CmConn {
     }
 
     fn current(&self) -> (usize, String) {
-        let addrs = lock(&self.addrs);
-        let index = *lock(&self.leader) % addrs.len();
-        (index, addrs[index].clone())
+        let index = *lock(&self.leader) % self.addrs.len();
+        (index, self.addrs[index].clone())
     }
 
-    /// CHANGE_CM: send the next requests to `addr` first.
+    /// CHANGE_CM: send the next requests to `addr` first, when it is one of ours.
     pub fn prefer(&self, addr: &str) {
-        let mut addrs = lock(&self.addrs);
-        let index = match addrs.iter().position(|a| a == addr) {
-            Some(i) => i,
-            None => {
-                addrs.push(addr.to_string());
-                addrs.len() - 1
-            }
-        };
-        *lock(&self.leader) = index;
+        if let Some(index) = self.addrs.iter().position(|a| a == addr) {
+            *lock(&self.leader) = index;
+        }
     }
 
     /// After a failure on node `index`: follow a leader hint, else try the next node.
     fn next(&self, index: usize, err: &Error) {
-        let mut addrs = lock(&self.addrs);
+        let addrs = &self.addrs;
         let mut leader = lock(&self.leader);
         if *leader != index {
             return;
         }
+        // Follow a hint only to an address this client was given: a CM names its
+        // peers as it sees them, which need not be how this client reaches them.
         if let Error::NotLeader {
             leader: Some((_, addr)),
         } = err
@@ -124,9 +119,6 @@ impl CmConn {
                 *leader = i;
                 return;
             }
-            addrs.push(addr.clone());
-            *leader = addrs.len() - 1;
-            return;
         }
         *leader = (index + 1) % addrs.len();
     }

@@ -168,26 +168,31 @@ impl Client {
 
     /// Reads `page`: locally when the copy is valid, else by a read fault.
     pub async fn read(&self, page: &str) -> Result<(Vec<u8>, Hit), Error> {
+        self.read_at(page).await.map(|(v, hit, _)| (v, hit))
+    }
+
+    /// Reads `page` like [`Client::read`] and also returns the epoch of the copy read.
+    pub async fn read_at(&self, page: &str) -> Result<(Vec<u8>, Hit, Epoch), Error> {
         let page = PageName::new(page)?;
-        if let Some(v) = self.shared.table().read(&page) {
-            return Ok((v.to_vec(), Hit::Local));
+        if let Some((v, epoch)) = self.shared.table().read_at(&page) {
+            return Ok((v.to_vec(), Hit::Local, epoch));
         }
         let _one_fault = self.faulting.lock().await;
         for _ in 0..MAX_FAULT_ROUNDS {
             {
                 let mut table = self.shared.table();
-                if let Some(v) = table.read(&page) {
-                    return Ok((v.to_vec(), Hit::Fault));
+                if let Some((v, epoch)) = table.read_at(&page) {
+                    return Ok((v.to_vec(), Hit::Fault, epoch));
                 }
                 table.intend_read(&page);
             }
             let grant = self.fault(&page, FaultKind::Read).await?;
             let mut table = self.shared.table();
             if let Some(v) = table.take_confirmed(&page, grant.epoch) {
-                return Ok((v, Hit::Fault));
+                return Ok((v, Hit::Fault, grant.epoch));
             }
             match table.grant(&page, grant.epoch, grant.created) {
-                Ok(v) => return Ok((v, Hit::Fault)),
+                Ok(v) => return Ok((v, Hit::Fault, grant.epoch)),
                 Err(err) if err.is_retryable() => {
                     tracing::debug!("read of {page}: {err}; faulting again")
                 }
@@ -202,25 +207,30 @@ impl Client {
     /// Writes `content` to `page`: locally with write access, else by a write fault
     /// (the first write of a page creates it).
     pub async fn write(&self, page: &str, content: &[u8]) -> Result<Hit, Error> {
+        self.write_at(page, content).await.map(|(hit, _)| hit)
+    }
+
+    /// Writes like [`Client::write`] and also returns the epoch of the copy written.
+    pub async fn write_at(&self, page: &str, content: &[u8]) -> Result<(Hit, Epoch), Error> {
         let page = PageName::new(page)?;
         check_size(&page, content.len(), self.shared.max_page_bytes)?;
-        if self.shared.table().write(&page, content) {
-            return Ok(Hit::Local);
+        if let Some(epoch) = self.shared.table().write_at(&page, content) {
+            return Ok((Hit::Local, epoch));
         }
         let _one_fault = self.faulting.lock().await;
         let written = self.write_by_fault(&page, content).await;
         if written.is_err() {
             self.shared.table().cancel_intent(&page);
         }
-        written
+        written.map(|epoch| (Hit::Fault, epoch))
     }
 
-    async fn write_by_fault(&self, page: &PageName, content: &[u8]) -> Result<Hit, Error> {
+    async fn write_by_fault(&self, page: &PageName, content: &[u8]) -> Result<Epoch, Error> {
         for _ in 0..MAX_FAULT_ROUNDS {
             {
                 let mut table = self.shared.table();
-                if table.write(page, content) {
-                    return Ok(Hit::Fault);
+                if let Some(epoch) = table.write_at(page, content) {
+                    return Ok(epoch);
                 }
                 table.intend_write(page, content);
             }
@@ -233,17 +243,19 @@ impl Client {
             }
             let mut table = self.shared.table();
             if table.take_confirmed(page, grant.epoch).is_some() {
-                return Ok(Hit::Fault);
+                return Ok(grant.epoch);
             }
             // No confirmation applied the value: install from the reply ourselves.
             match table.grant(page, grant.epoch, grant.created) {
-                Ok(_) if table.write(page, content) => {
-                    table.cancel_intent(page);
-                    return Ok(Hit::Fault);
-                }
-                Ok(_) => tracing::debug!(
-                    "write of {page}: access moved on before the write; faulting again"
-                ),
+                Ok(_) => match table.write_at(page, content) {
+                    Some(epoch) => {
+                        table.cancel_intent(page);
+                        return Ok(epoch);
+                    }
+                    None => tracing::debug!(
+                        "write of {page}: access moved on before the write; faulting again"
+                    ),
+                },
                 Err(err) if err.is_retryable() => {
                     tracing::debug!("write of {page}: {err}; faulting again")
                 }

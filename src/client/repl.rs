@@ -4,12 +4,17 @@
 //! `read <page>` (alias `readPage`), `print`, `x [N]`, `status`, `help`, `quit`.
 //! With `--json` every answer is one JSON object on one line; the first line is
 //! `{"event":"ready",...}`. Without it the answers are plain text for a person.
+//! A line starting `#TAG ` runs concurrently with the lines after it and its
+//! answer carries `"tag":"TAG"` (the chaos harness keeps several ops in flight).
 
 use std::time::Instant;
 
 use rand::Rng;
 use serde_json::{json, Value};
+use std::sync::Arc;
+
 use tokio::io::{AsyncBufRead, AsyncBufReadExt};
+use tokio::task::JoinSet;
 use tonic::Request;
 
 use super::{Client, Hit};
@@ -108,36 +113,80 @@ pub async fn run<R: AsyncBufRead + Unpin>(
 ) -> Result<(), Error> {
     let ready =
         json!({"event": "ready", "client": client.id(), "listen": client.addr().to_string()});
-    emit(
-        json_out,
-        &ready,
-        &format!(
-            "client {} ready, serving pages on {}; type help",
-            client.id(),
-            client.addr()
-        ),
+    let greeting = format!(
+        "client {} ready, serving pages on {}; type help",
+        client.id(),
+        client.addr()
     );
+    emit(json_out, &ready, &greeting);
+    let client = Arc::new(client);
+    let mut tagged = JoinSet::new();
     let mut lines = input.lines();
     while let Some(line) = lines
         .next_line()
         .await
         .map_err(|e| Error::Malformed(format!("stdin: {e}")))?
     {
-        let answer = match parse(&line) {
+        let (tag, line) = split_tag(&line);
+        let cmd = match parse(line) {
             Ok(None) => continue,
             Ok(Some(Command::Quit)) => break,
-            Ok(Some(cmd)) => execute(&client, cmd).await,
-            Err(err) => json!({"op": "unknown", "ok": false, "error": err}),
+            Ok(Some(cmd)) => cmd,
+            Err(err) => {
+                emit(
+                    json_out,
+                    &with_tag(json!({"op": "unknown", "ok": false, "error": err}), tag),
+                    &err,
+                );
+                continue;
+            }
         };
-        emit(json_out, &answer, &human(&answer));
+        match tag {
+            // A tagged command runs concurrently with the ones after it.
+            Some(tag) => {
+                let client = client.clone();
+                tagged.spawn(async move {
+                    let answer = with_tag(execute(&client, cmd).await, Some(tag));
+                    emit(json_out, &answer, &human(&answer));
+                });
+            }
+            None => {
+                let answer = execute(&client, cmd).await;
+                emit(json_out, &answer, &human(&answer));
+            }
+        }
     }
-    let left = client.leave().await;
+    while tagged.join_next().await.is_some() {}
+    let left = match Arc::try_unwrap(client) {
+        Ok(client) => client.leave().await,
+        Err(_) => Err(Error::Unavailable("commands still running".into())),
+    };
     let answer = match &left {
         Ok(()) => json!({"op": "quit", "ok": true}),
         Err(err) => json!({"op": "quit", "ok": false, "error": err.to_string()}),
     };
     emit(json_out, &answer, &human(&answer));
     Ok(())
+}
+
+/// Splits a leading `#TAG ` off a line: a tagged command runs concurrently and its
+/// answer carries `"tag"`, so a driver can keep several commands in flight.
+fn split_tag(line: &str) -> (Option<String>, &str) {
+    let trimmed = line.trim_start();
+    match trimmed.strip_prefix('#') {
+        Some(rest) => {
+            let (tag, cmd) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
+            (Some(tag.to_string()), cmd)
+        }
+        None => (None, line),
+    }
+}
+
+fn with_tag(mut answer: Value, tag: Option<String>) -> Value {
+    if let (Some(tag), Some(obj)) = (tag, answer.as_object_mut()) {
+        obj.insert("tag".into(), Value::String(tag));
+    }
+    answer
 }
 
 fn emit(json_out: bool, value: &Value, text: &str) {
@@ -153,18 +202,21 @@ pub async fn execute(client: &Client, cmd: Command) -> Value {
     let start = Instant::now();
     let ms = |start: Instant| (start.elapsed().as_secs_f64() * 1e6).round() / 1e3;
     match cmd {
-        Command::Write { page, content } => match client.write(&page, content.as_bytes()).await {
-            Ok(hit) => {
-                json!({"op": "write", "page": page, "ok": true, "local": hit == Hit::Local, "ms": ms(start)})
+        Command::Write { page, content } => {
+            match client.write_at(&page, content.as_bytes()).await {
+                Ok((hit, epoch)) => {
+                    json!({"op": "write", "page": page, "ok": true, "local": hit == Hit::Local, "epoch": epoch,
+                    "ms": ms(start)})
+                }
+                Err(e) => {
+                    json!({"op": "write", "page": page, "ok": false, "error": e.to_string(), "ms": ms(start)})
+                }
             }
-            Err(e) => {
-                json!({"op": "write", "page": page, "ok": false, "error": e.to_string(), "ms": ms(start)})
-            }
-        },
-        Command::Read { page } => match client.read(&page).await {
-            Ok((v, hit)) => {
+        }
+        Command::Read { page } => match client.read_at(&page).await {
+            Ok((v, hit, epoch)) => {
                 json!({"op": "read", "page": page, "ok": true, "value": String::from_utf8_lossy(&v),
-                "local": hit == Hit::Local, "ms": ms(start)})
+                "local": hit == Hit::Local, "epoch": epoch, "ms": ms(start)})
             }
             Err(e) => {
                 json!({"op": "read", "page": page, "ok": false, "error": e.to_string(), "ms": ms(start)})
@@ -398,5 +450,7 @@ mod tests {
         assert!(parse("read").is_err());
         assert!(parse("read P1 P2").is_err());
         assert!(parse("fly away").unwrap_err().contains("unknown command"));
+        assert_eq!(split_tag("#7 read P1"), (Some("7".into()), "read P1"));
+        assert_eq!(split_tag("read P1"), (None, "read P1"));
     }
 }

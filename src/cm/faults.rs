@@ -32,17 +32,27 @@ pub struct Faults {
     replica: Replica,
     dir: SharedDirectory,
     channels: Channels,
+    skip_invalidation: bool,
     locks: Mutex<HashMap<PageName, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Faults {
     /// A fault server committing through `replica`, reading `dir` and calling
-    /// holders via `channels`.
-    pub fn new(replica: Replica, dir: SharedDirectory, channels: Channels) -> Self {
+    /// holders via `channels`; `skip_invalidation` breaks coherence (testing only).
+    pub fn new(
+        replica: Replica,
+        dir: SharedDirectory,
+        channels: Channels,
+        skip_invalidation: bool,
+    ) -> Self {
+        if skip_invalidation {
+            tracing::warn!("UNSAFE: invalidations are skipped; copies will go stale");
+        }
         Faults {
             replica,
             dir,
             channels,
+            skip_invalidation,
             locks: Mutex::default(),
         }
     }
@@ -145,6 +155,9 @@ impl Faults {
         holders: &[ClientId],
         epoch: u64,
     ) -> Result<(), Error> {
+        if self.skip_invalidation {
+            return Ok(());
+        }
         let mut calls = JoinSet::new();
         for id in holders {
             let holder = self.holder(*id)?;

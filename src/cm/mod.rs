@@ -67,6 +67,9 @@ pub struct CmConfig {
     pub data_dir: PathBuf,
     /// The replication mode.
     pub mode: Mode,
+    /// Testing only: skip invalidations, breaking coherence on purpose so the
+    /// chaos harness can show it catches a broken build.
+    pub unsafe_skip_invalidation: bool,
 }
 
 impl CmConfig {
@@ -119,7 +122,12 @@ impl CmNode {
         let (faults, raft, poller, router) = match config.mode {
             Mode::Raft(timers) => {
                 let (raft, replica, dir) = raft_node::start(&config, &timers, &channels).await?;
-                let faults = Arc::new(Faults::new(Replica::Raft(replica), dir, channels));
+                let faults = Arc::new(Faults::new(
+                    Replica::Raft(replica),
+                    dir,
+                    channels,
+                    config.unsafe_skip_invalidation,
+                ));
                 let transport = RaftTransportServer::new(TransportService::new(raft.clone()))
                     .max_decoding_message_size(MAX_MESSAGE_BYTES);
                 let router = builder
@@ -148,6 +156,7 @@ impl CmNode {
                     Replica::Heartbeat(replica.clone()),
                     replica.directory(),
                     channels,
+                    config.unsafe_skip_invalidation,
                 ));
                 let router = builder
                     .add_service(manager_server(&faults))

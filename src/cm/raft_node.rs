@@ -23,7 +23,7 @@ pub async fn start(
 ) -> Result<(Raft, RaftReplica, SharedDirectory), Error> {
     let (log_store, state_machine) = open_store(config).await?;
     let dir = state_machine.directory();
-    let network = NetworkFactory::new(channels.clone());
+    let network = NetworkFactory::new(channels.clone(), config.peers.clone());
     let raft = Raft::new(
         config.id,
         timers.config()?,

@@ -74,21 +74,31 @@ impl PageTable {
 
     /// The local copy of `page`, when access allows a read without a fault.
     pub fn read(&self, page: &PageName) -> Option<&[u8]> {
+        self.read_at(page).map(|(v, _)| v)
+    }
+
+    /// The local copy of `page` and its epoch, when access allows a read.
+    pub fn read_at(&self, page: &PageName) -> Option<(&[u8], Epoch)> {
         let local = self.pages.get(page)?;
         match local.access {
             Access::Invalid => None,
-            Access::Read | Access::Write => local.content.as_deref(),
+            Access::Read | Access::Write => local.content.as_deref().map(|v| (v, local.epoch)),
         }
     }
 
     /// Writes `content` locally when the client owns the page with write access.
     pub fn write(&mut self, page: &PageName, content: &[u8]) -> bool {
+        self.write_at(page, content).is_some()
+    }
+
+    /// Writes locally like [`PageTable::write`] and returns the copy's epoch.
+    pub fn write_at(&mut self, page: &PageName, content: &[u8]) -> Option<Epoch> {
         match self.pages.get_mut(page) {
             Some(local) if local.access == Access::Write => {
                 local.content = Some(content.to_vec());
-                true
+                Some(local.epoch)
             }
-            _ => false,
+            _ => None,
         }
     }
 

@@ -11,6 +11,8 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
+use std::collections::BTreeMap;
+
 use openraft::BasicNode;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -25,14 +27,19 @@ use crate::storage::TypeConfig;
 type RpcResult<T, E = RaftError<u64>> = Result<T, RPCError<u64, BasicNode, E>>;
 
 /// Creates a [`PeerNetwork`] per target CM node, sharing one channel cache.
+/// Peers are reached at the address this node was configured with for their id
+/// (its `--peers`), not the one stored in the Raft membership: each node may see
+/// its peers through different addresses (the chaos harness puts a proxy on every
+/// link), while the membership is shared.
 pub struct NetworkFactory {
     channels: Channels,
+    peers: BTreeMap<u64, String>,
 }
 
 impl NetworkFactory {
-    /// A factory whose connections come from `channels`.
-    pub fn new(channels: Channels) -> Self {
-        NetworkFactory { channels }
+    /// A factory reaching `peers` through `channels`.
+    pub fn new(channels: Channels, peers: BTreeMap<u64, String>) -> Self {
+        NetworkFactory { channels, peers }
     }
 }
 
@@ -42,7 +49,11 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     async fn new_client(&mut self, target: u64, node: &BasicNode) -> PeerNetwork {
         PeerNetwork {
             target,
-            addr: node.addr.clone(),
+            addr: self
+                .peers
+                .get(&target)
+                .cloned()
+                .unwrap_or_else(|| node.addr.clone()),
             channels: self.channels.clone(),
         }
     }
