@@ -13,25 +13,16 @@ const FAULTS: u64 = 200_000;
 fn main() {
     let mut dir = Directory::default();
     for c in 1..=CLIENTS {
-        dir.apply(&DirCmd::Register {
-            addr: format!("127.0.0.1:{}", 10_000 + c),
-            nonce: c,
-        });
+        dir.apply(&DirCmd::Register { addr: format!("127.0.0.1:{}", 10_000 + c), nonce: c });
     }
-    let pages: Vec<PageName> = (0..PAGES)
-        .map(|p| PageName::new(&format!("P{p}")).unwrap())
-        .collect();
+    let pages: Vec<PageName> = (0..PAGES).map(|p| PageName::new(&format!("P{p}")).unwrap()).collect();
     let mut seqs = vec![0u64; CLIENTS as usize + 1];
     let start = Instant::now();
     let mut granted = 0u64;
     for i in 0..FAULTS {
         let client = i % CLIENTS + 1;
         let page = &pages[(i as usize * 7919) % PAGES];
-        let kind = if i % 3 == 0 {
-            FaultKind::Write
-        } else {
-            FaultKind::Read
-        };
+        let kind = if i % 3 == 0 { FaultKind::Write } else { FaultKind::Read };
         seqs[client as usize] += 1;
         let seq = seqs[client as usize];
         let plan = match dir.plan_fault(client, seq, page, kind) {

@@ -36,26 +36,13 @@ impl Cluster {
         let dir = tempfile::tempdir().map_err(|e| Error::Storage(format!("temp dir: {e}")))?;
         let mut listeners = BTreeMap::new();
         for id in 1..=n {
-            let listener = TcpListener::bind("127.0.0.1:0")
-                .await
-                .map_err(|e| Error::Unavailable(format!("bind: {e}")))?;
+            let listener =
+                TcpListener::bind("127.0.0.1:0").await.map_err(|e| Error::Unavailable(format!("bind: {e}")))?;
             listeners.insert(id, listener);
         }
-        let peers: BTreeMap<u64, String> = listeners
-            .iter()
-            .map(|(id, l)| {
-                (
-                    *id,
-                    l.local_addr().map(|a| a.to_string()).unwrap_or_default(),
-                )
-            })
-            .collect();
-        let mut cluster = Cluster {
-            nodes: BTreeMap::new(),
-            peers,
-            mode,
-            dir,
-        };
+        let peers: BTreeMap<u64, String> =
+            listeners.iter().map(|(id, l)| (*id, l.local_addr().map(|a| a.to_string()).unwrap_or_default())).collect();
+        let mut cluster = Cluster { nodes: BTreeMap::new(), peers, mode, dir };
         for (id, listener) in listeners {
             let node = CmNode::start(cluster.config(id), listener).await?;
             cluster.nodes.insert(id, Some(node));
@@ -86,9 +73,7 @@ impl Cluster {
 
     /// The id of the node that says it serves faults, among the running ones.
     pub fn leader(&self) -> Option<u64> {
-        self.nodes
-            .iter()
-            .find_map(|(id, n)| n.as_ref()?.status().serving.then_some(*id))
+        self.nodes.iter().find_map(|(id, n)| n.as_ref()?.status().serving.then_some(*id))
     }
 
     /// Waits until a running node leads and every running node knows it.
@@ -99,10 +84,7 @@ impl Cluster {
                 return Ok(id);
             }
             if tokio::time::Instant::now() >= give_up {
-                return Err(Error::NoQuorum(format!(
-                    "no CM leader within {} ms",
-                    timeout.as_millis()
-                )));
+                return Err(Error::NoQuorum(format!("no CM leader within {} ms", timeout.as_millis())));
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -117,11 +99,7 @@ impl Cluster {
 
     /// Restarts a killed node `id` from its data dir, on its old address.
     pub async fn restart(&mut self, id: u64) -> Result<(), Error> {
-        let addr = self
-            .peers
-            .get(&id)
-            .cloned()
-            .ok_or_else(|| Error::Malformed(format!("no CM node {id}")))?;
+        let addr = self.peers.get(&id).cloned().ok_or_else(|| Error::Malformed(format!("no CM node {id}")))?;
         let listener = bind_again(&addr).await?;
         let node = CmNode::start(self.config(id), listener).await?;
         self.nodes.insert(id, Some(node));

@@ -19,9 +19,7 @@ pub fn parse_peers(s: &str) -> Result<BTreeMap<u64, String>, Error> {
         let id: u64 = id.trim().parse().map_err(|_| bad())?;
         let addr = parse_addr(addr.trim())?;
         if id == 0 || peers.insert(id, addr).is_some() {
-            return Err(Error::Malformed(format!(
-                "peer id {id} is zero or repeated"
-            )));
+            return Err(Error::Malformed(format!("peer id {id} is zero or repeated")));
         }
     }
     if peers.is_empty() {
@@ -32,12 +30,8 @@ pub fn parse_peers(s: &str) -> Result<BTreeMap<u64, String>, Error> {
 
 /// Parses a comma-separated list of `host:port` addresses.
 pub fn parse_addrs(s: &str) -> Result<Vec<String>, Error> {
-    let addrs: Vec<String> = s
-        .split(',')
-        .map(str::trim)
-        .filter(|a| !a.is_empty())
-        .map(parse_addr)
-        .collect::<Result<_, _>>()?;
+    let addrs: Vec<String> =
+        s.split(',').map(str::trim).filter(|a| !a.is_empty()).map(parse_addr).collect::<Result<_, _>>()?;
     if addrs.is_empty() {
         return Err(Error::Malformed("no CM address given".into()));
     }
@@ -45,9 +39,7 @@ pub fn parse_addrs(s: &str) -> Result<Vec<String>, Error> {
 }
 
 fn parse_addr(s: &str) -> Result<String, Error> {
-    let (host, port) = s
-        .rsplit_once(':')
-        .ok_or_else(|| Error::Malformed(format!("address {s:?} is not HOST:PORT")))?;
+    let (host, port) = s.rsplit_once(':').ok_or_else(|| Error::Malformed(format!("address {s:?} is not HOST:PORT")))?;
     if host.is_empty() || port.parse::<u16>().is_err() {
         return Err(Error::Malformed(format!("address {s:?} is not HOST:PORT")));
     }

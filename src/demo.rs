@@ -35,11 +35,7 @@ pub struct Workload {
 impl Default for Workload {
     /// The original experiment: 10 clients × 10 operations on P1..P10.
     fn default() -> Self {
-        Workload {
-            clients: 10,
-            ops: 10,
-            pages: 10,
-        }
+        Workload { clients: 10, ops: 10, pages: 10 }
     }
 }
 
@@ -83,12 +79,8 @@ pub struct Report {
 
 impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let election = self
-            .election_ms
-            .map_or(String::new(), |e| format!(" (new leader after {e:.0} ms)"));
-        let gap = self
-            .failover_gap_ms
-            .map_or("-".to_string(), |g| format!("{g:.1} ms"));
+        let election = self.election_ms.map_or(String::new(), |e| format!(" (new leader after {e:.0} ms)"));
+        let gap = self.failover_gap_ms.map_or("-".to_string(), |g| format!("{g:.1} ms"));
         write!(
             f,
             "{:<12} ops {:>4}  failed {:>3}  local {:>3}  avg/client {:>7.2} ms  fault p50 {:>6.2} ms  p99 {:>7.2} ms  failover gap {:>9}  read back {} pages{}",
@@ -117,53 +109,33 @@ pub async fn run(mode: Mode, work: Workload) -> Result<Vec<Report>, Error> {
 }
 
 /// One scenario on a fresh cluster.
-pub async fn scenario(
-    name: &'static str,
-    kill: bool,
-    mode: Mode,
-    work: Workload,
-) -> Result<Report, Error> {
+pub async fn scenario(name: &'static str, kill: bool, mode: Mode, work: Workload) -> Result<Report, Error> {
     let cluster = Arc::new(Mutex::new(Cluster::start(mode).await?));
     let mut clients = Vec::new();
     for _ in 0..work.clients {
         clients.push(Arc::new(cluster.lock().await.client().await?));
     }
     for p in 1..=work.pages {
-        clients[0]
-            .write(&format!("P{p}"), format!("Content{p}").as_bytes())
-            .await?;
+        clients[0].write(&format!("P{p}"), format!("Content{p}").as_bytes()).await?;
     }
     let began = Instant::now();
     let done = Arc::new(AtomicU64::new(0));
     let progress = Arc::new(Notify::new());
     let killer = kill.then(|| {
         let threshold = (work.clients * work.ops / 3) as u64;
-        tokio::spawn(kill_leader_at(
-            cluster.clone(),
-            done.clone(),
-            progress.clone(),
-            threshold,
-            began,
-        ))
+        tokio::spawn(kill_leader_at(cluster.clone(), done.clone(), progress.clone(), threshold, began))
     });
     let mut tasks = Vec::new();
     for c in &clients {
         let (c, done, progress) = (c.clone(), done.clone(), progress.clone());
-        tasks.push(tokio::spawn(async move {
-            run_client(&c, work, began, &done, &progress).await
-        }));
+        tasks.push(tokio::spawn(async move { run_client(&c, work, began, &done, &progress).await }));
     }
     let mut per_client = Vec::new();
     for t in tasks {
-        per_client.push(
-            t.await
-                .map_err(|e| Error::Unavailable(format!("client task: {e}")))?,
-        );
+        per_client.push(t.await.map_err(|e| Error::Unavailable(format!("client task: {e}")))?);
     }
     let killed_at = match killer {
-        Some(k) => k
-            .await
-            .map_err(|e| Error::Unavailable(format!("killer task: {e}")))?,
+        Some(k) => k.await.map_err(|e| Error::Unavailable(format!("killer task: {e}")))?,
         None => None,
     };
     let read_back = read_back(&cluster, work.pages).await;
@@ -178,34 +150,20 @@ pub async fn scenario(
     Ok(summarise(name, &per_client, killed_at, read_back))
 }
 
-async fn run_client(
-    c: &Client,
-    work: Workload,
-    began: Instant,
-    done: &AtomicU64,
-    progress: &Notify,
-) -> Vec<OpRecord> {
+async fn run_client(c: &Client, work: Workload, began: Instant, done: &AtomicU64, progress: &Notify) -> Vec<OpRecord> {
     let mut records = Vec::with_capacity(work.ops);
     for i in 0..work.ops {
         let (page, write) = {
             let mut rng = rand::thread_rng();
-            (
-                format!("P{}", rng.gen_range(1..=work.pages)),
-                rng.gen_bool(0.5),
-            )
+            (format!("P{}", rng.gen_range(1..=work.pages)), rng.gen_bool(0.5))
         };
         let start = began.elapsed();
         let result = if write {
-            c.write(&page, format!("c{}-{}", c.id(), i + 1).as_bytes())
-                .await
+            c.write(&page, format!("c{}-{}", c.id(), i + 1).as_bytes()).await
         } else {
             c.read(&page).await.map(|(_, hit)| hit)
         };
-        records.push(OpRecord {
-            start,
-            end: began.elapsed(),
-            result: result.map_err(|e| e.to_string()),
-        });
+        records.push(OpRecord { start, end: began.elapsed(), result: result.map_err(|e| e.to_string()) });
         done.fetch_add(1, Ordering::SeqCst);
         progress.notify_waiters();
     }
@@ -231,11 +189,7 @@ async fn kill_leader_at(
     let leader = cluster.leader()?;
     let at = began.elapsed();
     cluster.kill(leader).await;
-    let elected = cluster
-        .wait_leader(crate::cluster::LEADER_WAIT)
-        .await
-        .ok()
-        .map(|_| began.elapsed() - at);
+    let elected = cluster.wait_leader(crate::cluster::LEADER_WAIT).await.ok().map(|_| began.elapsed() - at);
     Some(Kill { at, elected })
 }
 
@@ -258,31 +212,16 @@ async fn read_back(cluster: &Mutex<Cluster>, pages: usize) -> usize {
     ok
 }
 
-fn summarise(
-    name: &'static str,
-    per_client: &[Vec<OpRecord>],
-    killed: Option<Kill>,
-    read_back: usize,
-) -> Report {
+fn summarise(name: &'static str, per_client: &[Vec<OpRecord>], killed: Option<Kill>, read_back: usize) -> Report {
     let all: Vec<&OpRecord> = per_client.iter().flatten().collect();
-    let mut faults: Vec<f64> = all
-        .iter()
-        .filter(|r| r.result == Ok(Hit::Fault))
-        .map(|r| ms(r.end - r.start))
-        .collect();
+    let mut faults: Vec<f64> = all.iter().filter(|r| r.result == Ok(Hit::Fault)).map(|r| ms(r.end - r.start)).collect();
     faults.sort_by(f64::total_cmp);
-    let client_ms: Vec<f64> = per_client
-        .iter()
-        .filter(|ops| !ops.is_empty())
-        .map(|ops| ms(ops[ops.len() - 1].end - ops[0].start))
-        .collect();
+    let client_ms: Vec<f64> =
+        per_client.iter().filter(|ops| !ops.is_empty()).map(|ops| ms(ops[ops.len() - 1].end - ops[0].start)).collect();
     // Operations in flight at the kill may finish on the old leader; the gap is
     // measured to the first fault both started and served after it.
     let gap = killed.and_then(|k| {
-        all.iter()
-            .filter(|r| r.result == Ok(Hit::Fault) && r.start >= k.at)
-            .map(|r| ms(r.end - k.at))
-            .reduce(f64::min)
+        all.iter().filter(|r| r.result == Ok(Hit::Fault) && r.start >= k.at).map(|r| ms(r.end - k.at)).reduce(f64::min)
     });
     Report {
         name,

@@ -16,11 +16,7 @@ pub enum Error {
     BadPageName { name: String },
     /// The content is larger than `max_page_bytes`.
     #[error("content for page {page} is {len} bytes; the limit is {max} bytes")]
-    TooLarge {
-        page: String,
-        len: usize,
-        max: usize,
-    },
+    TooLarge { page: String, len: usize, max: usize },
     /// A read of a page that was never written.
     #[error("page {page} does not exist")]
     PageNotFound { page: String },
@@ -32,11 +28,7 @@ pub enum Error {
     OwnerGone { page: String, client: ClientId },
     /// A client (owner or copy holder) did not answer the manager.
     #[error("client {client} at {addr} did not answer: {reason}")]
-    ClientUnreachable {
-        client: ClientId,
-        addr: String,
-        reason: String,
-    },
+    ClientUnreachable { client: ClientId, addr: String, reason: String },
     /// This CM node is not the leader; `leader` names the one it knows of.
     #[error("CM node is not the leader{}", leader_hint(.leader))]
     NotLeader { leader: Option<(u64, String)> },
@@ -45,21 +37,13 @@ pub enum Error {
     NoQuorum(String),
     /// A request older than the client's last applied one.
     #[error("request {seq} of client {client} is older than its last applied request {last}")]
-    StaleRequest {
-        client: ClientId,
-        seq: u64,
-        last: u64,
-    },
+    StaleRequest { client: ClientId, seq: u64, last: u64 },
     /// The page changed epoch between the manager's read and its commit.
     #[error("page {page} moved to epoch {epoch} during the fault")]
     EpochMoved { page: String, epoch: Epoch },
     /// A holder was asked for a page copy it does not have.
     #[error("client {client} does not hold page {page} at epoch {epoch}")]
-    NotHeld {
-        client: ClientId,
-        page: String,
-        epoch: Epoch,
-    },
+    NotHeld { client: ClientId, page: String, epoch: Epoch },
     /// A page transfer was lost before its fault was acknowledged.
     #[error("page {page}: the copy for epoch {epoch} did not arrive")]
     TransferLost { page: String, epoch: Epoch },

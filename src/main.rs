@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use ivy_raft::chaos::{self, ChaosConfig, ChaosMode, FaultKind};
 use ivy_raft::client::{repl, Client, ClientConfig};
 use ivy_raft::cm::{CmConfig, CmNode, Mode, DEFAULT_PULSE};
 use ivy_raft::config::{parse_addrs, parse_peers, DEFAULT_CMS, DEFAULT_PEERS};
@@ -31,6 +32,8 @@ enum Command {
     Status(StatusArgs),
     /// Run the original experiment on an embedded CM cluster, without and with a leader kill.
     Demo(DemoArgs),
+    /// Run CM nodes and clients as processes, inject faults, and check the history.
+    Chaos(ChaosArgs),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -59,9 +62,7 @@ impl ModeArgs {
     fn mode(self) -> Mode {
         match self.mode {
             ModeArg::Raft => Mode::Raft(self.timers.timers()),
-            ModeArg::Heartbeat => Mode::Heartbeat {
-                pulse: Duration::from_millis(self.pulse_ms),
-            },
+            ModeArg::Heartbeat => Mode::Heartbeat { pulse: Duration::from_millis(self.pulse_ms) },
         }
     }
 }
@@ -152,6 +153,52 @@ struct DemoArgs {
     mode: ModeArgs,
 }
 
+#[derive(Args)]
+struct ChaosArgs {
+    /// Which design to exercise.
+    #[arg(long, env = "IVY_MODE", value_enum, default_value = "raft")]
+    mode: ModeArg,
+    /// How long the workload runs, e.g. 60s, 90s, 2m.
+    #[arg(long, env = "IVY_CHAOS_DURATION", default_value = "60s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Seed of the workload and of the fault schedule.
+    #[arg(long, env = "IVY_CHAOS_SEED", default_value_t = 1)]
+    seed: u64,
+    /// Client processes.
+    #[arg(long, env = "IVY_CHAOS_CLIENTS", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
+    clients: u64,
+    /// Concurrent workers per client.
+    #[arg(long, env = "IVY_CHAOS_WORKERS", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
+    workers: u64,
+    /// Pages P1..Pn.
+    #[arg(long, env = "IVY_CHAOS_PAGES", default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pages: u64,
+    /// Fault kinds, comma separated (kill, pause, partition, restart-all, client-pause; "none" for none).
+    #[arg(long, env = "IVY_CHAOS_FAULTS", default_value = "kill,pause,partition,restart-all,client-pause")]
+    faults: String,
+    /// Where logs, data dirs, history.jsonl and report.json go.
+    #[arg(long, env = "IVY_CHAOS_OUT", default_value = "chaos-out")]
+    out: PathBuf,
+    /// Heartbeat mode: the backup's pulse, ms.
+    #[arg(long, env = "IVY_PULSE_MS", default_value_t = DEFAULT_PULSE.as_millis() as u64)]
+    pulse_ms: u64,
+    /// Testing only: CM nodes skip invalidations (a broken build the checker must catch).
+    #[arg(long, env = "IVY_UNSAFE_SKIP_INVALIDATION", hide = true)]
+    unsafe_skip_invalidation: bool,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s.find(|c: char| !c.is_ascii_digit()).map_or((s, "s"), |i| s.split_at(i));
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration like 60s, 500ms or 2m"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("{s:?} is not a duration like 60s, 500ms or 2m")),
+    }
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     // Without RUST_LOG: a CM node says what it does; everything else stays quiet.
@@ -162,8 +209,7 @@ fn main() -> Result<()> {
     };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| default_filter.into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -174,6 +220,7 @@ fn main() -> Result<()> {
             Command::Client(args) => run_client(args).await,
             Command::Status(args) => run_status(args).await,
             Command::Demo(args) => run_demo(args).await,
+            Command::Chaos(args) => run_chaos(args).await,
         }
     })
 }
@@ -182,27 +229,17 @@ async fn run_cm(args: CmArgs) -> Result<()> {
     let peers = parse_peers(&args.peers)?;
     let config = CmConfig {
         id: args.id,
-        data_dir: args
-            .data_dir
-            .unwrap_or_else(|| PathBuf::from(format!("data/cm-{}", args.id))),
+        data_dir: args.data_dir.unwrap_or_else(|| PathBuf::from(format!("data/cm-{}", args.id))),
         mode: args.mode.mode(),
         unsafe_skip_invalidation: args.unsafe_skip_invalidation,
         peers,
     };
     config.validate()?;
-    let listen = args
-        .listen
-        .unwrap_or_else(|| config.peers[&config.id].clone());
-    let listener = tokio::net::TcpListener::bind(&listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen}"))?;
+    let listen = args.listen.unwrap_or_else(|| config.peers[&config.id].clone());
+    let listener =
+        tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     let node = CmNode::start(config.clone(), listener).await?;
-    eprintln!(
-        "CM node {} serving on {} (data dir {})",
-        config.id,
-        node.addr,
-        config.data_dir.display()
-    );
+    eprintln!("CM node {} serving on {} (data dir {})", config.id, node.addr, config.data_dir.display());
     shutdown_signal().await;
     eprintln!("CM node {} stopping", config.id);
     node.shutdown().await;
@@ -253,23 +290,13 @@ async fn run_status(args: StatusArgs) -> Result<()> {
 }
 
 async fn run_demo(args: DemoArgs) -> Result<()> {
-    let work = Workload {
-        clients: args.clients as usize,
-        ops: args.ops as usize,
-        pages: 10,
-    };
+    let work = Workload { clients: args.clients as usize, ops: args.ops as usize, pages: 10 };
     let mode = args.mode.mode();
     let cms = match mode {
         Mode::Raft(_) => "3 CM nodes (Raft)".to_string(),
-        Mode::Heartbeat { pulse } => format!(
-            "primary + backup CM (heartbeat, pulse {} ms)",
-            pulse.as_millis()
-        ),
+        Mode::Heartbeat { pulse } => format!("primary + backup CM (heartbeat, pulse {} ms)", pulse.as_millis()),
     };
-    println!(
-        "ivy demo: {cms}, {} clients x {} random reads/writes on P1..P10, no sleeps",
-        work.clients, work.ops
-    );
+    println!("ivy demo: {cms}, {} clients x {} random reads/writes on P1..P10, no sleeps", work.clients, work.ops);
     let reports = demo::run(mode, work).await?;
     let failed: usize = reports.iter().map(|r| r.failed).sum();
     if failed > 0 && matches!(mode, Mode::Heartbeat { .. }) {
@@ -277,6 +304,40 @@ async fn run_demo(args: DemoArgs) -> Result<()> {
     }
     if failed > 0 {
         bail!("{failed} operations failed");
+    }
+    Ok(())
+}
+
+async fn run_chaos(args: ChaosArgs) -> Result<()> {
+    let faults = if args.faults.trim() == "none" {
+        Vec::new()
+    } else {
+        args.faults
+            .split(',')
+            .map(|name| FaultKind::parse(name).with_context(|| format!("unknown fault kind {name:?}")))
+            .collect::<Result<Vec<_>>>()?
+    };
+    let config = ChaosConfig {
+        bin: std::env::current_exe().context("locating the ivy binary")?,
+        mode: match args.mode {
+            ModeArg::Raft => ChaosMode::Raft,
+            ModeArg::Heartbeat => ChaosMode::Heartbeat,
+        },
+        duration: args.duration,
+        seed: args.seed,
+        clients: args.clients as usize,
+        workers: args.workers as usize,
+        pages: args.pages as usize,
+        faults,
+        out: args.out,
+        pulse_ms: args.pulse_ms,
+        unsafe_skip_invalidation: args.unsafe_skip_invalidation,
+    };
+    let report = chaos::run(&config).await?;
+    println!("{report}");
+    println!("history: {}", config.out.join("history.jsonl").display());
+    if !report.clean {
+        bail!("the chaos run found violations (see {})", config.out.join("report.json").display());
     }
     Ok(())
 }

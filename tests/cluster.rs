@@ -22,41 +22,17 @@ async fn client(cluster: &Cluster, op_timeout: Duration) -> Result<Client> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn reads_and_writes_across_clients() -> Result<()> {
     let cluster = Cluster::start(Mode::Raft(RaftTimers::default())).await?;
-    let (c1, c2, c3) = (
-        cluster.client().await?,
-        cluster.client().await?,
-        cluster.client().await?,
-    );
+    let (c1, c2, c3) = (cluster.client().await?, cluster.client().await?, cluster.client().await?);
 
-    assert_eq!(
-        c1.write("P1", b"a").await?,
-        Hit::Fault,
-        "the first write creates the page"
-    );
-    assert_eq!(
-        c1.write("P1", b"a2").await?,
-        Hit::Local,
-        "the owner writes locally"
-    );
+    assert_eq!(c1.write("P1", b"a").await?, Hit::Fault, "the first write creates the page");
+    assert_eq!(c1.write("P1", b"a2").await?, Hit::Local, "the owner writes locally");
     assert_eq!(c2.read("P1").await?, (b"a2".to_vec(), Hit::Fault));
     assert_eq!(c2.read("P1").await?, (b"a2".to_vec(), Hit::Local));
-    assert_eq!(
-        c1.read("P1").await?,
-        (b"a2".to_vec(), Hit::Local),
-        "a downgraded owner still reads locally"
-    );
+    assert_eq!(c1.read("P1").await?, (b"a2".to_vec(), Hit::Local), "a downgraded owner still reads locally");
 
     assert_eq!(c3.write("P1", b"b").await?, Hit::Fault);
-    assert_eq!(
-        c1.read("P1").await?,
-        (b"b".to_vec(), Hit::Fault),
-        "the old owner was invalidated"
-    );
-    assert_eq!(
-        c2.read("P1").await?,
-        (b"b".to_vec(), Hit::Fault),
-        "the old copy was invalidated"
-    );
+    assert_eq!(c1.read("P1").await?, (b"b".to_vec(), Hit::Fault), "the old owner was invalidated");
+    assert_eq!(c2.read("P1").await?, (b"b".to_vec(), Hit::Fault), "the old copy was invalidated");
     assert_eq!(c3.read("P1").await?, (b"b".to_vec(), Hit::Local));
 
     // The directory agrees on every node once applied.
@@ -90,20 +66,14 @@ async fn leader_kill_during_faults_loses_nothing() -> Result<()> {
                 let started = Instant::now();
                 let fault = if k % 2 == 0 {
                     let value = format!("{i}-{k}");
-                    let hit = c
-                        .write(&format!("W{i}"), value.as_bytes())
-                        .await
-                        .expect("write");
+                    let hit = c.write(&format!("W{i}"), value.as_bytes()).await.expect("write");
                     last_acked = value;
                     hit == Hit::Fault
                 } else {
                     let page = format!("W{}", (i + k) % CLIENTS);
                     let (v, hit) = c.read(&page).await.expect("read");
                     let v = String::from_utf8(v).unwrap();
-                    assert!(
-                        v == "0" || v.starts_with(&page[1..]),
-                        "read of {page} gave {v:?}, never written there"
-                    );
+                    assert!(v == "0" || v.starts_with(&page[1..]), "read of {page} gave {v:?}, never written there");
                     hit == Hit::Fault
                 };
                 let _ = tx.send((started, Instant::now(), fault));
@@ -135,24 +105,14 @@ async fn leader_kill_during_faults_loses_nothing() -> Result<()> {
         last.push(t.await?);
     }
     let gap = first_fault_after.expect("faults resumed after the kill");
-    println!(
-        "leader {old} killed; first fault served {} ms later",
-        gap.as_millis()
-    );
-    assert!(
-        gap < Duration::from_secs(3),
-        "faults resumed only after {gap:?}"
-    );
+    println!("leader {old} killed; first fault served {} ms later", gap.as_millis());
+    assert!(gap < Duration::from_secs(3), "faults resumed only after {gap:?}");
 
     // Every acknowledged write is read back, by a client that never held a copy.
     let reader = cluster.client().await?;
     for (i, value) in last.iter().enumerate() {
         let (v, _) = reader.read(&format!("W{i}")).await?;
-        assert_eq!(
-            String::from_utf8(v)?,
-            *value,
-            "last acknowledged write of W{i}"
-        );
+        assert_eq!(String::from_utf8(v)?, *value, "last acknowledged write of W{i}");
     }
     // Exactly once: write grants of a page are 1, 2, ... with no gap or repeat; a
     // write fault applied twice would skip an epoch.
@@ -191,15 +151,8 @@ async fn lost_quorum_fails_within_deadline_then_recovers() -> Result<()> {
     let took = start.elapsed();
     println!("no quorum: {err} (after {took:?})");
     assert!(took < Duration::from_secs(4), "the error took {took:?}");
-    assert!(
-        matches!(err, Error::Unavailable(_) | Error::NoQuorum(_)),
-        "{err:?}"
-    );
-    assert_eq!(
-        c.read("P1").await?.0,
-        b"before",
-        "a local copy stays readable"
-    );
+    assert!(matches!(err, Error::Unavailable(_) | Error::NoQuorum(_)), "{err:?}");
+    assert_eq!(c.read("P1").await?.0, b"before", "a local copy stays readable");
 
     cluster.restart(others[0]).await?;
     cluster.wait_leader(Duration::from_secs(10)).await?;
@@ -216,26 +169,13 @@ async fn bad_input_gets_clear_errors_and_changes_nothing() -> Result<()> {
     let c2 = client(&cluster, Duration::from_secs(2)).await?;
 
     let err = c1.write("no/slash", b"x").await.unwrap_err();
-    assert!(
-        err.to_string().starts_with("bad page name \"no/slash\""),
-        "{err}"
-    );
-    let err = c1
-        .write("P1", &vec![b'x'; 64 * 1024 + 1])
-        .await
-        .unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        "content for page P1 is 65537 bytes; the limit is 65536 bytes"
-    );
+    assert!(err.to_string().starts_with("bad page name \"no/slash\""), "{err}");
+    let err = c1.write("P1", &vec![b'x'; 64 * 1024 + 1]).await.unwrap_err();
+    assert_eq!(err.to_string(), "content for page P1 is 65537 bytes; the limit is 65536 bytes");
     c1.write("P1", &vec![b'x'; 64 * 1024]).await?;
     let err = c2.read("P9").await.unwrap_err();
     assert_eq!(err.to_string(), "page P9 does not exist");
-    assert_eq!(
-        c2.read("P1").await?.0.len(),
-        64 * 1024,
-        "the oversized write changed nothing"
-    );
+    assert_eq!(c2.read("P1").await?.0.len(), 64 * 1024, "the oversized write changed nothing");
 
     // An owner that crashed: a clear error naming it, within the deadline.
     c1.write("P2", b"owned by c1").await?;
@@ -243,15 +183,8 @@ async fn bad_input_gets_clear_errors_and_changes_nothing() -> Result<()> {
     c1.crash().await;
     let start = Instant::now();
     let err = c2.write("P2", b"x").await.unwrap_err();
-    assert!(
-        start.elapsed() < Duration::from_secs(4),
-        "took {:?}",
-        start.elapsed()
-    );
-    assert!(
-        err.to_string().contains(&format!("client {c1_id}")),
-        "{err}"
-    );
+    assert!(start.elapsed() < Duration::from_secs(4), "took {:?}", start.elapsed());
+    assert!(err.to_string().contains(&format!("client {c1_id}")), "{err}");
 
     // An owner that left: its pages are reported lost, naming it.
     let c3 = client(&cluster, Duration::from_secs(2)).await?;
@@ -259,10 +192,7 @@ async fn bad_input_gets_clear_errors_and_changes_nothing() -> Result<()> {
     let c3_id = c3.id();
     c3.leave().await?;
     let err = c2.read("P3").await.unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        format!("page P3 is lost: its owner, client {c3_id}, has left")
-    );
+    assert_eq!(err.to_string(), format!("page P3 is lost: its owner, client {c3_id}, has left"));
     cluster.shutdown().await;
     Ok(())
 }
@@ -281,9 +211,7 @@ async fn concurrent_writers_of_one_page_serialise() -> Result<()> {
         let c = c.clone();
         tasks.push(tokio::spawn(async move {
             for k in 0..WRITES {
-                c.write("HOT", format!("{i}-{k}").as_bytes())
-                    .await
-                    .expect("write");
+                c.write("HOT", format!("{i}-{k}").as_bytes()).await.expect("write");
                 let (v, _) = c.read("HOT").await.expect("read");
                 assert!(!v.is_empty(), "a read never sees an empty page");
             }
@@ -292,20 +220,13 @@ async fn concurrent_writers_of_one_page_serialise() -> Result<()> {
     for t in tasks {
         t.await?;
     }
-    let mut epochs: Vec<u64> = clients
-        .iter()
-        .flat_map(|c| c.write_grants())
-        .map(|(_, e)| e)
-        .collect();
+    let mut epochs: Vec<u64> = clients.iter().flat_map(|c| c.write_grants()).map(|(_, e)| e).collect();
     epochs.sort_unstable();
     let distinct: BTreeSet<u64> = epochs.iter().copied().collect();
     assert_eq!(distinct.len(), epochs.len(), "no epoch granted twice");
     let (v, _) = clients[0].read("HOT").await?;
     let v = String::from_utf8(v)?;
-    assert!(
-        v.ends_with(&format!("-{}", WRITES - 1)),
-        "final value {v:?} is some writer's last write"
-    );
+    assert!(v.ends_with(&format!("-{}", WRITES - 1)), "final value {v:?} is some writer's last write");
     cluster.shutdown().await;
     Ok(())
 }

@@ -18,9 +18,7 @@ const PRIMARY: u64 = 1;
 const BACKUP: u64 = 2;
 
 fn heartbeat(pulse_ms: u64) -> Mode {
-    Mode::Heartbeat {
-        pulse: Duration::from_millis(pulse_ms),
-    }
+    Mode::Heartbeat { pulse: Duration::from_millis(pulse_ms) }
 }
 
 async fn client(cluster: &Cluster) -> Result<Client> {
@@ -33,23 +31,12 @@ async fn client(cluster: &Cluster) -> Result<Client> {
 async fn wait_synced(cluster: &Cluster) -> Result<()> {
     let give_up = Instant::now() + Duration::from_secs(10);
     loop {
-        let primary = cluster
-            .node(PRIMARY)
-            .expect("primary runs")
-            .status()
-            .last_log_index;
-        let backup = cluster
-            .node(BACKUP)
-            .expect("backup runs")
-            .status()
-            .last_log_index;
+        let primary = cluster.node(PRIMARY).expect("primary runs").status().last_log_index;
+        let backup = cluster.node(BACKUP).expect("backup runs").status().last_log_index;
         if primary == backup {
             return Ok(());
         }
-        ensure!(
-            Instant::now() < give_up,
-            "backup never caught up: {backup} < {primary}"
-        );
+        ensure!(Instant::now() < give_up, "backup never caught up: {backup} < {primary}");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
@@ -61,24 +48,16 @@ fn role(cluster: &Cluster, id: u64) -> String {
 /// A fixed sequential workload over 3 clients; returns every answer as text.
 async fn scripted_workload(mode: Mode) -> Result<Vec<String>> {
     let cluster = Cluster::start(mode).await?;
-    let clients = [
-        client(&cluster).await?,
-        client(&cluster).await?,
-        client(&cluster).await?,
-    ];
+    let clients = [client(&cluster).await?, client(&cluster).await?, client(&cluster).await?];
     let mut rng = StdRng::seed_from_u64(7);
     let mut answers = Vec::new();
     for i in 0..90 {
         let c = &clients[rng.gen_range(0..clients.len())];
         let page = format!("P{}", rng.gen_range(1..=6));
         let answer = if rng.gen_bool(0.5) {
-            c.write(&page, format!("v{i}").as_bytes())
-                .await
-                .map(|_| "ok".to_string())
+            c.write(&page, format!("v{i}").as_bytes()).await.map(|_| "ok".to_string())
         } else {
-            c.read(&page)
-                .await
-                .map(|(v, _)| String::from_utf8_lossy(&v).into_owned())
+            c.read(&page).await.map(|(v, _)| String::from_utf8_lossy(&v).into_owned())
         };
         answers.push(match answer {
             Ok(text) => format!("{page} {text}"),
@@ -93,10 +72,7 @@ async fn scripted_workload(mode: Mode) -> Result<Vec<String>> {
 async fn without_faults_gives_the_same_results_as_raft() -> Result<()> {
     let raft = scripted_workload(Mode::Raft(RaftTimers::default())).await?;
     let baseline = scripted_workload(heartbeat(200)).await?;
-    assert!(
-        raft.iter().any(|a| a.contains("error: page")),
-        "the workload reads unwritten pages too"
-    );
+    assert!(raft.iter().any(|a| a.contains("error: page")), "the workload reads unwritten pages too");
     assert_eq!(raft, baseline);
     Ok(())
 }
@@ -108,42 +84,27 @@ async fn backup_takes_over_and_the_restarted_primary_reclaims() -> Result<()> {
     let (c1, c2) = (client(&cluster).await?, client(&cluster).await?);
     c1.write("P1", b"one").await?;
     wait_synced(&cluster).await?;
-    assert_eq!(
-        (role(&cluster, PRIMARY), role(&cluster, BACKUP)),
-        ("primary".into(), "backup".into())
-    );
+    assert_eq!((role(&cluster, PRIMARY), role(&cluster, BACKUP)), ("primary".into(), "backup".into()));
 
     // Kill the primary: the backup takes over within about two pulses.
     cluster.kill(PRIMARY).await;
     let killed = Instant::now();
     assert_eq!(c2.read("P1").await?.0, b"one", "the synced page survives");
     let resumed = killed.elapsed();
-    println!(
-        "faults resumed {} ms after the primary died",
-        resumed.as_millis()
-    );
-    assert!(
-        resumed < Duration::from_millis(3 * PULSE_MS + 500),
-        "took {resumed:?}"
-    );
+    println!("faults resumed {} ms after the primary died", resumed.as_millis());
+    assert!(resumed < Duration::from_millis(3 * PULSE_MS + 500), "took {resumed:?}");
     assert_eq!(role(&cluster, BACKUP), "acting-primary");
     c1.write("P2", b"written on the backup").await?;
 
     // Restart the primary: it takes the backup's directory, reclaims the title,
     // and the clients follow it.
     cluster.restart(PRIMARY).await?;
-    assert_eq!(
-        (role(&cluster, PRIMARY), role(&cluster, BACKUP)),
-        ("primary".into(), "backup".into())
-    );
+    assert_eq!((role(&cluster, PRIMARY), role(&cluster, BACKUP)), ("primary".into(), "backup".into()));
     let before = cluster.node(PRIMARY).unwrap().status().last_log_index;
     assert_eq!(c2.read("P2").await?.0, b"written on the backup");
     c2.write("P3", b"after the reclaim").await?;
     let after = cluster.node(PRIMARY).unwrap().status().last_log_index;
-    assert!(
-        after > before,
-        "the faults went to the primary ({before} -> {after})"
-    );
+    assert!(after > before, "the faults went to the primary ({before} -> {after})");
     assert_eq!(c1.read("P3").await?.0, b"after the reclaim");
     cluster.shutdown().await;
     Ok(())
@@ -163,25 +124,12 @@ async fn changes_after_the_last_pulse_are_lost_and_reported() -> Result<()> {
     cluster.kill(PRIMARY).await;
 
     assert_eq!(c2.read("SYNCED").await?.0, b"before the pulse");
-    let lost = c2
-        .read("LOST")
-        .await
-        .expect_err("the change after the last pulse is gone");
-    assert_eq!(
-        lost,
-        Error::PageNotFound {
-            page: "LOST".into()
-        }
-    );
+    let lost = c2.read("LOST").await.expect_err("the change after the last pulse is gone");
+    assert_eq!(lost, Error::PageNotFound { page: "LOST".into() });
     let backup = cluster.node(BACKUP).unwrap().status();
     assert_eq!(backup.role, "acting-primary");
-    let age = backup
-        .last_sync
-        .expect("the backup reports the age of its copy");
-    println!(
-        "lost 1 acknowledged write: {lost}; the backup's copy was {} ms old",
-        age.as_millis()
-    );
+    let age = backup.last_sync.expect("the backup reports the age of its copy");
+    println!("lost 1 acknowledged write: {lost}; the backup's copy was {} ms old", age.as_millis());
     // The writer still holds its own copy: the directory and the client now disagree.
     assert_eq!(c1.read("LOST").await?.0, b"after the pulse");
     cluster.shutdown().await;

@@ -17,11 +17,7 @@ const IVY: &str = env!("CARGO_BIN_EXE_ivy");
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(20);
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// A child process killed (SIGKILL) on drop.
@@ -44,23 +40,10 @@ struct CmSet {
 impl CmSet {
     fn new(dir: &Path) -> Self {
         let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-        let peers = ports
-            .iter()
-            .enumerate()
-            .map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1))
-            .collect::<Vec<_>>()
-            .join(",");
-        let cms = ports
-            .iter()
-            .map(|p| format!("127.0.0.1:{p}"))
-            .collect::<Vec<_>>()
-            .join(",");
-        CmSet {
-            peers,
-            cms,
-            dir: dir.to_path_buf(),
-            procs: (0..3).map(|_| None).collect(),
-        }
+        let peers =
+            ports.iter().enumerate().map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1)).collect::<Vec<_>>().join(",");
+        let cms = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
+        CmSet { peers, cms, dir: dir.to_path_buf(), procs: (0..3).map(|_| None).collect() }
     }
 
     /// Starts node `id` exactly as a user would, again and again.
@@ -87,13 +70,9 @@ impl CmSet {
     fn wait_leader(&self, timeout: Duration) -> Result<u64> {
         let give_up = Instant::now() + timeout;
         loop {
-            let out = Command::new(IVY)
-                .args(["status", "--json", "--cm", &self.cms])
-                .output()?;
+            let out = Command::new(IVY).args(["status", "--json", "--cm", &self.cms]).output()?;
             let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-            let leader = v["cm"]
-                .as_array()
-                .and_then(|nodes| nodes.iter().find(|n| n["role"] == "leader"));
+            let leader = v["cm"].as_array().and_then(|nodes| nodes.iter().find(|n| n["role"] == "leader"));
             if let (Some(leader), true) = (leader, out.status.success()) {
                 return Ok(leader["id"].as_u64().unwrap());
             }
@@ -130,21 +109,14 @@ impl ClientProc {
                 }
             }
         });
-        let mut c = ClientProc {
-            _proc: Proc(child),
-            stdin,
-            lines,
-        };
+        let mut c = ClientProc { _proc: Proc(child), stdin, lines };
         let ready = c.next()?;
         assert_eq!(ready["event"], "ready", "{ready}");
         Ok((c, ready))
     }
 
     fn next(&mut self) -> Result<Value> {
-        let line = self
-            .lines
-            .recv_timeout(ANSWER_TIMEOUT)
-            .context("client answered nothing")?;
+        let line = self.lines.recv_timeout(ANSWER_TIMEOUT).context("client answered nothing")?;
         serde_json::from_str(&line).with_context(|| format!("not JSON: {line}"))
     }
 
@@ -180,20 +152,12 @@ fn processes_survive_leader_kill_and_whole_cluster_restart() -> Result<()> {
 
     // The JSON lines of DESIGN.md.
     let w = c1.cmd("writePage P1 Content1")?;
-    assert_eq!(
-        (&w["op"], &w["page"], &w["ok"]),
-        (&"write".into(), &"P1".into(), &true.into()),
-        "{w}"
-    );
+    assert_eq!((&w["op"], &w["page"], &w["ok"]), (&"write".into(), &"P1".into(), &true.into()), "{w}");
     assert!(w["ms"].is_number(), "{w}");
     let r = c2.cmd("readPage P1")?;
     assert_eq!(r["value"], "Content1", "{r}");
     let r = c2.cmd("read P9")?;
-    assert_eq!(
-        (&r["ok"], &r["error"]),
-        (&false.into(), &"page P9 does not exist".into()),
-        "{r}"
-    );
+    assert_eq!((&r["ok"], &r["error"]), (&false.into(), &"page P9 does not exist".into()), "{r}");
     c1.write("A2", "two")?;
 
     // kill -9 the leader; faults go on with the other two.
@@ -210,11 +174,7 @@ fn processes_survive_leader_kill_and_whole_cluster_restart() -> Result<()> {
         c2.write(&format!("P{p}"), &format!("Content{p}"))?;
     }
     let x = c1.cmd("x 20")?;
-    assert_eq!(
-        (&x["op"], &x["n"], &x["failed"]),
-        (&"x".into(), &20.into(), &0.into()),
-        "{x}"
-    );
+    assert_eq!((&x["op"], &x["n"], &x["failed"]), (&"x".into(), &20.into(), &0.into()), "{x}");
 
     // Whole-cluster restart: the directory (owners, copy sets, epochs) survives.
     let before = c1.cmd("print")?;
@@ -227,23 +187,14 @@ fn processes_survive_leader_kill_and_whole_cluster_restart() -> Result<()> {
     cms.wait_leader(Duration::from_secs(20))?;
     let p2 = c2.read("A2")?;
     let p3 = c2.read("A3")?;
-    assert_eq!(
-        (p2.as_str(), p3.as_str()),
-        ("two-by-c2", "three"),
-        "before restart: {before}"
-    );
+    assert_eq!((p2.as_str(), p3.as_str()), ("two-by-c2", "three"), "before restart: {before}");
     c2.write("A3", "three-by-c2")?;
     assert_eq!(c1.read("A3")?, "three-by-c2");
 
-    let status = Command::new(IVY)
-        .args(["status", "--cm", &cms.cms])
-        .output()?;
+    let status = Command::new(IVY).args(["status", "--cm", &cms.cms]).output()?;
     let table = String::from_utf8_lossy(&status.stdout);
     assert!(status.status.success(), "{table}");
-    assert!(
-        table.contains("leader") && table.contains("follower"),
-        "{table}"
-    );
+    assert!(table.contains("leader") && table.contains("follower"), "{table}");
     let q = c1.cmd("quit")?;
     assert_eq!(q["op"], "quit");
     Ok(())
@@ -256,9 +207,7 @@ fn cli_rejects_bad_flags_with_clear_errors() -> Result<()> {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--id 4 is not among the peers"), "{err}");
 
-    let out = Command::new(IVY)
-        .args(["cm", "--id", "1", "--peers", "1=nowhere"])
-        .output()?;
+    let out = Command::new(IVY).args(["cm", "--id", "1", "--peers", "1=nowhere"]).output()?;
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not HOST:PORT"));
 
@@ -267,15 +216,7 @@ fn cli_rejects_bad_flags_with_clear_errors() -> Result<()> {
     let start = Instant::now();
     let out = Command::new(IVY).args(["status", "--cm", &cms]).output()?;
     assert!(!out.status.success());
-    assert!(
-        start.elapsed() < Duration::from_secs(5),
-        "status took {:?}",
-        start.elapsed()
-    );
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("no ("),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    assert!(start.elapsed() < Duration::from_secs(5), "status took {:?}", start.elapsed());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no ("), "{}", String::from_utf8_lossy(&out.stdout));
     Ok(())
 }

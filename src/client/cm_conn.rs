@@ -32,20 +32,11 @@ pub struct CmConn {
 
 impl CmConn {
     /// A connection to the CM nodes at `addrs`; each call gives up after `deadline`.
-    pub fn new(
-        addrs: Vec<String>,
-        rpc_timeout: Duration,
-        deadline: Duration,
-    ) -> Result<Self, Error> {
+    pub fn new(addrs: Vec<String>, rpc_timeout: Duration, deadline: Duration) -> Result<Self, Error> {
         if addrs.is_empty() {
             return Err(Error::Malformed("no CM address given".into()));
         }
-        Ok(CmConn {
-            addrs,
-            leader: Mutex::new(0),
-            channels: Channels::new(rpc_timeout),
-            deadline,
-        })
+        Ok(CmConn { addrs, leader: Mutex::new(0), channels: Channels::new(rpc_timeout), deadline })
     }
 
     /// The CM addresses this client knows.
@@ -111,10 +102,7 @@ impl CmConn {
         }
         // Follow a hint only to an address this client was given: a CM names its
         // peers as it sees them, which need not be how this client reaches them.
-        if let Error::NotLeader {
-            leader: Some((_, addr)),
-        } = err
-        {
+        if let Error::NotLeader { leader: Some((_, addr)) } = err {
             if let Some(i) = addrs.iter().position(|a| a == addr) {
                 *leader = i;
                 return;

@@ -23,8 +23,7 @@ use holder::HolderService;
 
 use crate::error::Error;
 use crate::protocol::{
-    check_size, ClientId, Epoch, FaultKind, Grant, LocalPage, PageName, PageTable,
-    DEFAULT_MAX_PAGE_BYTES,
+    check_size, ClientId, Epoch, FaultKind, Grant, LocalPage, PageName, PageTable, DEFAULT_MAX_PAGE_BYTES,
 };
 use crate::rpc::pb::page_holder_server::PageHolderServer;
 use crate::rpc::{pb, Channels, Server};
@@ -109,9 +108,7 @@ impl Client {
         let listener = TcpListener::bind(&config.listen)
             .await
             .map_err(|e| Error::Unavailable(format!("cannot listen on {}: {e}", config.listen)))?;
-        let addr = listener
-            .local_addr()
-            .map_err(|e| Error::Unavailable(format!("listener: {e}")))?;
+        let addr = listener.local_addr().map_err(|e| Error::Unavailable(format!("listener: {e}")))?;
         let cm = CmConn::new(config.cms.clone(), CLIENT_RPC_TIMEOUT, config.op_timeout)?;
         let id = register(&cm, addr).await?;
         let shared = Arc::new(Shared {
@@ -121,8 +118,8 @@ impl Client {
             peers: Channels::new(PAGE_SEND_TIMEOUT),
             max_page_bytes: config.max_page_bytes,
         });
-        let router = tonic::transport::Server::builder()
-            .add_service(PageHolderServer::new(HolderService::new(shared.clone())));
+        let router =
+            tonic::transport::Server::builder().add_service(PageHolderServer::new(HolderService::new(shared.clone())));
         let server = Server::spawn(router, listener);
         tracing::info!(client = id, %addr, "client registered");
         Ok(Client {
@@ -152,18 +149,12 @@ impl Client {
 
     /// The local page table, in page order.
     pub fn pages(&self) -> Vec<(PageName, LocalPage)> {
-        self.shared
-            .table()
-            .pages()
-            .map(|(p, l)| (p.clone(), l.clone()))
-            .collect()
+        self.shared.table().pages().map(|(p, l)| (p.clone(), l.clone())).collect()
     }
 
     /// The epochs of the write faults granted to this client, when recorded.
     pub fn write_grants(&self) -> Vec<(PageName, Epoch)> {
-        self.grants.as_ref().map_or_else(Vec::new, |g| {
-            g.lock().unwrap_or_else(|e| e.into_inner()).clone()
-        })
+        self.grants.as_ref().map_or_else(Vec::new, |g| g.lock().unwrap_or_else(|e| e.into_inner()).clone())
     }
 
     /// Reads `page`: locally when the copy is valid, else by a read fault.
@@ -199,9 +190,7 @@ impl Client {
                 Err(err) => return Err(err),
             }
         }
-        Err(Error::Unavailable(format!(
-            "read of {page}: the copy was superseded {MAX_FAULT_ROUNDS} times"
-        )))
+        Err(Error::Unavailable(format!("read of {page}: the copy was superseded {MAX_FAULT_ROUNDS} times")))
     }
 
     /// Writes `content` to `page`: locally with write access, else by a write fault
@@ -236,10 +225,7 @@ impl Client {
             }
             let grant = self.fault(page, FaultKind::Write).await?;
             if let Some(grants) = &self.grants {
-                grants
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push((page.clone(), grant.epoch));
+                grants.lock().unwrap_or_else(|e| e.into_inner()).push((page.clone(), grant.epoch));
             }
             let mut table = self.shared.table();
             if table.take_confirmed(page, grant.epoch).is_some() {
@@ -252,9 +238,7 @@ impl Client {
                         table.cancel_intent(page);
                         return Ok(epoch);
                     }
-                    None => tracing::debug!(
-                        "write of {page}: access moved on before the write; faulting again"
-                    ),
+                    None => tracing::debug!("write of {page}: access moved on before the write; faulting again"),
                 },
                 Err(err) if err.is_retryable() => {
                     tracing::debug!("write of {page}: {err}; faulting again")
@@ -262,27 +246,14 @@ impl Client {
                 Err(err) => return Err(err),
             }
         }
-        Err(Error::Unavailable(format!(
-            "write of {page}: ownership was superseded {MAX_FAULT_ROUNDS} times"
-        )))
+        Err(Error::Unavailable(format!("write of {page}: ownership was superseded {MAX_FAULT_ROUNDS} times")))
     }
 
     /// One fault request, retried with the same seq until granted or the deadline.
     async fn fault(&self, page: &PageName, kind: FaultKind) -> Result<Grant, Error> {
         let seq = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
-        let req = pb::FaultRequest {
-            client: self.id(),
-            seq,
-            page: page.to_string(),
-        };
-        let what = format!(
-            "{} fault on {page}",
-            if kind == FaultKind::Read {
-                "read"
-            } else {
-                "write"
-            }
-        );
+        let req = pb::FaultRequest { client: self.id(), seq, page: page.to_string() };
+        let what = format!("{} fault on {page}", if kind == FaultKind::Read { "read" } else { "write" });
         let reply = self
             .shared
             .cm
@@ -296,23 +267,19 @@ impl Client {
                 }
             })
             .await?;
-        Ok(Grant {
-            epoch: reply.epoch,
-            created: reply.created,
-        })
+        Ok(Grant { epoch: reply.epoch, created: reply.created })
     }
 
     /// Leaves the cluster: the directory forgets this client, then the server stops.
     pub async fn leave(mut self) -> Result<(), Error> {
         let client = self.id();
-        let left = self
-            .shared
-            .cm
-            .call("unregister", |mut cm| async move {
-                cm.unregister(Request::new(pb::UnregisterRequest { client }))
-                    .await
-            })
-            .await;
+        let left =
+            self.shared
+                .cm
+                .call("unregister", |mut cm| async move {
+                    cm.unregister(Request::new(pb::UnregisterRequest { client })).await
+                })
+                .await;
         self.stop_server().await;
         left.map(|_| ())
     }
@@ -330,10 +297,7 @@ impl Client {
 /// Registers the PageHolder address; the random nonce makes a retry return the same id.
 async fn register(cm: &CmConn, addr: SocketAddr) -> Result<ClientId, Error> {
     let nonce = rand::random::<u64>();
-    let req = pb::RegisterRequest {
-        addr: addr.to_string(),
-        nonce,
-    };
+    let req = pb::RegisterRequest { addr: addr.to_string(), nonce };
     let reply = cm
         .call("register", |mut c| {
             let req = Request::new(req.clone());

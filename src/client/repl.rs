@@ -70,21 +70,14 @@ pub fn parse(line: &str) -> Result<Option<Command>, String> {
             if page.is_empty() {
                 return Err("usage: write <page> <content...>".into());
             }
-            Command::Write {
-                page: page.into(),
-                content: content.trim_start().into(),
-            }
+            Command::Write { page: page.into(), content: content.trim_start().into() }
         }
         "read" | "readPage" => match rest.split_whitespace().collect::<Vec<_>>().as_slice() {
-            [page] => Command::Read {
-                page: (*page).into(),
-            },
+            [page] => Command::Read { page: (*page).into() },
             _ => return Err("usage: read <page>".into()),
         },
         "print" => Command::Print,
-        "x" => Command::Random {
-            n: parse_count(rest)?,
-        },
+        "x" => Command::Random { n: parse_count(rest)? },
         "status" => Command::Status,
         "help" => Command::Help,
         "quit" | "exit" => Command::Quit,
@@ -99,45 +92,26 @@ fn parse_count(rest: &str) -> Result<u64, String> {
     }
     match rest.parse::<u64>() {
         Ok(n) if (1..=MAX_X_OPS).contains(&n) => Ok(n),
-        _ => Err(format!(
-            "usage: x [N] with N from 1 to {MAX_X_OPS}, not {rest:?}"
-        )),
+        _ => Err(format!("usage: x [N] with N from 1 to {MAX_X_OPS}, not {rest:?}")),
     }
 }
 
 /// Runs the command loop over `input` until `quit` or end of input.
-pub async fn run<R: AsyncBufRead + Unpin>(
-    client: Client,
-    input: R,
-    json_out: bool,
-) -> Result<(), Error> {
-    let ready =
-        json!({"event": "ready", "client": client.id(), "listen": client.addr().to_string()});
-    let greeting = format!(
-        "client {} ready, serving pages on {}; type help",
-        client.id(),
-        client.addr()
-    );
+pub async fn run<R: AsyncBufRead + Unpin>(client: Client, input: R, json_out: bool) -> Result<(), Error> {
+    let ready = json!({"event": "ready", "client": client.id(), "listen": client.addr().to_string()});
+    let greeting = format!("client {} ready, serving pages on {}; type help", client.id(), client.addr());
     emit(json_out, &ready, &greeting);
     let client = Arc::new(client);
     let mut tagged = JoinSet::new();
     let mut lines = input.lines();
-    while let Some(line) = lines
-        .next_line()
-        .await
-        .map_err(|e| Error::Malformed(format!("stdin: {e}")))?
-    {
+    while let Some(line) = lines.next_line().await.map_err(|e| Error::Malformed(format!("stdin: {e}")))? {
         let (tag, line) = split_tag(&line);
         let cmd = match parse(line) {
             Ok(None) => continue,
             Ok(Some(Command::Quit)) => break,
             Ok(Some(cmd)) => cmd,
             Err(err) => {
-                emit(
-                    json_out,
-                    &with_tag(json!({"op": "unknown", "ok": false, "error": err}), tag),
-                    &err,
-                );
+                emit(json_out, &with_tag(json!({"op": "unknown", "ok": false, "error": err}), tag), &err);
                 continue;
             }
         };
@@ -202,17 +176,15 @@ pub async fn execute(client: &Client, cmd: Command) -> Value {
     let start = Instant::now();
     let ms = |start: Instant| (start.elapsed().as_secs_f64() * 1e6).round() / 1e3;
     match cmd {
-        Command::Write { page, content } => {
-            match client.write_at(&page, content.as_bytes()).await {
-                Ok((hit, epoch)) => {
-                    json!({"op": "write", "page": page, "ok": true, "local": hit == Hit::Local, "epoch": epoch,
+        Command::Write { page, content } => match client.write_at(&page, content.as_bytes()).await {
+            Ok((hit, epoch)) => {
+                json!({"op": "write", "page": page, "ok": true, "local": hit == Hit::Local, "epoch": epoch,
                     "ms": ms(start)})
-                }
-                Err(e) => {
-                    json!({"op": "write", "page": page, "ok": false, "error": e.to_string(), "ms": ms(start)})
-                }
             }
-        }
+            Err(e) => {
+                json!({"op": "write", "page": page, "ok": false, "error": e.to_string(), "ms": ms(start)})
+            }
+        },
         Command::Read { page } => match client.read_at(&page).await {
             Ok((v, hit, epoch)) => {
                 json!({"op": "read", "page": page, "ok": true, "value": String::from_utf8_lossy(&v),
@@ -249,10 +221,7 @@ async fn random(client: &Client, n: u64, start: Instant) -> Value {
     for i in 0..n {
         let (page, write) = {
             let mut rng = rand::thread_rng();
-            (
-                format!("P{}", rng.gen_range(1..=X_PAGES)),
-                rng.gen_bool(0.5),
-            )
+            (format!("P{}", rng.gen_range(1..=X_PAGES)), rng.gen_bool(0.5))
         };
         let result = if write {
             let content = format!("c{}-{}", client.id(), i + 1);
@@ -293,11 +262,9 @@ pub async fn node_status(addr: &str) -> Value {
     let Ok(channel) = crate::rpc::channel(addr, STATUS_TIMEOUT) else {
         return json!({"addr": addr, "reachable": false, "error": "bad address"});
     };
-    let reply = tokio::time::timeout(
-        STATUS_TIMEOUT,
-        ManagerClient::new(channel).status(Request::new(pb::StatusRequest {})),
-    )
-    .await;
+    let reply =
+        tokio::time::timeout(STATUS_TIMEOUT, ManagerClient::new(channel).status(Request::new(pb::StatusRequest {})))
+            .await;
     match reply {
         Ok(Ok(r)) => {
             let r = r.into_inner();
@@ -317,11 +284,7 @@ fn human(v: &Value) -> String {
     let err = || format!("error: {}", v["error"].as_str().unwrap_or("?"));
     match v["op"].as_str().unwrap_or("") {
         _ if v["ok"] == false && v["op"] != "x" && v["op"] != "status" => err(),
-        "write" => format!(
-            "ok ({} ms{})",
-            v["ms"],
-            if v["local"] == true { ", local" } else { "" }
-        ),
+        "write" => format!("ok ({} ms{})", v["ms"], if v["local"] == true { ", local" } else { "" }),
         "read" => format!(
             "{} ({} ms{})",
             v["value"].as_str().unwrap_or(""),
@@ -336,18 +299,12 @@ fn human(v: &Value) -> String {
             v["failed"],
             v["local"],
             v["ms"],
-            v["errors"]
-                .as_array()
-                .and_then(|e| e.first())
-                .map_or(String::new(), |e| format!("; first error: {e}"))
+            v["errors"].as_array().and_then(|e| e.first()).map_or(String::new(), |e| format!("; first error: {e}"))
         ),
         "status" => human_status(v),
-        "help" => v["commands"].as_array().map_or(String::new(), |c| {
-            c.iter()
-                .filter_map(|l| l.as_str())
-                .collect::<Vec<_>>()
-                .join("\n")
-        }),
+        "help" => v["commands"]
+            .as_array()
+            .map_or(String::new(), |c| c.iter().filter_map(|l| l.as_str()).collect::<Vec<_>>().join("\n")),
         "quit" => "bye".into(),
         _ => v.to_string(),
     }
@@ -377,47 +334,17 @@ pub fn human_status(v: &Value) -> String {
         let [id, addr, role, term, last, applied, sync, reach] = cells;
         format!("{id:<4} {addr:<22} {role:<15} {term:>6} {last:>9} {applied:>9} {sync:>9}  {reach}")
     };
-    let header = [
-        "id",
-        "address",
-        "role",
-        "term",
-        "last_log",
-        "applied",
-        "last_sync",
-        "reachable",
-    ];
+    let header = ["id", "address", "role", "term", "last_log", "applied", "last_sync", "reachable"];
     let mut lines = vec![row(header.map(String::from))];
     for n in v["cm"].as_array().cloned().unwrap_or_default() {
         let text = |key: &str| n[key].as_str().unwrap_or("").to_string();
         let cells = if n["reachable"] == true {
-            let sync = n["last_sync_ms"]
-                .as_i64()
-                .map_or("-".to_string(), |ms| format!("{ms} ms"));
-            let [id, term, last, applied] =
-                ["id", "term", "last_log_index", "applied_index"].map(|k| n[k].to_string());
-            [
-                id,
-                text("addr"),
-                text("role"),
-                term,
-                last,
-                applied,
-                sync,
-                "yes".to_string(),
-            ]
+            let sync = n["last_sync_ms"].as_i64().map_or("-".to_string(), |ms| format!("{ms} ms"));
+            let [id, term, last, applied] = ["id", "term", "last_log_index", "applied_index"].map(|k| n[k].to_string());
+            [id, text("addr"), text("role"), term, last, applied, sync, "yes".to_string()]
         } else {
             let dash = || "-".to_string();
-            [
-                dash(),
-                text("addr"),
-                dash(),
-                dash(),
-                dash(),
-                dash(),
-                dash(),
-                format!("no ({})", text("error")),
-            ]
+            [dash(), text("addr"), dash(), dash(), dash(), dash(), dash(), format!("no ({})", text("error"))]
         };
         lines.push(row(cells));
     }
@@ -431,17 +358,8 @@ mod tests {
     #[test]
     fn parses_commands() {
         let w = parse("writePage P1 hello  world").unwrap().unwrap();
-        assert_eq!(
-            w,
-            Command::Write {
-                page: "P1".into(),
-                content: "hello  world".into()
-            }
-        );
-        assert_eq!(
-            parse("readPage P1").unwrap(),
-            Some(Command::Read { page: "P1".into() })
-        );
+        assert_eq!(w, Command::Write { page: "P1".into(), content: "hello  world".into() });
+        assert_eq!(parse("readPage P1").unwrap(), Some(Command::Read { page: "P1".into() }));
         assert_eq!(parse("x").unwrap(), Some(Command::Random { n: 10 }));
         assert_eq!(parse("x 25").unwrap(), Some(Command::Random { n: 25 }));
         assert_eq!(parse("   ").unwrap(), None);

@@ -39,22 +39,11 @@ pub struct Faults {
 impl Faults {
     /// A fault server committing through `replica`, reading `dir` and calling
     /// holders via `channels`; `skip_invalidation` breaks coherence (testing only).
-    pub fn new(
-        replica: Replica,
-        dir: SharedDirectory,
-        channels: Channels,
-        skip_invalidation: bool,
-    ) -> Self {
+    pub fn new(replica: Replica, dir: SharedDirectory, channels: Channels, skip_invalidation: bool) -> Self {
         if skip_invalidation {
             tracing::warn!("UNSAFE: invalidations are skipped; copies will go stale");
         }
-        Faults {
-            replica,
-            dir,
-            channels,
-            skip_invalidation,
-            locks: Mutex::default(),
-        }
+        Faults { replica, dir, channels, skip_invalidation, locks: Mutex::default() }
     }
 
     /// The replication this server commits through.
@@ -63,13 +52,7 @@ impl Faults {
     }
 
     /// Serves fault `seq` of `client` on `page` and returns the committed grant.
-    pub async fn fault(
-        &self,
-        client: ClientId,
-        seq: u64,
-        page: &PageName,
-        kind: FaultKind,
-    ) -> Result<Grant, Error> {
+    pub async fn fault(&self, client: ClientId, seq: u64, page: &PageName, kind: FaultKind) -> Result<Grant, Error> {
         self.replica.ensure_leader().await?;
         let lock = self.page_lock(page);
         let served = {
@@ -84,13 +67,7 @@ impl Faults {
         served
     }
 
-    async fn serve(
-        &self,
-        client: ClientId,
-        seq: u64,
-        page: &PageName,
-        kind: FaultKind,
-    ) -> Result<Grant, Error> {
+    async fn serve(&self, client: ClientId, seq: u64, page: &PageName, kind: FaultKind) -> Result<Grant, Error> {
         let mut last_err = None;
         for attempt in 0..MAX_REDO {
             if attempt > 0 {
@@ -102,9 +79,7 @@ impl Faults {
             };
             match self.run(client, page, &plan).await {
                 Ok(grant) => return Ok(grant),
-                Err(err @ (Error::EpochMoved { .. } | Error::NotHeld { .. })) => {
-                    last_err = Some(err)
-                }
+                Err(err @ (Error::EpochMoved { .. } | Error::NotHeld { .. })) => last_err = Some(err),
                 Err(err) => return Err(err),
             }
         }
@@ -122,20 +97,12 @@ impl Faults {
         f(&self.dir.read().unwrap_or_else(|e| e.into_inner()))
     }
 
-    async fn run(
-        &self,
-        client: ClientId,
-        page: &PageName,
-        plan: &FaultPlan,
-    ) -> Result<Grant, Error> {
+    async fn run(&self, client: ClientId, page: &PageName, plan: &FaultPlan) -> Result<Grant, Error> {
         let requester = self.holder(client)?;
-        self.invalidate_all(page, &plan.invalidate, plan.invalidate_epoch)
-            .await?;
+        self.invalidate_all(page, &plan.invalidate, plan.invalidate_epoch).await?;
         if let Some(fwd) = &plan.forward {
             let owner = self.holder(fwd.owner)?;
-            owner
-                .forward(&self.channels, page, fwd.epoch, fwd.kind, &requester)
-                .await?;
+            owner.forward(&self.channels, page, fwd.epoch, fwd.kind, &requester).await?;
         }
         let grant = match self.replica.commit(plan.commit.clone()).await? {
             Outcome::Granted(grant) => grant,
@@ -149,12 +116,7 @@ impl Faults {
     }
 
     /// Invalidates every copy holder in parallel; any failure fails the fault.
-    async fn invalidate_all(
-        &self,
-        page: &PageName,
-        holders: &[ClientId],
-        epoch: u64,
-    ) -> Result<(), Error> {
+    async fn invalidate_all(&self, page: &PageName, holders: &[ClientId], epoch: u64) -> Result<(), Error> {
         if self.skip_invalidation {
             return Ok(());
         }
@@ -179,10 +141,7 @@ impl Faults {
             Err(err) => Err(err),
         };
         if let Err(err) = confirmed {
-            tracing::debug!(
-                "confirm of {page} at epoch {} to client {client}: {err}",
-                grant.epoch
-            );
+            tracing::debug!("confirm of {page} at epoch {} to client {client}: {err}", grant.epoch);
         }
     }
 

@@ -18,41 +18,18 @@ pub struct Holder {
 
 impl Holder {
     /// Tells the holder that its copies of `page` older than `epoch` are invalid.
-    pub async fn invalidate(
-        &self,
-        channels: &Channels,
-        page: &PageName,
-        epoch: Epoch,
-    ) -> Result<(), Error> {
+    pub async fn invalidate(&self, channels: &Channels, page: &PageName, epoch: Epoch) -> Result<(), Error> {
         let mut client = PageHolderClient::new(channels.get(&self.addr)?);
-        let req = pb::InvalidateRequest {
-            page: page.to_string(),
-            epoch,
-        };
-        client
-            .invalidate(Request::new(req))
-            .await
-            .map_err(|s| self.error(&s))?;
+        let req = pb::InvalidateRequest { page: page.to_string(), epoch };
+        client.invalidate(Request::new(req)).await.map_err(|s| self.error(&s))?;
         Ok(())
     }
 
     /// Tells the requester its fault on `page` is committed at `epoch`.
-    pub async fn confirm(
-        &self,
-        channels: &Channels,
-        page: &PageName,
-        grant: Grant,
-    ) -> Result<(), Error> {
+    pub async fn confirm(&self, channels: &Channels, page: &PageName, grant: Grant) -> Result<(), Error> {
         let mut client = PageHolderClient::new(channels.get(&self.addr)?);
-        let req = pb::ConfirmRequest {
-            page: page.to_string(),
-            epoch: grant.epoch,
-            created: grant.created,
-        };
-        client
-            .confirm(Request::new(req))
-            .await
-            .map_err(|s| self.error(&s))?;
+        let req = pb::ConfirmRequest { page: page.to_string(), epoch: grant.epoch, created: grant.created };
+        client.confirm(Request::new(req)).await.map_err(|s| self.error(&s))?;
         Ok(())
     }
 
@@ -73,21 +50,16 @@ impl Holder {
             requester_addr: requester.addr.clone(),
             mode: rpc::mode(kind).into(),
         };
-        client
-            .forward(Request::new(req))
-            .await
-            .map_err(|s| self.error(&s))?;
+        client.forward(Request::new(req)).await.map_err(|s| self.error(&s))?;
         Ok(())
     }
 
     /// An ivy error the holder raised, or `ClientUnreachable` naming it.
     fn error(&self, status: &tonic::Status) -> Error {
         match rpc::error_from_status(status, &self.addr) {
-            Error::Unavailable(reason) | Error::Malformed(reason) => Error::ClientUnreachable {
-                client: self.id,
-                addr: self.addr.clone(),
-                reason,
-            },
+            Error::Unavailable(reason) | Error::Malformed(reason) => {
+                Error::ClientUnreachable { client: self.id, addr: self.addr.clone(), reason }
+            }
             err => err,
         }
     }

@@ -23,11 +23,7 @@ impl ManagerService {
         ManagerService { faults }
     }
 
-    async fn fault(
-        &self,
-        req: Request<pb::FaultRequest>,
-        kind: FaultKind,
-    ) -> Result<Response<pb::FaultReply>, Status> {
+    async fn fault(&self, req: Request<pb::FaultRequest>, kind: FaultKind) -> Result<Response<pb::FaultReply>, Status> {
         let req = req.into_inner();
         let page = rpc::page_name(&req.page)?;
         if req.client == 0 || req.seq == 0 {
@@ -35,10 +31,7 @@ impl ManagerService {
         }
         let grant = self.faults.fault(req.client, req.seq, &page, kind).await;
         let grant = grant.map_err(|e| rpc::status_from_error(&e))?;
-        Ok(Response::new(pb::FaultReply {
-            epoch: grant.epoch,
-            created: grant.created,
-        }))
+        Ok(Response::new(pb::FaultReply { epoch: grant.epoch, created: grant.created }))
     }
 }
 
@@ -59,69 +52,36 @@ pub fn role_name(state: ServerState) -> &'static str {
 
 #[tonic::async_trait]
 impl pb::manager_server::Manager for ManagerService {
-    async fn register(
-        &self,
-        req: Request<pb::RegisterRequest>,
-    ) -> Result<Response<pb::RegisterReply>, Status> {
+    async fn register(&self, req: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterReply>, Status> {
         let req = req.into_inner();
         if req.addr.parse::<SocketAddr>().is_err() {
-            return Err(malformed(&format!(
-                "client address {:?} is not host:port",
-                req.addr
-            )));
+            return Err(malformed(&format!("client address {:?} is not host:port", req.addr)));
         }
-        let cmd = DirCmd::Register {
-            addr: req.addr,
-            nonce: req.nonce,
-        };
-        match self
-            .faults
-            .commit(cmd)
-            .await
-            .map_err(|e| rpc::status_from_error(&e))?
-        {
+        let cmd = DirCmd::Register { addr: req.addr, nonce: req.nonce };
+        match self.faults.commit(cmd).await.map_err(|e| rpc::status_from_error(&e))? {
             Outcome::Registered { client } => Ok(Response::new(pb::RegisterReply { client })),
             other => Err(Status::internal(format!("registration gave {other:?}"))),
         }
     }
 
-    async fn unregister(
-        &self,
-        req: Request<pb::UnregisterRequest>,
-    ) -> Result<Response<pb::UnregisterReply>, Status> {
-        let cmd = DirCmd::Unregister {
-            client: req.into_inner().client,
-        };
-        self.faults
-            .commit(cmd)
-            .await
-            .map_err(|e| rpc::status_from_error(&e))?;
+    async fn unregister(&self, req: Request<pb::UnregisterRequest>) -> Result<Response<pb::UnregisterReply>, Status> {
+        let cmd = DirCmd::Unregister { client: req.into_inner().client };
+        self.faults.commit(cmd).await.map_err(|e| rpc::status_from_error(&e))?;
         Ok(Response::new(pb::UnregisterReply {}))
     }
 
-    async fn read_fault(
-        &self,
-        req: Request<pb::FaultRequest>,
-    ) -> Result<Response<pb::FaultReply>, Status> {
+    async fn read_fault(&self, req: Request<pb::FaultRequest>) -> Result<Response<pb::FaultReply>, Status> {
         self.fault(req, FaultKind::Read).await
     }
 
-    async fn write_fault(
-        &self,
-        req: Request<pb::FaultRequest>,
-    ) -> Result<Response<pb::FaultReply>, Status> {
+    async fn write_fault(&self, req: Request<pb::FaultRequest>) -> Result<Response<pb::FaultReply>, Status> {
         self.fault(req, FaultKind::Write).await
     }
 
-    async fn status(
-        &self,
-        _req: Request<pb::StatusRequest>,
-    ) -> Result<Response<pb::StatusReply>, Status> {
+    async fn status(&self, _req: Request<pb::StatusRequest>) -> Result<Response<pb::StatusReply>, Status> {
         let st = self.faults.replica().status();
         let (leader, leader_addr) = st.leader.unwrap_or_default();
-        let (pages, clients) = self
-            .faults
-            .read(|d| (d.pages().count() as u64, d.client_count() as u64));
+        let (pages, clients) = self.faults.read(|d| (d.pages().count() as u64, d.client_count() as u64));
         Ok(Response::new(pb::StatusReply {
             id: st.id,
             role: st.role,

@@ -78,23 +78,16 @@ impl CmConfig {
     pub fn validate(&self) -> Result<(), Error> {
         if !self.peers.contains_key(&self.id) {
             let ids: Vec<_> = self.peers.keys().collect();
-            return Err(Error::Malformed(format!(
-                "--id {} is not among the peers {ids:?}",
-                self.id
-            )));
+            return Err(Error::Malformed(format!("--id {} is not among the peers {ids:?}", self.id)));
         }
         for (id, addr) in &self.peers {
             if addr.parse::<std::net::SocketAddr>().is_err() {
-                return Err(Error::Malformed(format!(
-                    "peer {id} address {addr:?} is not host:port"
-                )));
+                return Err(Error::Malformed(format!("peer {id} address {addr:?} is not host:port")));
             }
         }
         match self.mode {
             Mode::Raft(timers) => timers.config().map(|_| ()),
-            Mode::Heartbeat { pulse } if pulse.is_zero() => {
-                Err(Error::Malformed("the pulse must be positive".into()))
-            }
+            Mode::Heartbeat { pulse } if pulse.is_zero() => Err(Error::Malformed("the pulse must be positive".into())),
             Mode::Heartbeat { .. } => HeartbeatReplica::new(self.id, &self.peers).map(|_| ()),
         }
     }
@@ -114,25 +107,17 @@ impl CmNode {
     /// Starts a node serving on `listener`.
     pub async fn start(config: CmConfig, listener: TcpListener) -> Result<CmNode, Error> {
         config.validate()?;
-        let addr = listener
-            .local_addr()
-            .map_err(|e| Error::Unavailable(format!("listener: {e}")))?;
+        let addr = listener.local_addr().map_err(|e| Error::Unavailable(format!("listener: {e}")))?;
         let channels = Channels::new(HOLDER_RPC_TIMEOUT);
         let mut builder = tonic::transport::Server::builder();
         let (faults, raft, poller, router) = match config.mode {
             Mode::Raft(timers) => {
                 let (raft, replica, dir) = raft_node::start(&config, &timers, &channels).await?;
-                let faults = Arc::new(Faults::new(
-                    Replica::Raft(replica),
-                    dir,
-                    channels,
-                    config.unsafe_skip_invalidation,
-                ));
+                let faults =
+                    Arc::new(Faults::new(Replica::Raft(replica), dir, channels, config.unsafe_skip_invalidation));
                 let transport = RaftTransportServer::new(TransportService::new(raft.clone()))
                     .max_decoding_message_size(MAX_MESSAGE_BYTES);
-                let router = builder
-                    .add_service(manager_server(&faults))
-                    .add_service(transport);
+                let router = builder.add_service(manager_server(&faults)).add_service(transport);
                 (faults, Some(raft), None, router)
             }
             Mode::Heartbeat { pulse } => {
@@ -141,38 +126,23 @@ impl CmNode {
                 if replica.role() == Role::Primary {
                     heartbeat::reclaim(&replica, &my_addr, pulse, &channels).await;
                 }
-                let poller = (replica.role() == Role::Backup).then(|| {
-                    tokio::spawn(heartbeat::poll_primary(
-                        replica.clone(),
-                        my_addr,
-                        pulse,
-                        channels.clone(),
-                    ))
-                });
-                let service =
-                    HeartbeatServer::new(heartbeat::HeartbeatService::new(replica.clone()))
-                        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+                let poller = (replica.role() == Role::Backup)
+                    .then(|| tokio::spawn(heartbeat::poll_primary(replica.clone(), my_addr, pulse, channels.clone())));
+                let service = HeartbeatServer::new(heartbeat::HeartbeatService::new(replica.clone()))
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES);
                 let faults = Arc::new(Faults::new(
                     Replica::Heartbeat(replica.clone()),
                     replica.directory(),
                     channels,
                     config.unsafe_skip_invalidation,
                 ));
-                let router = builder
-                    .add_service(manager_server(&faults))
-                    .add_service(service);
+                let router = builder.add_service(manager_server(&faults)).add_service(service);
                 (faults, None, poller, router)
             }
         };
         let server = Server::spawn(router, listener);
         tracing::info!(id = config.id, %addr, "CM node started");
-        Ok(CmNode {
-            addr,
-            faults,
-            raft,
-            poller,
-            server,
-        })
+        Ok(CmNode { addr, faults, raft, poller, server })
     }
 
     /// This node's status (role, term, indexes, leader).
@@ -210,6 +180,5 @@ impl Drop for CmNode {
 }
 
 fn manager_server(faults: &Arc<Faults>) -> ManagerServer<ManagerService> {
-    ManagerServer::new(ManagerService::new(faults.clone()))
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+    ManagerServer::new(ManagerService::new(faults.clone())).max_decoding_message_size(MAX_MESSAGE_BYTES)
 }

@@ -24,24 +24,14 @@ pub async fn start(
     let (log_store, state_machine) = open_store(config).await?;
     let dir = state_machine.directory();
     let network = NetworkFactory::new(channels.clone(), config.peers.clone());
-    let raft = Raft::new(
-        config.id,
-        timers.config()?,
-        network,
-        log_store,
-        state_machine,
-    )
-    .await
-    .map_err(|e| Error::Storage(format!("raft start: {e}")))?;
+    let raft = Raft::new(config.id, timers.config()?, network, log_store, state_machine)
+        .await
+        .map_err(|e| Error::Storage(format!("raft start: {e}")))?;
     initialize(&raft, &config.peers).await?;
     let deadline = commit_deadline(timers);
     let proposer = Proposer::spawn(raft.clone(), deadline);
     tokio::spawn(log_role_changes(raft.clone()));
-    Ok((
-        raft.clone(),
-        RaftReplica::new(raft, proposer, deadline),
-        dir,
-    ))
+    Ok((raft.clone(), RaftReplica::new(raft, proposer, deadline), dir))
 }
 
 /// Logs every change of this node's role or of the leader it knows, until shutdown.
@@ -65,9 +55,7 @@ async fn log_role_changes(raft: Raft) {
 }
 
 /// Opens the sled store, waiting a little for a previous run in this process to release it.
-async fn open_store(
-    config: &CmConfig,
-) -> Result<(storage::LogStore, storage::StateMachine), Error> {
+async fn open_store(config: &CmConfig) -> Result<(storage::LogStore, storage::StateMachine), Error> {
     const TRIES: u32 = 50;
     const PAUSE: Duration = Duration::from_millis(100);
     let mut tries = 0;
@@ -88,10 +76,8 @@ async fn initialize(raft: &Raft, peers: &BTreeMap<u64, String>) -> Result<(), Er
     if raft.is_initialized().await.map_err(fatal)? {
         return Ok(());
     }
-    let members: BTreeMap<u64, BasicNode> = peers
-        .iter()
-        .map(|(id, addr)| (*id, BasicNode { addr: addr.clone() }))
-        .collect();
+    let members: BTreeMap<u64, BasicNode> =
+        peers.iter().map(|(id, addr)| (*id, BasicNode { addr: addr.clone() })).collect();
     if let Err(err) = raft.initialize(members).await {
         tracing::info!("initial membership not proposed by this node: {err}");
     }

@@ -58,12 +58,7 @@ pub struct RaftReplica {
 impl RaftReplica {
     /// Replication through `raft`, committing via `proposer` within `deadline`.
     pub fn new(raft: Raft, proposer: Proposer, deadline: Duration) -> Self {
-        RaftReplica {
-            raft,
-            proposer,
-            deadline,
-            ready_term: AtomicU64::new(0),
-        }
+        RaftReplica { raft, proposer, deadline, ready_term: AtomicU64::new(0) }
     }
 
     /// Fails with `NotLeader` unless this node leads; once per term, waits until

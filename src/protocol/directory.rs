@@ -61,13 +61,7 @@ pub enum DirCmd {
     Unregister { client: ClientId },
     /// Commit a fault whose transfer is done; `seen` is the epoch the manager
     /// acted on (`None` for a write fault that creates the page).
-    Fault {
-        client: ClientId,
-        seq: u64,
-        page: PageName,
-        kind: FaultKind,
-        seen: Option<Epoch>,
-    },
+    Fault { client: ClientId, seq: u64, page: PageName, kind: FaultKind, seen: Option<Epoch> },
 }
 
 /// The result of applying one [`DirCmd`].
@@ -98,13 +92,7 @@ impl Directory {
         match cmd {
             DirCmd::Register { addr, nonce } => self.register(addr, *nonce),
             DirCmd::Unregister { client } => self.unregister(*client),
-            DirCmd::Fault {
-                client,
-                seq,
-                page,
-                kind,
-                seen,
-            } => self.fault(*client, *seq, page, *kind, *seen),
+            DirCmd::Fault { client, seq, page, kind, seen } => self.fault(*client, *seq, page, *kind, *seen),
         }
     }
 
@@ -135,10 +123,7 @@ impl Directory {
 
     /// The grant already given to request `seq` of `client`, if it was granted.
     pub fn cached_grant(&self, client: ClientId, seq: u64) -> Option<Grant> {
-        self.sessions
-            .get(&client)
-            .filter(|s| s.seq == seq)
-            .map(|s| s.grant)
+        self.sessions.get(&client).filter(|s| s.seq == seq).map(|s| s.grant)
     }
 
     fn register(&mut self, addr: &str, nonce: u64) -> Outcome {
@@ -147,13 +132,7 @@ impl Directory {
         }
         self.next_client += 1;
         let client = self.next_client;
-        self.clients.insert(
-            client,
-            ClientInfo {
-                addr: addr.to_string(),
-                nonce,
-            },
-        );
+        self.clients.insert(client, ClientInfo { addr: addr.to_string(), nonce });
         Outcome::Registered { client }
     }
 
@@ -166,24 +145,13 @@ impl Directory {
         Outcome::Unregistered
     }
 
-    fn fault(
-        &mut self,
-        client: ClientId,
-        seq: u64,
-        page: &PageName,
-        kind: FaultKind,
-        seen: Option<Epoch>,
-    ) -> Outcome {
+    fn fault(&mut self, client: ClientId, seq: u64, page: &PageName, kind: FaultKind, seen: Option<Epoch>) -> Outcome {
         if let Some(session) = self.sessions.get(&client) {
             if session.seq == seq {
                 return Outcome::Granted(session.grant);
             }
             if seq < session.seq {
-                return Outcome::Rejected(Error::StaleRequest {
-                    client,
-                    seq,
-                    last: session.seq,
-                });
+                return Outcome::Rejected(Error::StaleRequest { client, seq, last: session.seq });
             }
         }
         if !self.clients.contains_key(&client) {
@@ -202,67 +170,38 @@ impl Directory {
         }
     }
 
-    fn grant_read(
-        &mut self,
-        client: ClientId,
-        page: &PageName,
-        seen: Option<Epoch>,
-    ) -> Result<Grant, Error> {
+    fn grant_read(&mut self, client: ClientId, page: &PageName, seen: Option<Epoch>) -> Result<Grant, Error> {
         let entry = self.pages.get_mut(page).ok_or_else(|| not_found(page))?;
         if Some(entry.epoch) != seen {
-            return Err(Error::EpochMoved {
-                page: page.to_string(),
-                epoch: entry.epoch,
-            });
+            return Err(Error::EpochMoved { page: page.to_string(), epoch: entry.epoch });
         }
         if entry.owner != client {
             entry.copy_set.insert(client);
         }
-        Ok(Grant {
-            epoch: entry.epoch,
-            created: false,
-        })
+        Ok(Grant { epoch: entry.epoch, created: false })
     }
 
-    fn grant_write(
-        &mut self,
-        client: ClientId,
-        page: &PageName,
-        seen: Option<Epoch>,
-    ) -> Result<Grant, Error> {
+    fn grant_write(&mut self, client: ClientId, page: &PageName, seen: Option<Epoch>) -> Result<Grant, Error> {
         let Some(entry) = self.pages.get_mut(page) else {
             if seen.is_some() {
                 return Err(not_found(page));
             }
-            let entry = PageEntry {
-                owner: client,
-                copy_set: BTreeSet::new(),
-                epoch: 1,
-            };
+            let entry = PageEntry { owner: client, copy_set: BTreeSet::new(), epoch: 1 };
             self.pages.insert(page.clone(), entry);
-            return Ok(Grant {
-                epoch: 1,
-                created: true,
-            });
+            return Ok(Grant { epoch: 1, created: true });
         };
         if Some(entry.epoch) != seen {
-            return Err(Error::EpochMoved {
-                page: page.to_string(),
-                epoch: entry.epoch,
-            });
+            return Err(Error::EpochMoved { page: page.to_string(), epoch: entry.epoch });
         }
+        // An owner that left took the bytes: the page starts afresh.
+        let created = !self.clients.contains_key(&entry.owner);
         entry.owner = client;
         entry.copy_set.clear();
         entry.epoch += 1;
-        Ok(Grant {
-            epoch: entry.epoch,
-            created: false,
-        })
+        Ok(Grant { epoch: entry.epoch, created })
     }
 }
 
 fn not_found(page: &PageName) -> Error {
-    Error::PageNotFound {
-        page: page.to_string(),
-    }
+    Error::PageNotFound { page: page.to_string() }
 }

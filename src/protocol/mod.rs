@@ -20,6 +20,4 @@ mod types;
 pub use directory::{ClientInfo, DirCmd, Directory, Grant, Outcome, PageEntry, Session};
 pub use page_table::{LocalPage, PageTable, Transfer};
 pub use plan::{FaultPlan, Forward, Plan};
-pub use types::{
-    check_size, Access, ClientId, Epoch, FaultKind, PageName, DEFAULT_MAX_PAGE_BYTES, MAX_PAGE_NAME,
-};
+pub use types::{check_size, Access, ClientId, Epoch, FaultKind, PageName, DEFAULT_MAX_PAGE_BYTES, MAX_PAGE_NAME};

@@ -66,10 +66,7 @@ pub struct PageTable {
 impl PageTable {
     /// An empty table for client `me`.
     pub fn new(me: ClientId) -> Self {
-        PageTable {
-            me,
-            ..Default::default()
-        }
+        PageTable { me, ..Default::default() }
     }
 
     /// The local copy of `page`, when access allows a read without a fault.
@@ -122,11 +119,7 @@ impl PageTable {
     pub fn forward(&mut self, page: &PageName, epoch: Epoch, kind: FaultKind) -> Result<Transfer> {
         self.promote_pending_at(page, epoch);
         let me = self.me;
-        let not_held = || Error::NotHeld {
-            client: me,
-            page: page.to_string(),
-            epoch,
-        };
+        let not_held = || Error::NotHeld { client: me, page: page.to_string(), epoch };
         let local = self.pages.get_mut(page).ok_or_else(not_held)?;
         if local.epoch != epoch {
             return Err(not_held());
@@ -142,48 +135,28 @@ impl PageTable {
                 (Access::Write, epoch + 1)
             }
         };
-        Ok(Transfer {
-            epoch: sent_epoch,
-            access,
-            content,
-        })
+        Ok(Transfer { epoch: sent_epoch, access, content })
     }
 
     /// An owner sent `content` for a fault of ours; it stays pending until granted.
     /// Returns false when the copy is stale and was dropped.
-    pub fn receive(
-        &mut self,
-        page: &PageName,
-        epoch: Epoch,
-        access: Access,
-        content: Vec<u8>,
-    ) -> bool {
+    pub fn receive(&mut self, page: &PageName, epoch: Epoch, access: Access, content: Vec<u8>) -> bool {
         let local_epoch = self.pages.get(page).map_or(0, |l| l.epoch);
         let pending_epoch = self.pending.get(page).map_or(0, |p| p.epoch);
         if epoch <= local_epoch || epoch < pending_epoch {
             return false;
         }
-        self.pending.insert(
-            page.clone(),
-            Pending {
-                epoch,
-                access,
-                content,
-            },
-        );
+        self.pending.insert(page.clone(), Pending { epoch, access, content });
         true
     }
 
     /// The manager granted our fault on `page` at `epoch`: install the pending copy
     /// (or create the page) and return the bytes the fault was for.
     pub fn grant(&mut self, page: &PageName, epoch: Epoch, created: bool) -> Result<Vec<u8>> {
-        if created && !self.pages.contains_key(page) {
-            let local = LocalPage {
-                access: Access::Write,
-                epoch,
-                content: Some(Vec::new()),
-            };
+        if created && self.pages.get(page).is_none_or(|l| l.epoch < epoch) {
+            let local = LocalPage { access: Access::Write, epoch, content: Some(Vec::new()) };
             self.pages.insert(page.clone(), local);
+            self.pending.remove(page);
             return Ok(Vec::new());
         }
         if let Some(local) = self.pages.get(page) {
@@ -241,19 +214,14 @@ impl PageTable {
     /// What the confirmation of our fault at `epoch` left: the bytes read, or for a
     /// write op, `Some` only when its value was applied.
     pub fn take_confirmed(&mut self, page: &PageName, epoch: Epoch) -> Option<Vec<u8>> {
-        if self.intents.contains_key(page)
-            || self.confirmed.get(page).is_none_or(|(e, _)| *e != epoch)
-        {
+        if self.intents.contains_key(page) || self.confirmed.get(page).is_none_or(|(e, _)| *e != epoch) {
             return None;
         }
         self.confirmed.remove(page).map(|(_, v)| v)
     }
 
     fn lost(&self, page: &PageName, epoch: Epoch) -> Error {
-        Error::TransferLost {
-            page: page.to_string(),
-            epoch,
-        }
+        Error::TransferLost { page: page.to_string(), epoch }
     }
 
     /// A forward for `epoch` proves the directory committed our ownership at that
@@ -269,11 +237,7 @@ impl PageTable {
     }
 
     fn install(&mut self, page: &PageName, pending: Pending) {
-        let local = LocalPage {
-            access: pending.access,
-            epoch: pending.epoch,
-            content: Some(pending.content),
-        };
+        let local = LocalPage { access: pending.access, epoch: pending.epoch, content: Some(pending.content) };
         self.pages.insert(page.clone(), local);
     }
 }

@@ -47,31 +47,17 @@ pub enum Plan {
 
 impl Directory {
     /// Plans fault `seq` of `client` on `page`; an error changes nothing.
-    pub fn plan_fault(
-        &self,
-        client: ClientId,
-        seq: u64,
-        page: &PageName,
-        kind: FaultKind,
-    ) -> Result<Plan> {
+    pub fn plan_fault(&self, client: ClientId, seq: u64, page: &PageName, kind: FaultKind) -> Result<Plan> {
         if let Some(grant) = self.cached_grant(client, seq) {
             return Ok(Plan::Cached(grant));
         }
         if self.client(client).is_none() {
             return Err(Error::UnknownClient { client });
         }
-        let commit = |seen| DirCmd::Fault {
-            client,
-            seq,
-            page: page.clone(),
-            kind,
-            seen,
-        };
+        let commit = |seen| DirCmd::Fault { client, seq, page: page.clone(), kind, seen };
         let Some(entry) = self.page(page) else {
             return match kind {
-                FaultKind::Read => Err(Error::PageNotFound {
-                    page: page.to_string(),
-                }),
+                FaultKind::Read => Err(Error::PageNotFound { page: page.to_string() }),
                 FaultKind::Write => Ok(Plan::Run(FaultPlan {
                     invalidate: Vec::new(),
                     invalidate_epoch: 0,
@@ -82,16 +68,20 @@ impl Directory {
             };
         };
         if self.client(entry.owner).is_none() {
-            return Err(Error::OwnerGone {
-                page: page.to_string(),
-                client: entry.owner,
-            });
+            // The bytes left with the owner: a read is an error; a write starts the
+            // page afresh (its copies invalidated first), as the first write would.
+            if kind == FaultKind::Read {
+                return Err(Error::OwnerGone { page: page.to_string(), client: entry.owner });
+            }
+            return Ok(Plan::Run(FaultPlan {
+                invalidate: entry.copy_set.iter().copied().filter(|c| *c != client).collect(),
+                invalidate_epoch: entry.epoch + 1,
+                forward: None,
+                commit: commit(Some(entry.epoch)),
+                release: None,
+            }));
         }
-        let forward = Some(Forward {
-            owner: entry.owner,
-            epoch: entry.epoch,
-            kind,
-        });
+        let forward = Some(Forward { owner: entry.owner, epoch: entry.epoch, kind });
         let plan = match kind {
             FaultKind::Read => FaultPlan {
                 invalidate: Vec::new(),
@@ -101,12 +91,7 @@ impl Directory {
                 release: None,
             },
             FaultKind::Write => FaultPlan {
-                invalidate: entry
-                    .copy_set
-                    .iter()
-                    .copied()
-                    .filter(|c| *c != client && *c != entry.owner)
-                    .collect(),
+                invalidate: entry.copy_set.iter().copied().filter(|c| *c != client && *c != entry.owner).collect(),
                 invalidate_epoch: entry.epoch + 1,
                 forward,
                 commit: commit(Some(entry.epoch)),

@@ -55,18 +55,11 @@ impl World {
             }
             ["forward", c, p, e, k] => {
                 let t = self.table(id(c)).forward(&name(p)?, num(e), kind(k))?;
-                Ok(format!(
-                    "send epoch={} {} {:?}",
-                    t.epoch,
-                    t.access,
-                    text(&t.content)
-                ))
+                Ok(format!("send epoch={} {} {:?}", t.epoch, t.access, text(&t.content)))
             }
             ["send", c, p, e, k, v] => {
                 let access = kind(k).access();
-                let kept =
-                    self.table(id(c))
-                        .receive(&name(p)?, num(e), access, v.as_bytes().to_vec());
+                let kept = self.table(id(c)).receive(&name(p)?, num(e), access, v.as_bytes().to_vec());
                 Ok(if kept { "pending" } else { "dropped" }.into())
             }
             ["table", c] => Ok(self.show_table(id(c))),
@@ -96,20 +89,13 @@ impl World {
     }
 
     fn table(&mut self, c: ClientId) -> &mut PageTable {
-        self.tables
-            .get_mut(&c)
-            .expect("script names a registered client")
+        self.tables.get_mut(&c).expect("script names a registered client")
     }
 
     fn register(&mut self) -> Out {
         let nonce = self.tables.len() as u64 + 100;
-        let cmd = DirCmd::Register {
-            addr: format!("c{nonce}"),
-            nonce,
-        };
-        let Outcome::Registered { client } = self.dir.apply(&cmd) else {
-            unreachable!()
-        };
+        let cmd = DirCmd::Register { addr: format!("c{nonce}"), nonce };
+        let Outcome::Registered { client } = self.dir.apply(&cmd) else { unreachable!() };
         self.tables.insert(client, PageTable::new(client));
         Ok(format!("client {client}"))
     }
@@ -165,13 +151,7 @@ impl World {
 
     fn commit(&mut self, c: ClientId, seq: u64, k: FaultKind, page: &PageName, seen: u64) -> Out {
         let seen = (seen > 0).then_some(seen);
-        let cmd = DirCmd::Fault {
-            client: c,
-            seq,
-            page: page.clone(),
-            kind: k,
-            seen,
-        };
+        let cmd = DirCmd::Fault { client: c, seq, page: page.clone(), kind: k, seen };
         Ok(format!("{:?}", self.dir.apply(&cmd)))
     }
 
@@ -213,9 +193,7 @@ impl World {
             self.table(c).receive(page, t.epoch, t.access, t.content);
         }
         if !commit {
-            return Err(Error::Unavailable(
-                "leader crashed before the commit".into(),
-            ));
+            return Err(Error::Unavailable("leader crashed before the commit".into()));
         }
         let grant = match self.dir.apply(&plan.commit) {
             Outcome::Granted(grant) => grant,
@@ -240,11 +218,7 @@ impl World {
         let mut out = String::new();
         for (page, local) in self.table(c).pages() {
             let v = local.content.as_deref().map(text);
-            let _ = write!(
-                out,
-                "{page} {} epoch={} {:?}; ",
-                local.access, local.epoch, v
-            );
+            let _ = write!(out, "{page} {} epoch={} {:?}; ", local.access, local.epoch, v);
         }
         if out.is_empty() {
             "empty".into()
@@ -256,10 +230,7 @@ impl World {
     fn show_dir(&self, page: &PageName) -> String {
         match self.dir.page(page) {
             None => "absent".into(),
-            Some(e) => format!(
-                "owner={} copy_set={:?} epoch={}",
-                e.owner, e.copy_set, e.epoch
-            ),
+            Some(e) => format!("owner={} copy_set={:?} epoch={}", e.owner, e.copy_set, e.epoch),
         }
     }
 }
@@ -309,10 +280,7 @@ fn regenerate(script: &str) -> String {
 #[test]
 fn protocol_scripts() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/protocol/testdata");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
+    let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
     files.sort();
     assert!(!files.is_empty(), "no scripts in {}", dir.display());
     for path in files {
@@ -322,11 +290,6 @@ fn protocol_scripts() {
             std::fs::write(&path, &got).unwrap();
             continue;
         }
-        assert_eq!(
-            got,
-            script,
-            "script {} differs (UPDATE_SCRIPTS=1 rewrites it)",
-            path.display()
-        );
+        assert_eq!(got, script, "script {} differs (UPDATE_SCRIPTS=1 rewrites it)", path.display());
     }
 }

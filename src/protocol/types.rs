@@ -27,9 +27,7 @@ impl PageName {
     pub fn new(name: &str) -> Result<Self> {
         let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-');
         if name.is_empty() || name.len() > MAX_PAGE_NAME || !name.chars().all(ok_char) {
-            return Err(Error::BadPageName {
-                name: truncate_for_error(name),
-            });
+            return Err(Error::BadPageName { name: truncate_for_error(name) });
         }
         Ok(PageName(name.to_string()))
     }
@@ -59,11 +57,7 @@ fn truncate_for_error(name: &str) -> String {
 /// Checks page content against the size limit.
 pub fn check_size(page: &PageName, len: usize, max: usize) -> Result<()> {
     if len > max {
-        return Err(Error::TooLarge {
-            page: page.to_string(),
-            len,
-            max,
-        });
+        return Err(Error::TooLarge { page: page.to_string(), len, max });
     }
     Ok(())
 }
@@ -128,9 +122,6 @@ mod tests {
         let p = PageName::new("P1").unwrap();
         assert!(check_size(&p, 10, 10).is_ok());
         let err = check_size(&p, 11, 10).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "content for page P1 is 11 bytes; the limit is 10 bytes"
-        );
+        assert_eq!(err.to_string(), "content for page P1 is 11 bytes; the limit is 10 bytes");
     }
 }

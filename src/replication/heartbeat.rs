@@ -58,24 +58,15 @@ impl HeartbeatReplica {
     /// Node `id` of the pair in `peers` (the lowest id is the primary, the next the
     /// backup); it starts in its configured role with an empty directory.
     pub fn new(id: u64, peers: &BTreeMap<u64, String>) -> Result<Self, Error> {
-        let pair: BTreeMap<u64, String> =
-            peers.iter().take(2).map(|(i, a)| (*i, a.clone())).collect();
+        let pair: BTreeMap<u64, String> = peers.iter().take(2).map(|(i, a)| (*i, a.clone())).collect();
         if pair.len() < 2 || !pair.contains_key(&id) {
             let ids: Vec<_> = pair.keys().collect();
             return Err(Error::Malformed(format!(
                 "heartbeat mode runs the first two peers {ids:?} (primary, backup); --id {id} is not one of them"
             )));
         }
-        let role = if Some(&id) == pair.keys().next() {
-            Role::Primary
-        } else {
-            Role::Backup
-        };
-        let state = State {
-            role,
-            version: 0,
-            last_sync: None,
-        };
+        let role = if Some(&id) == pair.keys().next() { Role::Primary } else { Role::Backup };
+        let state = State { role, version: 0, last_sync: None };
         Ok(HeartbeatReplica {
             id,
             peers: pair,
@@ -91,11 +82,7 @@ impl HeartbeatReplica {
 
     /// The other node of the pair: (id, address).
     pub fn other(&self) -> (u64, String) {
-        let (id, addr) = self
-            .peers
-            .iter()
-            .find(|(i, _)| **i != self.id)
-            .expect("a pair has two nodes");
+        let (id, addr) = self.peers.iter().find(|(i, _)| **i != self.id).expect("a pair has two nodes");
         (*id, addr.clone())
     }
 
@@ -131,9 +118,7 @@ impl HeartbeatReplica {
     pub fn ensure_leader(&self) -> Result<(), Error> {
         match self.role() {
             Role::Primary | Role::ActingPrimary => Ok(()),
-            Role::Backup => Err(Error::NotLeader {
-                leader: Some(self.other()),
-            }),
+            Role::Backup => Err(Error::NotLeader { leader: Some(self.other()) }),
         }
     }
 
@@ -141,15 +126,9 @@ impl HeartbeatReplica {
     pub fn commit(&self, cmd: &DirCmd) -> Result<Outcome, Error> {
         let mut state = self.state();
         if state.role == Role::Backup {
-            return Err(Error::NotLeader {
-                leader: Some(self.other()),
-            });
+            return Err(Error::NotLeader { leader: Some(self.other()) });
         }
-        let outcome = self
-            .dir
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .apply(cmd);
+        let outcome = self.dir.write().unwrap_or_else(|e| e.into_inner()).apply(cmd);
         state.version += 1;
         Ok(outcome)
     }
@@ -158,15 +137,14 @@ impl HeartbeatReplica {
     pub fn snapshot(&self) -> Result<(u64, Vec<u8>), Error> {
         let state = self.state();
         let dir = self.dir.read().unwrap_or_else(|e| e.into_inner());
-        let bytes = bincode::serialize(&*dir)
-            .map_err(|e| Error::Storage(format!("encode directory: {e}")))?;
+        let bytes = bincode::serialize(&*dir).map_err(|e| Error::Storage(format!("encode directory: {e}")))?;
         Ok((state.version, bytes))
     }
 
     /// The backup installs the copy a pulse brought.
     pub fn install(&self, version: u64, bytes: &[u8]) -> Result<(), Error> {
-        let copy: Directory = bincode::deserialize(bytes)
-            .map_err(|e| Error::Malformed(format!("pulse directory: {e}")))?;
+        let copy: Directory =
+            bincode::deserialize(bytes).map_err(|e| Error::Malformed(format!("pulse directory: {e}")))?;
         let mut state = self.state();
         *self.dir.write().unwrap_or_else(|e| e.into_inner()) = copy;
         state.version = version;
@@ -203,50 +181,24 @@ mod tests {
 
     fn pair() -> (HeartbeatReplica, HeartbeatReplica) {
         let peers = parse_peers("1=127.0.0.1:1,2=127.0.0.1:2").unwrap();
-        (
-            HeartbeatReplica::new(1, &peers).unwrap(),
-            HeartbeatReplica::new(2, &peers).unwrap(),
-        )
+        (HeartbeatReplica::new(1, &peers).unwrap(), HeartbeatReplica::new(2, &peers).unwrap())
     }
 
     #[test]
     fn backup_copies_takes_over_and_hands_back() {
         let (primary, backup) = pair();
-        assert_eq!(
-            (primary.role(), backup.role()),
-            (Role::Primary, Role::Backup)
-        );
-        let reg = DirCmd::Register {
-            addr: "127.0.0.1:9".into(),
-            nonce: 1,
-        };
-        assert_eq!(
-            primary.commit(&reg).unwrap(),
-            Outcome::Registered { client: 1 }
-        );
-        assert!(matches!(
-            backup.commit(&reg),
-            Err(Error::NotLeader {
-                leader: Some((1, _))
-            })
-        ));
+        assert_eq!((primary.role(), backup.role()), (Role::Primary, Role::Backup));
+        let reg = DirCmd::Register { addr: "127.0.0.1:9".into(), nonce: 1 };
+        assert_eq!(primary.commit(&reg).unwrap(), Outcome::Registered { client: 1 });
+        assert!(matches!(backup.commit(&reg), Err(Error::NotLeader { leader: Some((1, _)) })));
 
         let (v, bytes) = primary.snapshot().unwrap();
         backup.install(v, &bytes).unwrap();
         assert_eq!(backup.version(), 1);
         // A change after the last pulse: acknowledged by the primary, unknown to the backup.
-        primary
-            .commit(&DirCmd::Register {
-                addr: "127.0.0.1:10".into(),
-                nonce: 2,
-            })
-            .unwrap();
+        primary.commit(&DirCmd::Register { addr: "127.0.0.1:10".into(), nonce: 2 }).unwrap();
         assert!(backup.take_over().is_some());
-        assert_eq!(
-            backup.directory().read().unwrap().client_count(),
-            1,
-            "the baseline lost a change"
-        );
+        assert_eq!(backup.directory().read().unwrap().client_count(), 1, "the baseline lost a change");
         assert!(backup.ensure_leader().is_ok());
         backup.step_down();
         assert_eq!(backup.leader().0, 1);

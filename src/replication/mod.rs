@@ -44,11 +44,7 @@ pub struct RaftTimers {
 impl Default for RaftTimers {
     /// Tuned for fast failover on a LAN: about 0.2-0.3 s from leader death to a new leader.
     fn default() -> Self {
-        RaftTimers {
-            heartbeat_ms: 25,
-            election_min_ms: 100,
-            election_max_ms: 200,
-        }
+        RaftTimers { heartbeat_ms: 25, election_min_ms: 100, election_max_ms: 200 }
     }
 }
 
@@ -64,9 +60,7 @@ impl RaftTimers {
             max_in_snapshot_log_to_keep: SNAPSHOT_EVERY,
             ..Default::default()
         };
-        let config = config
-            .validate()
-            .map_err(|e| Error::Malformed(format!("raft timers: {e}")))?;
+        let config = config.validate().map_err(|e| Error::Malformed(format!("raft timers: {e}")))?;
         Ok(Arc::new(config))
     }
 }
@@ -74,30 +68,18 @@ impl RaftTimers {
 /// The leader (id, address) the metrics name, if any.
 pub fn leader_of(metrics: &RaftMetrics<u64, BasicNode>) -> Option<(u64, String)> {
     let id = metrics.current_leader?;
-    let addr = metrics
-        .membership_config
-        .nodes()
-        .find(|(n, _)| **n == id)?
-        .1
-        .addr
-        .clone();
+    let addr = metrics.membership_config.nodes().find(|(n, _)| **n == id)?.1.addr.clone();
     Some((id, addr))
 }
 
 /// The members of the cluster by id, from the metrics.
 pub fn members(metrics: &RaftMetrics<u64, BasicNode>) -> BTreeMap<u64, String> {
-    metrics
-        .membership_config
-        .nodes()
-        .map(|(id, n)| (*id, n.addr.clone()))
-        .collect()
+    metrics.membership_config.nodes().map(|(id, n)| (*id, n.addr.clone())).collect()
 }
 
 /// `Error::NotLeader` naming the leader this node knows of.
 pub fn not_leader(raft: &Raft) -> Error {
-    Error::NotLeader {
-        leader: leader_of(&raft.metrics().borrow()),
-    }
+    Error::NotLeader { leader: leader_of(&raft.metrics().borrow()) }
 }
 
 /// Maps an openraft API error to ours: a forward becomes `NotLeader`.
@@ -107,9 +89,7 @@ where
 {
     match err.forward_to_leader() {
         Some(fwd) => {
-            let leader = fwd
-                .leader_id
-                .zip(fwd.leader_node.as_ref().map(|n| n.addr.clone()));
+            let leader = fwd.leader_id.zip(fwd.leader_node.as_ref().map(|n| n.addr.clone()));
             let leader = leader.or_else(|| leader_of(&raft.metrics().borrow()));
             Error::NotLeader { leader }
         }

@@ -18,9 +18,7 @@ pub fn fault_kind(mode: i32) -> Result<FaultKind, Status> {
     match pb::Mode::try_from(mode) {
         Ok(pb::Mode::Read) => Ok(FaultKind::Read),
         Ok(pb::Mode::Write) => Ok(FaultKind::Write),
-        _ => Err(status_from_error(&Error::Malformed(format!(
-            "mode {mode} is not read or write"
-        )))),
+        _ => Err(status_from_error(&Error::Malformed(format!("mode {mode} is not read or write")))),
     }
 }
 
@@ -35,18 +33,12 @@ pub fn mode(kind: FaultKind) -> pb::Mode {
 /// The status that carries `err` to the caller.
 pub fn status_from_error(err: &Error) -> Status {
     let code = match err {
-        Error::BadPageName { .. } | Error::TooLarge { .. } | Error::Malformed(_) => {
-            Code::InvalidArgument
-        }
+        Error::BadPageName { .. } | Error::TooLarge { .. } | Error::Malformed(_) => Code::InvalidArgument,
         Error::PageNotFound { .. } => Code::NotFound,
-        Error::UnknownClient { .. } | Error::OwnerGone { .. } | Error::StaleRequest { .. } => {
-            Code::FailedPrecondition
-        }
+        Error::UnknownClient { .. } | Error::OwnerGone { .. } | Error::StaleRequest { .. } => Code::FailedPrecondition,
         Error::NotLeader { .. } | Error::NoQuorum(_) | Error::Unavailable(_) => Code::Unavailable,
         Error::ClientUnreachable { .. } => Code::Unavailable,
-        Error::EpochMoved { .. } | Error::NotHeld { .. } | Error::TransferLost { .. } => {
-            Code::Aborted
-        }
+        Error::EpochMoved { .. } | Error::NotHeld { .. } | Error::TransferLost { .. } => Code::Aborted,
         Error::Storage(_) => Code::Internal,
     };
     let details = serde_json::to_vec(err).unwrap_or_default();
@@ -62,9 +54,7 @@ pub fn error_from_status(status: &Status, peer: &str) -> Error {
     let what = format!("{peer}: {}", status.message());
     match status.code() {
         Code::InvalidArgument => Error::Malformed(what),
-        Code::DeadlineExceeded => {
-            Error::Unavailable(format!("{peer}: no answer within the deadline"))
-        }
+        Code::DeadlineExceeded => Error::Unavailable(format!("{peer}: no answer within the deadline")),
         _ => Error::Unavailable(what),
     }
 }
@@ -76,15 +66,9 @@ mod tests {
     #[test]
     fn errors_round_trip() {
         let errs = [
-            Error::NotLeader {
-                leader: Some((2, "127.0.0.1:7102".into())),
-            },
+            Error::NotLeader { leader: Some((2, "127.0.0.1:7102".into())) },
             Error::PageNotFound { page: "P9".into() },
-            Error::ClientUnreachable {
-                client: 3,
-                addr: "127.0.0.1:1".into(),
-                reason: "refused".into(),
-            },
+            Error::ClientUnreachable { client: 3, addr: "127.0.0.1:1".into(), reason: "refused".into() },
         ];
         for err in errs {
             let status = status_from_error(&err);

@@ -37,10 +37,7 @@ pub struct Channels {
 impl Channels {
     /// An empty cache whose channels use `timeout` per call.
     pub fn new(timeout: Duration) -> Self {
-        Channels {
-            timeout,
-            cache: Arc::default(),
-        }
+        Channels { timeout, cache: Arc::default() }
     }
 
     /// The channel to `addr`, created on first use.
@@ -71,10 +68,7 @@ impl Server {
         let task = tokio::spawn(serve(router, listener, async {
             let _ = stopped.await;
         }));
-        Server {
-            stop: Some(stop),
-            task: Some(task),
-        }
+        Server { stop: Some(stop), task: Some(task) }
     }
 
     /// Stops accepting, closes every connection (in-flight calls get
@@ -86,10 +80,7 @@ impl Server {
             let _ = stop.send(());
         }
         if let Some(mut task) = self.task.take() {
-            if tokio::time::timeout(SERVER_STOP_GRACE, &mut task)
-                .await
-                .is_err()
-            {
+            if tokio::time::timeout(SERVER_STOP_GRACE, &mut task).await.is_err() {
                 task.abort();
                 let _ = task.await;
             }
@@ -117,10 +108,7 @@ where
         }
         conn
     });
-    if let Err(err) = router
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
-    {
+    if let Err(err) = router.serve_with_incoming_shutdown(incoming, shutdown).await {
         tracing::warn!("gRPC server stopped: {err}");
     }
 }

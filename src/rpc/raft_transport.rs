@@ -3,13 +3,11 @@
 //! in bincode; a reply carries `Result<response, RaftError>` so a remote Raft
 //! error reaches the caller's openraft as a remote error, not a network one.
 
-use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
-};
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
 };
 use std::collections::BTreeMap;
 
@@ -49,11 +47,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     async fn new_client(&mut self, target: u64, node: &BasicNode) -> PeerNetwork {
         PeerNetwork {
             target,
-            addr: self
-                .peers
-                .get(&target)
-                .cloned()
-                .unwrap_or_else(|| node.addr.clone()),
+            addr: self.peers.get(&target).cloned().unwrap_or_else(|| node.addr.clone()),
             channels: self.channels.clone(),
         }
     }
@@ -75,22 +69,14 @@ enum Rpc {
 }
 
 impl PeerNetwork {
-    async fn call<Req, Resp, E>(
-        &self,
-        rpc: Rpc,
-        req: &Req,
-        option: &RPCOption,
-    ) -> RpcResult<Resp, E>
+    async fn call<Req, Resp, E>(&self, rpc: Rpc, req: &Req, option: &RPCOption) -> RpcResult<Resp, E>
     where
         Req: Serialize,
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
         let data = bincode::serialize(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let channel = self
-            .channels
-            .get(&self.addr)
-            .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+        let channel = self.channels.get(&self.addr).map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
         let mut client = RaftTransportClient::new(channel);
         let mut request = Request::new(pb::RaftPayload { data });
         request.set_timeout(option.hard_ttl());
@@ -99,11 +85,9 @@ impl PeerNetwork {
             Rpc::Vote => client.vote(request).await,
             Rpc::Snapshot => client.install_snapshot(request).await,
         };
-        let reply = reply
-            .map_err(|s| RPCError::Unreachable(Unreachable::new(&s)))?
-            .into_inner();
-        let result: Result<Resp, E> = bincode::deserialize(&reply.data)
-            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let reply = reply.map_err(|s| RPCError::Unreachable(Unreachable::new(&s)))?.into_inner();
+        let result: Result<Resp, E> =
+            bincode::deserialize(&reply.data).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }
@@ -125,11 +109,7 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
         self.call(Rpc::Snapshot, &rpc, &option).await
     }
 
-    async fn vote(
-        &mut self,
-        rpc: VoteRequest<u64>,
-        option: RPCOption,
-    ) -> RpcResult<VoteResponse<u64>> {
+    async fn vote(&mut self, rpc: VoteRequest<u64>, option: RPCOption) -> RpcResult<VoteResponse<u64>> {
         self.call(Rpc::Vote, &rpc, &option).await
     }
 }
@@ -160,26 +140,17 @@ fn encode<T: Serialize>(value: &T) -> Result<Response<pb::RaftPayload>, Status> 
 
 #[tonic::async_trait]
 impl pb::raft_transport_server::RaftTransport for TransportService {
-    async fn append_entries(
-        &self,
-        req: Request<pb::RaftPayload>,
-    ) -> Result<Response<pb::RaftPayload>, Status> {
+    async fn append_entries(&self, req: Request<pb::RaftPayload>) -> Result<Response<pb::RaftPayload>, Status> {
         let rpc: AppendEntriesRequest<TypeConfig> = decode(req)?;
         encode(&self.raft.append_entries(rpc).await)
     }
 
-    async fn vote(
-        &self,
-        req: Request<pb::RaftPayload>,
-    ) -> Result<Response<pb::RaftPayload>, Status> {
+    async fn vote(&self, req: Request<pb::RaftPayload>) -> Result<Response<pb::RaftPayload>, Status> {
         let rpc: VoteRequest<u64> = decode(req)?;
         encode(&self.raft.vote(rpc).await)
     }
 
-    async fn install_snapshot(
-        &self,
-        req: Request<pb::RaftPayload>,
-    ) -> Result<Response<pb::RaftPayload>, Status> {
+    async fn install_snapshot(&self, req: Request<pb::RaftPayload>) -> Result<Response<pb::RaftPayload>, Status> {
         let rpc: InstallSnapshotRequest<TypeConfig> = decode(req)?;
         encode(&self.raft.install_snapshot(rpc).await)
     }

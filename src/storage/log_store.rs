@@ -54,10 +54,7 @@ pub struct LogStore {
 impl LogStore {
     /// Opens the log and meta trees of `db`, creating them when absent.
     pub(super) fn new(db: &sled::Db) -> Result<Self, sled::Error> {
-        Ok(LogStore {
-            log: db.open_tree(LOG_TREE)?,
-            meta: db.open_tree(META_TREE)?,
-        })
+        Ok(LogStore { log: db.open_tree(LOG_TREE)?, meta: db.open_tree(META_TREE)? })
     }
 
     /// Reads and decodes the meta value under `key`, mapping failures with `err`.
@@ -136,10 +133,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn get_log_state(&mut self) -> StorageResult<LogState<TypeConfig>> {
         let last_purged_log_id = self.last_purged()?;
         let last_log_id = self.last_present()?.or(last_purged_log_id);
-        Ok(LogState {
-            last_purged_log_id,
-            last_log_id,
-        })
+        Ok(LogState { last_purged_log_id, last_log_id })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -171,8 +165,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let mut batch = sled::Batch::default();
         for entry in entries {
-            let bytes = bincode::serialize(&entry)
-                .map_err(|e| StorageIOError::write_log_entry(entry.log_id, &e))?;
+            let bytes = bincode::serialize(&entry).map_err(|e| StorageIOError::write_log_entry(entry.log_id, &e))?;
             batch.insert(&index_key(entry.log_id.index), bytes);
         }
         self.log.apply_batch(batch).map_err(|e| write_logs(&e))?;

@@ -49,16 +49,10 @@ openraft::declare_raft_types!(
 /// comes back from its last snapshot. sled locks the database, so a second open of
 /// the same directory while the first is alive fails with a "data dir in use" error.
 pub fn open(dir: &Path) -> Result<(LogStore, StateMachine), Error> {
-    let db = sled::Config::new()
-        .path(dir)
-        .open()
-        .map_err(|e| open_error(dir, &e))?;
+    let db = sled::Config::new().path(dir).open().map_err(|e| open_error(dir, &e))?;
     let log_store = LogStore::new(&db).map_err(|e| open_error(dir, &e))?;
     let state_machine = StateMachine::new(&db).map_err(|e| {
-        Error::Storage(format!(
-            "cannot restore the state machine from the snapshot in {}: {e}",
-            dir.display()
-        ))
+        Error::Storage(format!("cannot restore the state machine from the snapshot in {}: {e}", dir.display()))
     })?;
     Ok((log_store, state_machine))
 }
@@ -72,10 +66,7 @@ fn open_error(dir: &Path, err: &sled::Error) -> Error {
             dir.display()
         ));
     }
-    Error::Storage(format!(
-        "cannot open the sled database in {}: {err}",
-        dir.display()
-    ))
+    Error::Storage(format!("cannot open the sled database in {}: {err}", dir.display()))
 }
 
 /// The start of the message sled 0.34 gives when another handle holds the lock.

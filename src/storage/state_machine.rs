@@ -29,8 +29,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, Rw
 
 use openraft::storage::{RaftStateMachine, Snapshot, SnapshotMeta};
 use openraft::{
-    AnyError, BasicNode, Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder,
-    StorageError, StorageIOError, StoredMembership,
+    AnyError, BasicNode, Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, StorageError, StorageIOError,
+    StoredMembership,
 };
 use serde::{Deserialize, Serialize};
 
@@ -89,9 +89,7 @@ pub struct StateMachine {
 impl StateMachine {
     /// Opens the snapshot tree of `db` and restores the state from its snapshot.
     pub(super) fn new(db: &sled::Db) -> StorageResult<Self> {
-        let snapshots = db
-            .open_tree(SNAPSHOT_TREE)
-            .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        let snapshots = db.open_tree(SNAPSHOT_TREE).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
         let sm = StateMachine {
             directory: SharedDirectory::default(),
             applied: Arc::default(),
@@ -112,15 +110,11 @@ impl StateMachine {
     }
 
     fn write_directory(&self) -> RwLockWriteGuard<'_, Directory> {
-        self.directory
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
+        self.directory.write().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn read_directory(&self) -> RwLockReadGuard<'_, Directory> {
-        self.directory
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
+        self.directory.read().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn applied(&self) -> MutexGuard<'_, Applied> {
@@ -131,20 +125,14 @@ impl StateMachine {
     fn apply_all(&self, entries: impl Iterator<Item = Entry<TypeConfig>>) -> Vec<BatchOutcome> {
         let mut dir = self.write_directory();
         let mut applied = self.applied();
-        entries
-            .map(|entry| apply_entry(&mut dir, &mut applied, entry))
-            .collect()
+        entries.map(|entry| apply_entry(&mut dir, &mut applied, entry)).collect()
     }
 
     /// A consistent copy of the whole state.
     fn capture(&self) -> SnapshotState {
         let dir = self.read_directory();
         let applied = self.applied().clone();
-        SnapshotState {
-            directory: dir.clone(),
-            last_applied: applied.last_applied,
-            membership: applied.membership,
-        }
+        SnapshotState { directory: dir.clone(), last_applied: applied.last_applied, membership: applied.membership }
     }
 
     /// Replaces the whole state with `state`.
@@ -152,16 +140,12 @@ impl StateMachine {
         let mut dir = self.write_directory();
         let mut applied = self.applied();
         *dir = state.directory;
-        *applied = Applied {
-            last_applied: state.last_applied,
-            membership: state.membership,
-        };
+        *applied = Applied { last_applied: state.last_applied, membership: state.membership };
     }
 
     /// The stored snapshot's meta and data, if a snapshot was ever stored.
     fn load_snapshot(&self) -> StorageResult<Option<(Meta, Vec<u8>)>> {
-        let read_err =
-            |e: &DynError| StorageIOError::read_snapshot(None, AnyError::from_dyn(e, None));
+        let read_err = |e: &DynError| StorageIOError::read_snapshot(None, AnyError::from_dyn(e, None));
         let Some(bytes) = self.snapshots.get(CURRENT_KEY).map_err(|e| read_err(&e))? else {
             return Ok(None);
         };
@@ -174,27 +158,19 @@ impl StateMachine {
     /// A built snapshot older than the stored one is not stored: a build runs in
     /// its own task and may finish after a newer snapshot was installed.
     async fn store_snapshot(&self, meta: &Meta, data: &[u8], kind: Store) -> StorageResult<()> {
-        let write_err = |e: &DynError| {
-            StorageIOError::write_snapshot(Some(meta.signature()), AnyError::from_dyn(e, None))
-        };
+        let write_err =
+            |e: &DynError| StorageIOError::write_snapshot(Some(meta.signature()), AnyError::from_dyn(e, None));
         let record = bincode::serialize(&(meta, data)).map_err(|e| write_err(&e))?;
         {
             let mut stored = self.stored.lock().unwrap_or_else(PoisonError::into_inner);
-            let newer_stored = stored
-                .as_ref()
-                .is_some_and(|s| s.last_log_id > meta.last_log_id);
+            let newer_stored = stored.as_ref().is_some_and(|s| s.last_log_id > meta.last_log_id);
             if kind == Store::Built && newer_stored {
                 return Ok(());
             }
-            self.snapshots
-                .insert(CURRENT_KEY, record)
-                .map_err(|e| write_err(&e))?;
+            self.snapshots.insert(CURRENT_KEY, record).map_err(|e| write_err(&e))?;
             *stored = Some(meta.clone());
         }
-        self.snapshots
-            .flush_async()
-            .await
-            .map_err(|e| write_err(&e))?;
+        self.snapshots.flush_async().await.map_err(|e| write_err(&e))?;
         Ok(())
     }
 
@@ -216,13 +192,10 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             last_membership: state.membership.clone(),
             snapshot_id: self.next_snapshot_id(state.last_applied),
         };
-        let data = bincode::serialize(&state)
-            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        let data =
+            bincode::serialize(&state).map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
         self.store_snapshot(&meta, &data, Store::Built).await?;
-        Ok(Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(data)),
-        })
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
     }
 }
 
@@ -250,11 +223,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok(Box::new(Cursor::new(Vec::new())))
     }
 
-    async fn install_snapshot(
-        &mut self,
-        meta: &Meta,
-        snapshot: Box<Cursor<Vec<u8>>>,
-    ) -> StorageResult<()> {
+    async fn install_snapshot(&mut self, meta: &Meta, snapshot: Box<Cursor<Vec<u8>>>) -> StorageResult<()> {
         let data = snapshot.into_inner();
         let state = decode_state(meta, &data)?;
         self.store_snapshot(meta, &data, Store::Installed).await?;
@@ -263,25 +232,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
-        Ok(self.load_snapshot()?.map(|(meta, data)| Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(data)),
-        }))
+        Ok(self.load_snapshot()?.map(|(meta, data)| Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
     }
 }
 
 /// Applies one log entry: records its log id, then runs its payload.
-fn apply_entry(
-    dir: &mut Directory,
-    applied: &mut Applied,
-    entry: Entry<TypeConfig>,
-) -> BatchOutcome {
+fn apply_entry(dir: &mut Directory, applied: &mut Applied, entry: Entry<TypeConfig>) -> BatchOutcome {
     applied.last_applied = Some(entry.log_id);
     match entry.payload {
         EntryPayload::Blank => BatchOutcome(Vec::new()),
-        EntryPayload::Normal(Batch(cmds)) => {
-            BatchOutcome(cmds.iter().map(|cmd| dir.apply(cmd)).collect())
-        }
+        EntryPayload::Normal(Batch(cmds)) => BatchOutcome(cmds.iter().map(|cmd| dir.apply(cmd)).collect()),
         EntryPayload::Membership(membership) => {
             applied.membership = StoredMembership::new(Some(entry.log_id), membership);
             BatchOutcome(Vec::new())
@@ -291,6 +251,5 @@ fn apply_entry(
 
 /// Decodes a snapshot's data.
 fn decode_state(meta: &Meta, data: &[u8]) -> StorageResult<SnapshotState> {
-    bincode::deserialize(data)
-        .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e).into())
+    bincode::deserialize(data).map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e).into())
 }

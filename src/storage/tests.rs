@@ -3,8 +3,8 @@
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
 use openraft::testing::{StoreBuilder, Suite};
 use openraft::{
-    CommittedLeaderId, Entry, EntryPayload, LogId, RaftLogReader, RaftSnapshotBuilder,
-    StorageError, StorageIOError, Vote,
+    CommittedLeaderId, Entry, EntryPayload, LogId, RaftLogReader, RaftSnapshotBuilder, StorageError, StorageIOError,
+    Vote,
 };
 use tempfile::TempDir;
 
@@ -31,30 +31,18 @@ fn log_id(term: u64, index: u64) -> LogId<u64> {
 }
 
 fn register(index: u64) -> Entry<TypeConfig> {
-    let cmd = DirCmd::Register {
-        addr: format!("127.0.0.1:{}", 9000 + index),
-        nonce: index,
-    };
-    Entry {
-        log_id: log_id(1, index),
-        payload: EntryPayload::Normal(Batch(vec![cmd])),
-    }
+    let cmd = DirCmd::Register { addr: format!("127.0.0.1:{}", 9000 + index), nonce: index };
+    Entry { log_id: log_id(1, index), payload: EntryPayload::Normal(Batch(vec![cmd])) }
 }
 
 #[tokio::test]
 async fn apply_returns_one_outcome_per_command() {
     let dir = TempDir::new().unwrap();
     let (_log, mut sm) = open(dir.path()).unwrap();
-    let blank = Entry {
-        log_id: log_id(1, 1),
-        payload: EntryPayload::Blank,
-    };
+    let blank = Entry { log_id: log_id(1, 1), payload: EntryPayload::Blank };
     let outcomes = sm.apply([blank, register(2), register(3)]).await.unwrap();
     assert_eq!(outcomes[0], BatchOutcome(vec![]));
-    assert_eq!(
-        outcomes[2],
-        BatchOutcome(vec![Outcome::Registered { client: 2 }])
-    );
+    assert_eq!(outcomes[2], BatchOutcome(vec![Outcome::Registered { client: 2 }]));
     assert_eq!(sm.directory().read().unwrap().client_count(), 2);
     assert_eq!(sm.applied_state().await.unwrap().0, Some(log_id(1, 3)));
 }
@@ -69,11 +57,7 @@ async fn state_survives_reopen() {
         let entries: Vec<_> = (1..=4).map(register).collect();
         log.blocking_append(entries.clone()).await.unwrap();
         sm.apply(entries.into_iter().take(3)).await.unwrap();
-        sm.get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap();
+        sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
         sm.apply([register(4)]).await.unwrap();
     }
     let (mut log, mut sm) = open(dir.path()).unwrap();
@@ -106,13 +90,7 @@ async fn purge_and_truncate_survive_reopen() {
     let state = log.get_log_state().await.unwrap();
     assert_eq!(state.last_purged_log_id, Some(log_id(1, 2)));
     assert_eq!(state.last_log_id, Some(log_id(1, 4)));
-    let indexes: Vec<u64> = log
-        .try_get_log_entries(..)
-        .await
-        .unwrap()
-        .iter()
-        .map(|e| e.log_id.index)
-        .collect();
+    let indexes: Vec<u64> = log.try_get_log_entries(..).await.unwrap().iter().map(|e| e.log_id.index).collect();
     assert_eq!(indexes, vec![3, 4]);
 }
 

@@ -1,0 +1,338 @@
+//! The history checker: per-page linearizability (a register per page) by a
+//! Wing-Gong-Lowe search, plus direct checks that name what went wrong.
+//!
+//! A page's history is a register whose writes carry unique values. Successful
+//! operations must take effect between their invocation and their return. A write
+//! that timed out or failed may have taken effect at any time after it was invoked,
+//! or never (etcd's trick: its return is at infinity and it need not be placed).
+//! Reads that failed are dropped. On top of the search, the checker counts:
+//! lost acknowledged writes (a final read that cannot be the last write), phantom
+//! values (a read of a value nobody wrote), duplicate applications (a value seen
+//! again after another value replaced it) and epoch regressions (a later operation
+//! using an older copy than an earlier one).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use serde::Serialize;
+
+use super::history::{Op, OpKind, Outcome};
+
+/// Search steps allowed per page before the page is reported undecided.
+pub const SEARCH_BUDGET: u64 = 20_000_000;
+
+/// Violations listed in the report (the counts are complete).
+const SHOWN: usize = 20;
+
+/// What the checker found.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Verdict {
+    /// Pages whose history was checked.
+    pub pages: usize,
+    /// Pages whose history is not linearizable.
+    pub not_linearizable: Vec<String>,
+    /// Pages the search could not decide within its budget.
+    pub undecided: Vec<String>,
+    /// Final reads that cannot return the last acknowledged write.
+    pub lost_acknowledged_writes: usize,
+    /// Reads of values no write wrote.
+    pub phantom_values: usize,
+    /// Values seen again after another value replaced them.
+    pub duplicate_applications: usize,
+    /// Operations that used an older copy than an operation before them.
+    pub epoch_regressions: usize,
+    /// The first violations, in words.
+    pub details: Vec<String>,
+}
+
+impl Verdict {
+    /// True when nothing is wrong.
+    pub fn clean(&self) -> bool {
+        self.not_linearizable.is_empty()
+            && self.undecided.is_empty()
+            && self.lost_acknowledged_writes == 0
+            && self.phantom_values == 0
+            && self.duplicate_applications == 0
+            && self.epoch_regressions == 0
+    }
+
+    fn note(&mut self, text: String) {
+        if self.details.len() < SHOWN {
+            self.details.push(text);
+        }
+    }
+}
+
+/// Checks a whole history.
+pub fn check(ops: &[Op]) -> Verdict {
+    let mut by_page: BTreeMap<&str, Vec<&Op>> = BTreeMap::new();
+    for op in ops {
+        by_page.entry(op.page.as_str()).or_default().push(op);
+    }
+    let mut verdict = Verdict { pages: by_page.len(), ..Default::default() };
+    for (page, ops) in by_page {
+        check_page(page, &ops, &mut verdict);
+    }
+    verdict
+}
+
+fn check_page(page: &str, ops: &[&Op], v: &mut Verdict) {
+    let reads: Vec<&Op> = ops.iter().copied().filter(|o| o.kind == OpKind::Read && o.outcome == Outcome::Ok).collect();
+    let writes: Vec<&Op> = ops.iter().copied().filter(|o| o.kind == OpKind::Write).collect();
+    phantoms(page, &reads, &writes, v);
+    lost_writes(page, &reads, &writes, v);
+    duplicates(page, &reads, v);
+    epoch_regressions(page, ops, v);
+    match linearizable(&register_ops(&reads, &writes), SEARCH_BUDGET) {
+        Some(true) => {}
+        Some(false) => {
+            v.not_linearizable.push(page.to_string());
+            v.note(format!("{page}: the history is not linearizable"));
+        }
+        None => v.undecided.push(page.to_string()),
+    }
+}
+
+fn returned(op: &Op) -> u64 {
+    match op.outcome {
+        Outcome::Ok => op.return_ns.unwrap_or(u64::MAX),
+        Outcome::Fail | Outcome::Unknown => u64::MAX,
+    }
+}
+
+fn phantoms(page: &str, reads: &[&Op], writes: &[&Op], v: &mut Verdict) {
+    let written: HashSet<&str> = writes.iter().filter_map(|w| w.value.as_deref()).collect();
+    for r in reads {
+        if let Some(value) = r.value.as_deref().filter(|x| !written.contains(x)) {
+            v.phantom_values += 1;
+            v.note(format!("{page}: client {} read {value:?}, which no write wrote", r.client));
+        }
+    }
+}
+
+/// A final read must return a write no acknowledged write followed in real time.
+fn lost_writes(page: &str, reads: &[&Op], writes: &[&Op], v: &mut Verdict) {
+    let acked: Vec<&&Op> = writes.iter().filter(|w| w.outcome == Outcome::Ok).collect();
+    let latest = |w: &Op| !acked.iter().any(|a| a.invoke_ns > returned(w));
+    let mut possible: HashSet<Option<&str>> = writes.iter().filter(|w| latest(w)).map(|w| w.value.as_deref()).collect();
+    if acked.is_empty() {
+        possible.insert(None);
+    }
+    for r in reads.iter().filter(|r| r.last) {
+        if !possible.contains(&r.value.as_deref()) {
+            v.lost_acknowledged_writes += 1;
+            let mut want: Vec<_> = possible.iter().map(|p| p.unwrap_or("<none>")).collect();
+            want.sort_unstable();
+            v.note(format!(
+                "{page}: final read by client {} gave {:?}; the last acknowledged writes were {want:?}",
+                r.client, r.value
+            ));
+        }
+    }
+}
+
+/// Value A read, then B read after it, then A read after that.
+fn duplicates(page: &str, reads: &[&Op], v: &mut Verdict) {
+    let mut first_ret: HashMap<&str, u64> = HashMap::new();
+    let mut last_inv: HashMap<&str, u64> = HashMap::new();
+    for r in reads {
+        if let Some(x) = r.value.as_deref() {
+            let ret = returned(r);
+            first_ret.entry(x).and_modify(|t| *t = (*t).min(ret)).or_insert(ret);
+            last_inv.entry(x).and_modify(|t| *t = (*t).max(r.invoke_ns)).or_insert(r.invoke_ns);
+        }
+    }
+    let mut seen = HashSet::new();
+    for r in reads {
+        let Some(between) = r.value.as_deref() else { continue };
+        for (value, first) in &first_ret {
+            let again = last_inv[value];
+            if *value != between && *first < r.invoke_ns && returned(r) < again && seen.insert(*value) {
+                v.duplicate_applications += 1;
+                v.note(format!("{page}: {value:?} was read again after {between:?} replaced it"));
+            }
+        }
+    }
+}
+
+fn epoch_regressions(page: &str, ops: &[&Op], v: &mut Verdict) {
+    let done: Vec<&&Op> = ops.iter().filter(|o| o.outcome == Outcome::Ok && o.epoch.is_some()).collect();
+    for a in &done {
+        for b in &done {
+            if returned(a) < b.invoke_ns && b.epoch < a.epoch {
+                v.epoch_regressions += 1;
+                v.note(format!(
+                    "{page}: client {} used epoch {:?} after client {} had used epoch {:?}",
+                    b.client, b.epoch, a.client, a.epoch
+                ));
+            }
+        }
+    }
+}
+
+/// One register operation for the search: values interned, 0 meaning "absent".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RegOp {
+    /// Invocation time.
+    pub invoke: u64,
+    /// Return time (`u64::MAX`: may take effect at any later time, or never).
+    pub ret: u64,
+    /// True for a write of `value`, false for a read that returned `value`.
+    pub write: bool,
+    /// The value (0: the page did not exist).
+    pub value: u32,
+}
+
+fn register_ops<'a>(reads: &[&'a Op], writes: &[&'a Op]) -> Vec<RegOp> {
+    let mut ids: HashMap<&'a str, u32> = HashMap::new();
+    let mut id = |v: Option<&'a str>| match v {
+        None => 0,
+        Some(x) => {
+            let next = ids.len() as u32 + 1;
+            *ids.entry(x).or_insert(next)
+        }
+    };
+    // A write that may never have taken effect and whose value nobody read can be
+    // left out: placing it anywhere could only make the history harder to order.
+    let observed: HashSet<&str> = reads.iter().filter_map(|r| r.value.as_deref()).collect();
+    let needed = |w: &&&Op| w.outcome == Outcome::Ok || w.value.as_deref().is_some_and(|x| observed.contains(x));
+    let mut out = Vec::new();
+    for w in writes.iter().filter(needed) {
+        out.push(RegOp { invoke: w.invoke_ns, ret: returned(w), write: true, value: id(w.value.as_deref()) });
+    }
+    for r in reads {
+        out.push(RegOp { invoke: r.invoke_ns, ret: returned(r), write: false, value: id(r.value.as_deref()) });
+    }
+    out
+}
+
+/// Wing-Gong-Lowe search with memoisation: is there an order of the operations,
+/// consistent with real time, in which every read returns the latest write?
+/// `None` when `budget` steps did not decide it.
+pub fn linearizable(ops: &[RegOp], budget: u64) -> Option<bool> {
+    let mut list = EntryList::new(ops);
+    let mut linearized = vec![0u64; ops.len().div_ceil(64)];
+    let mut cache: HashSet<(Vec<u64>, u32)> = HashSet::new();
+    let mut stack: Vec<(usize, u32)> = Vec::new();
+    let mut state = 0u32;
+    let mut cursor = list.first();
+    for _ in 0..budget {
+        let Some(e) = cursor else { return Some(true) };
+        let (op, is_call) = list.entry(e);
+        if !is_call {
+            if ops[op].ret == u64::MAX {
+                return Some(true); // only operations that may never take effect remain
+            }
+            let Some((undo, before)) = stack.pop() else { return Some(false) };
+            state = before;
+            linearized[undo / 64] &= !(1 << (undo % 64));
+            list.unlift(undo);
+            cursor = list.after_call(undo);
+            continue;
+        }
+        let next_state = if ops[op].write { Some(ops[op].value) } else { (ops[op].value == state).then_some(state) };
+        if let Some(next_state) = next_state {
+            let mut marked = linearized.clone();
+            marked[op / 64] |= 1 << (op % 64);
+            if cache.insert((marked.clone(), next_state)) {
+                stack.push((op, state));
+                state = next_state;
+                linearized = marked;
+                list.lift(op);
+                cursor = list.first();
+                continue;
+            }
+        }
+        cursor = list.next(e);
+    }
+    None
+}
+
+/// Call and return entries in time order, as a doubly linked list that
+/// operations can be lifted out of and put back into.
+struct EntryList {
+    /// (operation, is_call) per entry.
+    entries: Vec<(usize, bool)>,
+    next: Vec<usize>,
+    prev: Vec<usize>,
+    call_at: Vec<usize>,
+    ret_at: Vec<usize>,
+}
+
+impl EntryList {
+    const HEAD: usize = 0;
+
+    fn new(ops: &[RegOp]) -> Self {
+        let mut order: Vec<(u64, bool, usize)> = Vec::with_capacity(ops.len() * 2);
+        for (i, op) in ops.iter().enumerate() {
+            order.push((op.invoke, false, i));
+            order.push((op.ret, true, i));
+        }
+        // Calls before returns at the same instant: such operations overlap.
+        order.sort_unstable();
+        let n = order.len();
+        let mut list = EntryList {
+            entries: vec![(usize::MAX, false); n + 1],
+            next: (1..=n + 1).collect(),
+            prev: (0..=n).map(|i| i.wrapping_sub(1)).collect(),
+            call_at: vec![0; ops.len()],
+            ret_at: vec![0; ops.len()],
+        };
+        for (k, (_, is_ret, op)) in order.into_iter().enumerate() {
+            let slot = k + 1;
+            list.entries[slot] = (op, !is_ret);
+            if is_ret {
+                list.ret_at[op] = slot;
+            } else {
+                list.call_at[op] = slot;
+            }
+        }
+        list
+    }
+
+    fn end(&self) -> usize {
+        self.entries.len()
+    }
+
+    fn first(&self) -> Option<usize> {
+        self.next(Self::HEAD)
+    }
+
+    fn next(&self, e: usize) -> Option<usize> {
+        let n = self.next[e];
+        (n != self.end()).then_some(n)
+    }
+
+    fn entry(&self, e: usize) -> (usize, bool) {
+        self.entries[e]
+    }
+
+    fn after_call(&self, op: usize) -> Option<usize> {
+        self.next(self.call_at[op])
+    }
+
+    fn unlink(&mut self, e: usize) {
+        let (p, n) = (self.prev[e], self.next[e]);
+        self.next[p] = n;
+        if n != self.end() {
+            self.prev[n] = p;
+        }
+    }
+
+    fn relink(&mut self, e: usize) {
+        let (p, n) = (self.prev[e], self.next[e]);
+        self.next[p] = e;
+        if n != self.end() {
+            self.prev[n] = e;
+        }
+    }
+
+    fn lift(&mut self, op: usize) {
+        self.unlink(self.call_at[op]);
+        self.unlink(self.ret_at[op]);
+    }
+
+    fn unlift(&mut self, op: usize) {
+        self.relink(self.ret_at[op]);
+        self.relink(self.call_at[op]);
+    }
+}

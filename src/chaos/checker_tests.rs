@@ -1,0 +1,108 @@
+//! The checker on hand-made histories, linearizable and not.
+
+use super::checker::{check, linearizable, RegOp};
+use super::history::{Op, OpKind, Outcome};
+
+fn op(kind: OpKind, value: Option<&str>, invoke: u64, ret: Option<u64>) -> Op {
+    Op {
+        client: 1,
+        kind,
+        page: "P1".into(),
+        value: value.map(str::to_string),
+        invoke_ns: invoke,
+        return_ns: ret,
+        outcome: if ret.is_some() { Outcome::Ok } else { Outcome::Unknown },
+        epoch: None,
+        error: None,
+        last: false,
+    }
+}
+
+fn w(value: &str, invoke: u64, ret: u64) -> Op {
+    op(OpKind::Write, Some(value), invoke, Some(ret))
+}
+
+fn r(value: Option<&str>, invoke: u64, ret: u64) -> Op {
+    op(OpKind::Read, value, invoke, Some(ret))
+}
+
+#[test]
+fn sequential_history_is_clean() {
+    let h = [r(None, 0, 1), w("a", 2, 3), r(Some("a"), 4, 5), w("b", 6, 7), r(Some("b"), 8, 9)];
+    let v = check(&h);
+    assert!(v.clean(), "{v:?}");
+}
+
+#[test]
+fn stale_read_is_not_linearizable() {
+    let h = [w("a", 0, 10), w("b", 20, 30), r(Some("a"), 40, 50)];
+    let v = check(&h);
+    assert_eq!(v.not_linearizable, vec!["P1".to_string()]);
+    assert!(!v.clean());
+}
+
+#[test]
+fn concurrent_operations_may_go_either_way() {
+    // The read overlaps both writes, so either value is fine.
+    for seen in ["a", "b"] {
+        let h = [w("a", 0, 10), w("b", 5, 30), r(Some(seen), 8, 40)];
+        assert!(check(&h).clean(), "read of {seen}");
+    }
+}
+
+#[test]
+fn unknown_writes_may_apply_late_or_never() {
+    let maybe = op(OpKind::Write, Some("a"), 0, None);
+    // Not yet applied, then applied: fine.
+    assert!(check(&[maybe.clone(), r(None, 5, 6), r(Some("a"), 50, 60)]).clean());
+    // Never applied: fine.
+    assert!(check(&[maybe.clone(), r(None, 5, 6)]).clean());
+    // Applied, then gone again: not linearizable.
+    let v = check(&[maybe, r(Some("a"), 5, 6), r(None, 50, 60)]);
+    assert!(!v.not_linearizable.is_empty());
+}
+
+#[test]
+fn lost_acknowledged_write_is_named() {
+    let mut last = r(Some("a"), 100, 110);
+    last.last = true;
+    let v = check(&[w("a", 0, 10), w("b", 20, 30), last]);
+    assert_eq!(v.lost_acknowledged_writes, 1);
+    assert!(v.details.iter().any(|d| d.contains("[\"b\"]")), "{:?}", v.details);
+}
+
+#[test]
+fn phantom_value_is_named() {
+    let v = check(&[w("a", 0, 10), r(Some("zzz"), 20, 30)]);
+    assert_eq!(v.phantom_values, 1);
+    assert!(!v.clean());
+}
+
+#[test]
+fn value_seen_again_is_a_duplicate() {
+    let h = [w("a", 0, 1), w("b", 2, 3), r(Some("a"), 4, 5), r(Some("b"), 6, 7), r(Some("a"), 8, 9)];
+    let v = check(&h);
+    assert_eq!(v.duplicate_applications, 1);
+    assert!(!v.not_linearizable.is_empty());
+}
+
+#[test]
+fn epoch_going_back_is_a_regression() {
+    let mut a = r(None, 0, 1);
+    a.epoch = Some(3);
+    let mut b = r(None, 5, 6);
+    b.epoch = Some(2);
+    let v = check(&[a, b]);
+    assert_eq!(v.epoch_regressions, 1);
+}
+
+#[test]
+fn search_handles_many_overlapping_operations() {
+    // 14 mutually overlapping writes and a read of one of them: linearizable.
+    let mut ops: Vec<RegOp> =
+        (0..14).map(|i| RegOp { invoke: i, ret: 1000 + i, write: true, value: i as u32 + 70 }).collect();
+    ops.push(RegOp { invoke: 5000, ret: 5001, write: false, value: 77 });
+    assert_eq!(linearizable(&ops, 5_000_000), Some(true));
+    ops.push(RegOp { invoke: 6000, ret: 6001, write: false, value: 78 });
+    assert_eq!(linearizable(&ops, 5_000_000), Some(false), "77 then 78 with no write between");
+}
