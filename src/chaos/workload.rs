@@ -28,6 +28,9 @@ const HARNESS_OP_TIMEOUT: Duration = Duration::from_millis(CLIENT_OP_TIMEOUT_MS 
 /// How long the cluster may take to elect a leader after everything healed.
 const RECOVERY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How far behind schedule the fault injector may run before it skips ahead.
+const FAULT_SLACK: Duration = Duration::from_secs(1);
+
 /// Progress lines on stderr this often.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
@@ -256,12 +259,14 @@ async fn inject_faults(rig: Arc<Rig>, cfg: ChaosConfig, end: Instant, clock: Clo
     }
     let mut rng = StdRng::seed_from_u64(cfg.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
     let mut kinds = Vec::new();
+    let mut next = Instant::now();
     loop {
-        let pause = Duration::from_millis(rng.gen_range(3000..=5000));
-        if Instant::now() + pause >= end {
+        // One fault every 3-5 s, start to start, whatever each one lasts.
+        next = next.max(Instant::now() - FAULT_SLACK) + Duration::from_millis(rng.gen_range(3000..=5000));
+        if next >= end {
             break;
         }
-        tokio::time::sleep(pause).await;
+        tokio::time::sleep_until(next).await;
         if kinds.is_empty() {
             kinds = cfg.faults.clone();
             kinds.shuffle(&mut rng);
