@@ -13,6 +13,7 @@ pub mod error;
 pub mod protocol;
 
 pub use error::{Error, Result};
+pub mod bench;
 pub mod chaos;
 pub mod client;
 pub mod cluster;

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use ivy_raft::bench::{self, BenchConfig, BenchMode, Scenario, Workload as BenchWorkload};
 use ivy_raft::chaos::{self, ChaosConfig, ChaosMode, FaultKind};
 use ivy_raft::client::{repl, Client, ClientConfig};
 use ivy_raft::cm::{CmConfig, CmNode, Mode, DEFAULT_PULSE};
@@ -34,6 +35,8 @@ enum Command {
     Demo(DemoArgs),
     /// Run CM nodes and clients as processes, inject faults, and check the history.
     Chaos(ChaosArgs),
+    /// Measure Raft against the heartbeat baseline on CM processes, with and without CM kills.
+    Bench(BenchArgs),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -187,6 +190,53 @@ struct ChaosArgs {
     unsafe_skip_invalidation: bool,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum BenchModeArg {
+    Raft,
+    Heartbeat,
+    Both,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Suite {
+    /// One workload from the flags.
+    Custom,
+    /// The README's tables: the original experiment under every scenario, a scale
+    /// run (100 clients x 1000 pages) and a read-heavy mix, both modes.
+    Readme,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Which modes to measure.
+    #[arg(long, env = "IVY_MODE", value_enum, default_value = "both")]
+    mode: BenchModeArg,
+    /// Clients, all running at once.
+    #[arg(long, env = "IVY_BENCH_CLIENTS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    clients: u64,
+    /// Pages P1..Pn.
+    #[arg(long, env = "IVY_BENCH_PAGES", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pages: u64,
+    /// Operations per client.
+    #[arg(long, env = "IVY_BENCH_OPS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    ops: u64,
+    /// Probability that an operation is a read.
+    #[arg(long, env = "IVY_BENCH_READ_RATIO", default_value_t = 0.5)]
+    read_ratio: f64,
+    /// Scenarios, comma separated: none, kill-leader, kill-restart, kill-restart-many, kill-both, or all.
+    #[arg(long, env = "IVY_BENCH_SCENARIO", default_value = "all")]
+    scenario: String,
+    /// A preset set of workloads instead of the flags above.
+    #[arg(long, env = "IVY_BENCH_SUITE", value_enum, default_value = "custom")]
+    suite: Suite,
+    /// Where results, plots, data dirs and logs go.
+    #[arg(long, env = "IVY_BENCH_OUT", default_value = "bench-out")]
+    out: PathBuf,
+    /// Heartbeat mode: the backup's pulse, ms.
+    #[arg(long, env = "IVY_PULSE_MS", default_value_t = DEFAULT_PULSE.as_millis() as u64)]
+    pulse_ms: u64,
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let (num, unit) = s.find(|c: char| !c.is_ascii_digit()).map_or((s, "s"), |i| s.split_at(i));
@@ -221,6 +271,7 @@ fn main() -> Result<()> {
             Command::Status(args) => run_status(args).await,
             Command::Demo(args) => run_demo(args).await,
             Command::Chaos(args) => run_chaos(args).await,
+            Command::Bench(args) => run_bench(args).await,
         }
     })
 }
@@ -339,5 +390,78 @@ async fn run_chaos(args: ChaosArgs) -> Result<()> {
     if !report.clean {
         bail!("the chaos run found violations (see {})", config.out.join("report.json").display());
     }
+    Ok(())
+}
+
+async fn run_bench(args: BenchArgs) -> Result<()> {
+    if !(0.0..=1.0).contains(&args.read_ratio) {
+        bail!("--read-ratio {} is not between 0 and 1", args.read_ratio);
+    }
+    let modes = match args.mode {
+        BenchModeArg::Raft => vec![BenchMode::Raft],
+        BenchModeArg::Heartbeat => vec![BenchMode::Heartbeat],
+        BenchModeArg::Both => vec![BenchMode::Raft, BenchMode::Heartbeat],
+    };
+    let scenarios = if args.scenario.trim() == "all" {
+        Scenario::ALL.to_vec()
+    } else {
+        args.scenario
+            .split(',')
+            .map(|s| Scenario::parse(s).with_context(|| format!("unknown scenario {s:?}")))
+            .collect::<Result<Vec<_>>>()?
+    };
+    let custom = BenchWorkload {
+        label: "custom".into(),
+        clients: args.clients as usize,
+        pages: args.pages as usize,
+        ops: args.ops as usize,
+        read_ratio: args.read_ratio,
+    };
+    let plan: Vec<(BenchWorkload, Vec<Scenario>)> = match args.suite {
+        Suite::Custom => vec![(custom, scenarios)],
+        Suite::Readme => vec![
+            (
+                BenchWorkload { label: "original".into(), clients: 10, pages: 10, ops: 10, read_ratio: 0.5 },
+                Scenario::ALL.to_vec(),
+            ),
+            (
+                BenchWorkload { label: "scale".into(), clients: 100, pages: 1000, ops: 100, read_ratio: 0.5 },
+                vec![Scenario::None],
+            ),
+            (
+                BenchWorkload { label: "read-heavy".into(), clients: 10, pages: 10, ops: 500, read_ratio: 0.9 },
+                vec![Scenario::None],
+            ),
+        ],
+    };
+    let config = BenchConfig {
+        bin: std::env::current_exe().context("locating the ivy binary")?,
+        out: args.out.clone(),
+        pulse_ms: args.pulse_ms,
+    };
+    let total: u64 = plan.iter().map(|(w, s)| (w.clients * w.ops * s.len() * modes.len()) as u64).sum();
+    let progress = indicatif::ProgressBar::new(total);
+    progress.set_style(
+        indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} ops {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let mut results = Vec::new();
+    for (work, scenarios) in &plan {
+        for scenario in scenarios {
+            for mode in &modes {
+                let what = format!("{} / {} / {}", work.label, mode.name(), scenario.name());
+                progress.set_message(what.clone());
+                if progress.is_hidden() {
+                    eprintln!("bench: {what}");
+                }
+                results.push(bench::run_one(&config, work, *mode, *scenario, &progress).await?);
+            }
+        }
+    }
+    progress.finish_and_clear();
+    let summary = bench::write_all(&args.out, &results)?;
+    println!("{summary}");
+    println!("{}", bench::output_markdown(&results));
+    println!("results, plots and logs: {}", args.out.display());
     Ok(())
 }

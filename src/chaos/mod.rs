@@ -16,7 +16,7 @@ pub mod checker;
 #[cfg(test)]
 mod checker_tests;
 pub mod history;
-mod procs;
+pub(crate) mod procs;
 mod proxy;
 mod report;
 mod rig;

@@ -22,6 +22,11 @@ fn spawn_error(what: &str, e: std::io::Error) -> Error {
     Error::Unavailable(format!("cannot start {what}: {e}"))
 }
 
+/// A free loopback port (bound then released; a race with other binders is possible).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_or(0, |a| a.port())
+}
+
 /// Sends a signal (STOP, CONT) to a process by pid.
 pub fn signal(pid: u32, sig: &str) {
     let _ = std::process::Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();

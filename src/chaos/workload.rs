@@ -12,7 +12,7 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use super::history::{FaultEvent, Op, OpKind, Outcome};
-use super::procs::{ClientProc, CmProc};
+use super::procs::{free_port, ClientProc, CmProc};
 use super::proxy::Proxy;
 use super::report::Report;
 use super::rig::Rig;
@@ -175,10 +175,6 @@ fn cm_args(cfg: &ChaosConfig, id: u64, listen: &str, peers: &str) -> Vec<String>
         args.push("--unsafe-skip-invalidation".into());
     }
     args
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_or(0, |a| a.port())
 }
 
 #[allow(clippy::too_many_arguments)]
