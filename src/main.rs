@@ -201,8 +201,9 @@ enum BenchModeArg {
 enum Suite {
     /// One workload from the flags.
     Custom,
-    /// The README's tables: the original experiment under every scenario, a scale
-    /// run (100 clients x 1000 pages) and a read-heavy mix, both modes.
+    /// The README's tables: the original experiment (10 clients x 10 ops) and a
+    /// longer one (x 300) under every scenario, a scale run (100 clients x 1000
+    /// pages) and a read-heavy mix, both modes.
     Readme,
 }
 
@@ -422,6 +423,10 @@ async fn run_bench(args: BenchArgs) -> Result<()> {
         Suite::Readme => vec![
             (
                 BenchWorkload { label: "original".into(), clients: 10, pages: 10, ops: 10, read_ratio: 0.5 },
+                Scenario::ALL.to_vec(),
+            ),
+            (
+                BenchWorkload { label: "failover".into(), clients: 10, pages: 10, ops: 300, read_ratio: 0.5 },
                 Scenario::ALL.to_vec(),
             ),
             (

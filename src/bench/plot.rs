@@ -83,9 +83,12 @@ fn latency_cdf(path: &Path, results: &[RunResult]) -> Result<(), Error> {
     root.present().map_err(plot_err("cdf"))
 }
 
-/// Throughput over time per scenario of the first workload, kills marked.
+/// Throughput over time per scenario, kills marked, for the workload run under
+/// the most scenarios (the longest of those).
 fn timeline(path: &Path, results: &[RunResult]) -> Result<(), Error> {
-    let label = &results[0].workload.label;
+    let runs_of = |label: &str| results.iter().filter(|r| r.workload.label == label).count();
+    let weight = |r: &RunResult| (runs_of(&r.workload.label), r.workload.clients * r.workload.ops);
+    let label = &results.iter().max_by_key(|r| weight(r)).unwrap_or(&results[0]).workload.label;
     let scenarios: Vec<Scenario> = Scenario::ALL
         .into_iter()
         .filter(|s| results.iter().any(|r| &r.workload.label == label && r.scenario == *s))
@@ -144,19 +147,25 @@ fn failover(path: &Path, results: &[RunResult]) -> Result<(), Error> {
         .y_label_area_size(60)
         .build_cartesian_2d(0f64..bars.len().max(1) as f64, 0f64..top)
         .map_err(plot_err("failover"))?;
-    let names: Vec<String> = bars.iter().map(|b| format!("{} ({})", b.0, b.1.name())).collect();
     chart
         .configure_mesh()
         .disable_x_mesh()
+        .disable_x_axis()
         .y_desc("ms")
-        .x_labels(bars.len().max(1))
-        .x_label_formatter(&|x| names.get(x.floor() as usize).cloned().unwrap_or_default())
-        .label_style((FONT, 11))
+        .label_style((FONT, 12))
         .draw()
         .map_err(plot_err("failover"))?;
     let rects = bars.iter().enumerate().map(|(i, (_, mode, ms))| {
         Rectangle::new([(i as f64 + 0.15, 0.0), (i as f64 + 0.85, *ms)], color(*mode, false).filled())
     });
     chart.draw_series(rects).map_err(plot_err("failover"))?;
+    // Each bar is named above itself: scenario, mode, value.
+    for (i, (name, mode, ms)) in bars.iter().enumerate() {
+        for (line, text) in [name.clone(), format!("{} {ms:.0} ms", mode.name())].into_iter().enumerate() {
+            let y = ms + top * (0.07 - 0.035 * line as f64);
+            let label = Text::new(text, (i as f64 + 0.15, y), (FONT, 12).into_font());
+            chart.draw_series(std::iter::once(label)).map_err(plot_err("failover"))?;
+        }
+    }
     root.present().map_err(plot_err("failover"))
 }

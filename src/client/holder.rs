@@ -24,7 +24,7 @@ impl HolderService {
 
     /// Sends a forwarded page to the requester (or installs it here when we asked).
     async fn send(&self, page: &PageName, requester: u64, addr: &str, t: Transfer) -> Result<(), Status> {
-        if requester == self.shared.id {
+        if requester == self.shared.id() {
             self.shared.table().receive(page, t.epoch, t.access, t.content);
             return Ok(());
         }
@@ -37,7 +37,7 @@ impl HolderService {
             epoch: t.epoch,
             mode: rpc::mode(mode).into(),
             content: t.content,
-            from: self.shared.id,
+            from: self.shared.id(),
         };
         let sent = PageHolderClient::new(channel).send_page(Request::new(req)).await;
         sent.map_err(|s| rpc::status_from_error(&unreachable(s.message().to_string())))?;

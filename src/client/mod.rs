@@ -79,7 +79,7 @@ pub enum Hit {
 
 /// State shared by the client and its PageHolder service.
 pub(crate) struct Shared {
-    id: ClientId,
+    id: AtomicU64,
     cm: CmConn,
     table: Mutex<PageTable>,
     peers: Channels,
@@ -87,6 +87,10 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    fn id(&self) -> ClientId {
+        self.id.load(Ordering::SeqCst)
+    }
+
     fn table(&self) -> MutexGuard<'_, PageTable> {
         self.table.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -112,7 +116,7 @@ impl Client {
         let cm = CmConn::new(config.cms.clone(), CLIENT_RPC_TIMEOUT, config.op_timeout)?;
         let id = register(&cm, addr).await?;
         let shared = Arc::new(Shared {
-            id,
+            id: AtomicU64::new(id),
             cm,
             table: Mutex::new(PageTable::new(id)),
             peers: Channels::new(PAGE_SEND_TIMEOUT),
@@ -134,7 +138,7 @@ impl Client {
 
     /// This client's id.
     pub fn id(&self) -> ClientId {
-        self.shared.id
+        self.shared.id()
     }
 
     /// The address of this client's PageHolder service.
@@ -251,6 +255,16 @@ impl Client {
 
     /// One fault request, retried with the same seq until granted or the deadline.
     async fn fault(&self, page: &PageName, kind: FaultKind) -> Result<Grant, Error> {
+        match self.fault_once(page, kind).await {
+            Err(Error::UnknownClient { client }) if client == self.id() => {
+                self.register_again().await?;
+                self.fault_once(page, kind).await
+            }
+            other => other,
+        }
+    }
+
+    async fn fault_once(&self, page: &PageName, kind: FaultKind) -> Result<Grant, Error> {
         let seq = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
         let req = pb::FaultRequest { client: self.id(), seq, page: page.to_string() };
         let what = format!("{} fault on {page}", if kind == FaultKind::Read { "read" } else { "write" });
@@ -268,6 +282,17 @@ impl Client {
             })
             .await?;
         Ok(Grant { epoch: reply.epoch, created: reply.created })
+    }
+
+    /// The directory no longer knows this client (only the heartbeat baseline,
+    /// which can lose its directory, gets here): register again under a new id.
+    async fn register_again(&self) -> Result<(), Error> {
+        let old = self.id();
+        let new = register(&self.shared.cm, self.addr).await?;
+        self.shared.id.store(new, Ordering::SeqCst);
+        self.shared.table().set_me(new);
+        tracing::warn!("the CM forgot client {old} (its directory was lost); registered again as client {new}");
+        Ok(())
     }
 
     /// Leaves the cluster: the directory forgets this client, then the server stops.

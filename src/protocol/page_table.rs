@@ -69,6 +69,11 @@ impl PageTable {
         PageTable { me, ..Default::default() }
     }
 
+    /// The client's id changed (it registered again).
+    pub fn set_me(&mut self, me: ClientId) {
+        self.me = me;
+    }
+
     /// The local copy of `page`, when access allows a read without a fault.
     pub fn read(&self, page: &PageName) -> Option<&[u8]> {
         self.read_at(page).map(|(v, _)| v)
