@@ -25,7 +25,7 @@ fn fault_round_trip(c: &mut Criterion) {
         bench.iter(|| {
             n += 1;
             rt.block_on(async {
-                let (writer, reader) = if n % 2 == 0 { (&a, &b) } else { (&b, &a) };
+                let (writer, reader) = if n.is_multiple_of(2) { (&a, &b) } else { (&b, &a) };
                 writer.write("P1", format!("v{n}").as_bytes()).await.expect("write fault");
                 reader.read("P1").await.expect("read fault");
             })

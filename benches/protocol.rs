@@ -34,7 +34,7 @@ fn plan_and_apply(c: &mut Criterion) {
             i += 1;
             let client = (i as u64 % CLIENTS) + 1;
             seqs[client as usize] += 1;
-            let kind = if i % 3 == 0 { FaultKind::Write } else { FaultKind::Read };
+            let kind = if i.is_multiple_of(3) { FaultKind::Write } else { FaultKind::Read };
             let page = &pages[(i * 7919) % PAGES];
             let granted = match dir.plan_fault(client, seqs[client as usize], page, kind) {
                 Ok(Plan::Run(plan)) => matches!(dir.apply(black_box(&plan.commit)), Outcome::Granted(_)),
