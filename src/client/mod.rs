@@ -198,7 +198,8 @@ impl Client {
     }
 
     /// Writes `content` to `page`: locally with write access, else by a write fault
-    /// (the first write of a page creates it).
+    /// (the first write of a page creates it). A write that fails with a retryable
+    /// error (unavailable, no quorum) has an unknown outcome: it may still apply.
     pub async fn write(&self, page: &str, content: &[u8]) -> Result<Hit, Error> {
         self.write_at(page, content).await.map(|(hit, _)| hit)
     }
@@ -212,7 +213,11 @@ impl Client {
         }
         let _one_fault = self.faulting.lock().await;
         let written = self.write_by_fault(&page, content).await;
-        if written.is_err() {
+        // A write that failed for a reason a retry might cure (no CM answered in
+        // time, no quorum) may still commit: its outcome is unknown, so the value
+        // stays intended and a late confirmation applies it. In particular a page
+        // this write created is never left empty. A definite failure drops it.
+        if written.as_ref().is_err_and(|e| !e.is_retryable()) {
             self.shared.table().cancel_intent(&page);
         }
         written.map(|epoch| (Hit::Fault, epoch))
