@@ -67,13 +67,14 @@ fn leader_hint(leader: &Option<(u64, String)>) -> String {
 
 impl Error {
     /// True when the same request may succeed if retried (same client id and seq).
+    /// `NotHeld` is not: the manager already redoes the forward a few times, so
+    /// what reaches a client is a holder out of step with the directory.
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
             Error::NotLeader { .. }
                 | Error::NoQuorum(_)
                 | Error::EpochMoved { .. }
-                | Error::NotHeld { .. }
                 | Error::TransferLost { .. }
                 | Error::Unavailable(_)
                 | Error::ClientUnreachable { .. }

@@ -256,6 +256,8 @@ fn main() -> Result<()> {
     // openraft's own logs (a down peer is logged every retry) need RUST_LOG=openraft=warn.
     let default_filter = match cli.command {
         Command::Cm(_) => "info,openraft=off",
+        // The bench's in-process clients would interleave warnings with its output.
+        Command::Bench(_) => "error,openraft=off",
         _ => "warn,openraft=off",
     };
     tracing_subscriber::fmt()

@@ -8,7 +8,8 @@
 //! times; kill and restart both/all CMs). Latencies go into HDR histograms. After
 //! the run a fresh client reads every page back, and the history is checked for
 //! acknowledged writes that were lost (the chaos checker's rule). Results are
-//! written as text, CSV, JSON, a Markdown table and PNG plots.
+//! written as text, CSV, JSON, a Markdown table and PNG plots; the CM nodes' data
+//! dirs and logs go under `runs/`.
 
 mod output;
 mod plot;

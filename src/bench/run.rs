@@ -16,8 +16,7 @@ use tokio::time::Instant;
 use super::{BenchConfig, BenchMode, Latency, RunResult, Scenario, Workload};
 use crate::chaos::checker;
 use crate::chaos::history::{Op, OpKind, Outcome};
-use crate::chaos::procs::{free_port, CmProc};
-use crate::client::repl::node_status;
+use crate::chaos::procs::{free_port, CmProc, CmSet};
 use crate::client::{Client, ClientConfig, Hit};
 use crate::error::Error;
 
@@ -29,6 +28,10 @@ const LEADER_WAIT: Duration = Duration::from_secs(30);
 
 /// Each client's deadline per operation.
 const OP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A run stops issuing operations after this long (a baseline that lost its
+/// directory can fail every operation slowly); the report counts what ran.
+const RUN_CAP: Duration = Duration::from_secs(60);
 
 /// Width of one timeline bucket.
 const BUCKET_MS: u64 = 100;
@@ -46,7 +49,7 @@ struct Rec {
 
 /// CM node processes of one run.
 struct Nodes {
-    cms: BTreeMap<u64, CmProc>,
+    cms: CmSet,
     addrs: Vec<String>,
 }
 
@@ -67,49 +70,13 @@ impl Nodes {
             cm.start()?;
             cms.insert(*id, cm);
         }
-        let nodes = Nodes { cms, addrs: real.values().cloned().collect() };
-        nodes.wait_leader().await.ok_or_else(|| Error::NoQuorum("the CM nodes elected no leader".into()))?;
+        let nodes = Nodes { cms: CmSet(cms), addrs: real.values().cloned().collect() };
+        nodes
+            .cms
+            .wait_leader(LEADER_WAIT)
+            .await
+            .ok_or_else(|| Error::NoQuorum("the CM nodes elected no leader".into()))?;
         Ok(nodes)
-    }
-
-    async fn leader(&self) -> Option<u64> {
-        for cm in self.cms.values().filter(|c| c.running()) {
-            if node_status(&cm.addr).await["serving"] == true {
-                return Some(cm.id);
-            }
-        }
-        None
-    }
-
-    async fn wait_leader(&self) -> Option<u64> {
-        let give_up = Instant::now() + LEADER_WAIT;
-        while Instant::now() < give_up {
-            if let Some(id) = self.leader().await {
-                return Some(id);
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        None
-    }
-
-    async fn kill(&self, id: u64) {
-        if let Some(cm) = self.cms.get(&id) {
-            cm.kill9().await;
-        }
-    }
-
-    fn restart(&self, id: u64) {
-        if let Some(cm) = self.cms.get(&id) {
-            if let Err(err) = cm.start() {
-                tracing::warn!("restart of CM {id}: {err}");
-            }
-        }
-    }
-
-    async fn stop(&self) {
-        for cm in self.cms.values() {
-            cm.kill9().await;
-        }
     }
 }
 
@@ -121,7 +88,7 @@ pub async fn run_one(
     scenario: Scenario,
     progress: &ProgressBar,
 ) -> Result<RunResult, Error> {
-    let dir = cfg.out.join(format!("{}-{}-{}", work.label, mode.name(), scenario.name()));
+    let dir = cfg.out.join("runs").join(format!("{}-{}-{}", work.label, mode.name(), scenario.name()));
     std::fs::create_dir_all(&dir).map_err(|e| Error::Storage(format!("{}: {e}", dir.display())))?;
     let nodes = Arc::new(Nodes::start(cfg, mode, &dir).await?);
     let mut clients = Vec::with_capacity(work.clients);
@@ -155,7 +122,7 @@ pub async fn run_one(
             c.crash().await;
         }
     }
-    nodes.stop().await;
+    nodes.cms.kill_all().await;
     Ok(summarise(work, mode, scenario, &per_client, &finals, &marks, wall))
 }
 
@@ -172,6 +139,10 @@ async fn drive(
     let mut rng = StdRng::seed_from_u64(client as u64 + 1);
     let mut recs = Vec::with_capacity(work.ops);
     for n in 0..work.ops {
+        if began.elapsed() > RUN_CAP {
+            progress.inc((work.ops - n) as u64);
+            break;
+        }
         let page = format!("P{}", rng.gen_range(1..=work.pages));
         let write = !rng.gen_bool(work.read_ratio);
         let start_us = began.elapsed().as_micros() as u64;
@@ -227,19 +198,19 @@ async fn apply_scenario(
             break;
         }
         let victims: Vec<u64> = match scenario {
-            Scenario::KillBoth => nodes.cms.keys().copied().collect(),
-            _ => nodes.leader().await.into_iter().collect(),
+            Scenario::KillBoth => nodes.cms.ids(),
+            _ => nodes.cms.leader().await.into_iter().collect(),
         };
         kills.push(began.elapsed());
         for id in &victims {
-            nodes.kill(*id).await;
+            nodes.cms.kill(*id).await;
         }
         if scenario == Scenario::KillLeader {
             continue;
         }
         tokio::time::sleep(DOWN_FOR).await;
         for id in victims {
-            nodes.restart(id);
+            nodes.cms.restart(id);
         }
     }
     kills
@@ -247,7 +218,7 @@ async fn apply_scenario(
 
 /// After the run: a fresh client reads every page.
 async fn read_back(nodes: &Nodes, pages: usize, began: Instant) -> Vec<Rec> {
-    let _ = nodes.wait_leader().await;
+    let _ = nodes.cms.wait_leader(LEADER_WAIT).await;
     let mut config = ClientConfig::new(nodes.addrs.clone());
     config.op_timeout = OP_TIMEOUT;
     let Ok(reader) = Client::start(config).await else { return Vec::new() };

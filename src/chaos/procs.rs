@@ -1,7 +1,7 @@
 //! The processes of a chaos run: CM nodes and clients, each a child process of
 //! the built `ivy` binary, killed when dropped.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,6 +13,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::oneshot;
 
+use crate::client::repl::node_status;
 use crate::error::Error;
 
 /// How long a client may take to say it is ready.
@@ -102,6 +103,62 @@ impl CmProc {
     /// The process id, while running.
     pub fn pid(&self) -> Option<u32> {
         self.child().as_ref().and_then(Child::id)
+    }
+}
+
+/// The CM node processes of a run, by id.
+pub struct CmSet(pub BTreeMap<u64, CmProc>);
+
+impl CmSet {
+    /// The id of a running node that says it serves faults, asking each directly.
+    pub async fn leader(&self) -> Option<u64> {
+        for cm in self.0.values().filter(|c| c.running()) {
+            if node_status(&cm.addr).await["serving"] == true {
+                return Some(cm.id);
+            }
+        }
+        None
+    }
+
+    /// Waits up to `timeout` for a serving node.
+    pub async fn wait_leader(&self, timeout: Duration) -> Option<u64> {
+        const POLL: Duration = Duration::from_millis(20);
+        let give_up = tokio::time::Instant::now() + timeout;
+        while tokio::time::Instant::now() < give_up {
+            if let Some(id) = self.leader().await {
+                return Some(id);
+            }
+            tokio::time::sleep(POLL).await;
+        }
+        None
+    }
+
+    /// The node ids.
+    pub fn ids(&self) -> Vec<u64> {
+        self.0.keys().copied().collect()
+    }
+
+    /// kill -9 node `id`.
+    pub async fn kill(&self, id: u64) {
+        if let Some(cm) = self.0.get(&id) {
+            cm.kill9().await;
+        }
+    }
+
+    /// kill -9 every node.
+    pub async fn kill_all(&self) {
+        for cm in self.0.values() {
+            cm.kill9().await;
+        }
+    }
+
+    /// Starts node `id` again with its own command.
+    pub fn restart(&self, id: u64) {
+        if let Some(cm) = self.0.get(&id) {
+            if let Err(err) = cm.start() {
+                tracing::warn!("restart of CM {id}: {err}");
+            }
+        }
     }
 }
 

@@ -8,9 +8,8 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::Rng;
 
-use super::procs::{signal, ClientProc, CmProc};
+use super::procs::{signal, ClientProc, CmProc, CmSet};
 use super::proxy::{LinkState, Proxy};
-use crate::client::repl::node_status;
 
 /// The kinds of fault the harness injects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -52,7 +51,7 @@ impl FaultKind {
 /// Processes and links of one run.
 pub struct Rig {
     /// CM nodes by id.
-    pub cms: BTreeMap<u64, CmProc>,
+    pub cms: CmSet,
     /// Clients, by index.
     pub clients: Vec<ClientProc>,
     /// Links between CM nodes: (from, to) -> proxy.
@@ -62,32 +61,20 @@ pub struct Rig {
 }
 
 impl Rig {
-    /// The id of a CM node that says it serves faults, asking each directly.
+    /// The id of a CM node that says it serves faults.
     pub async fn leader(&self) -> Option<u64> {
-        for cm in self.cms.values().filter(|c| c.running()) {
-            if node_status(&cm.addr).await["serving"] == true {
-                return Some(cm.id);
-            }
-        }
-        None
+        self.cms.leader().await
     }
 
     /// Waits up to `timeout` for a serving node.
     pub async fn wait_leader(&self, timeout: Duration) -> Option<u64> {
-        let give_up = tokio::time::Instant::now() + timeout;
-        while tokio::time::Instant::now() < give_up {
-            if let Some(id) = self.leader().await {
-                return Some(id);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        None
+        self.cms.wait_leader(timeout).await
     }
 
     /// The leader with probability 0.7 (when one is known), else a random node.
     async fn pick_cm(&self, rng: &mut StdRng) -> u64 {
         let leader = self.leader().await;
-        let ids: Vec<u64> = self.cms.keys().copied().collect();
+        let ids = self.cms.ids();
         match leader {
             Some(l) if rng.gen_bool(0.7) => l,
             _ => *ids.choose(rng).unwrap_or(&1),
@@ -100,27 +87,24 @@ impl Rig {
             FaultKind::Kill => {
                 let id = self.pick_cm(rng).await;
                 let down = ms(rng, 500, 1500);
-                self.kill_cm(id).await;
+                self.cms.kill(id).await;
                 tokio::time::sleep(down).await;
-                self.start_cm(id);
+                self.cms.restart(id);
                 format!("kill -9 CM {id}, restarted after {} ms", down.as_millis())
             }
             FaultKind::RestartAll => {
                 let down = ms(rng, 300, 1000);
-                let ids: Vec<u64> = self.cms.keys().copied().collect();
-                for id in &ids {
-                    self.kill_cm(*id).await;
-                }
+                self.cms.kill_all().await;
                 tokio::time::sleep(down).await;
-                for id in ids {
-                    self.start_cm(id);
+                for id in self.cms.ids() {
+                    self.cms.restart(id);
                 }
                 format!("kill -9 every CM, restarted after {} ms", down.as_millis())
             }
             FaultKind::Pause => {
                 let id = self.pick_cm(rng).await;
                 let held = ms(rng, 1000, 3000);
-                let pid = self.cms.get(&id).and_then(CmProc::pid);
+                let pid = self.cms.0.get(&id).and_then(CmProc::pid);
                 if let Some(pid) = pid {
                     signal(pid, "STOP");
                     tokio::time::sleep(held).await;
@@ -193,26 +177,12 @@ impl Rig {
     /// Heals everything: links, paused processes, stopped CM nodes.
     pub fn heal_all(&self) {
         self.heal_links();
-        for pid in self.cms.values().filter_map(CmProc::pid).chain(self.clients.iter().filter_map(ClientProc::pid)) {
+        for pid in self.cms.0.values().filter_map(CmProc::pid).chain(self.clients.iter().filter_map(ClientProc::pid)) {
             signal(pid, "CONT");
         }
-        for cm in self.cms.values() {
+        for cm in self.cms.0.values() {
             if let Err(err) = cm.ensure_running() {
                 tracing::warn!("restart of CM {}: {err}", cm.id);
-            }
-        }
-    }
-
-    async fn kill_cm(&self, id: u64) {
-        if let Some(cm) = self.cms.get(&id) {
-            cm.kill9().await;
-        }
-    }
-
-    fn start_cm(&self, id: u64) {
-        if let Some(cm) = self.cms.get(&id) {
-            if let Err(err) = cm.start() {
-                tracing::warn!("restart of CM {id}: {err}");
             }
         }
     }

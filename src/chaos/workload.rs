@@ -12,7 +12,7 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use super::history::{FaultEvent, Op, OpKind, Outcome};
-use super::procs::{free_port, ClientProc, CmProc};
+use super::procs::{free_port, ClientProc, CmProc, CmSet};
 use super::proxy::Proxy;
 use super::report::Report;
 use super::rig::Rig;
@@ -95,9 +95,7 @@ pub async fn run(cfg: &ChaosConfig) -> Result<Report, Error> {
     for client in rig.clients.drain(..) {
         client.quit().await;
     }
-    for cm in rig.cms.values() {
-        cm.kill9().await;
-    }
+    rig.cms.kill_all().await;
     let ops = std::mem::take(&mut *ops.lock().unwrap_or_else(|e| e.into_inner()));
     let faults = std::mem::take(&mut *faults.lock().unwrap_or_else(|e| e.into_inner()));
     history::write(&cfg.out.join("history.jsonl"), &ops, &faults)?;
@@ -141,7 +139,7 @@ async fn build_rig(cfg: &ChaosConfig) -> Result<Rig, Error> {
         cm.start()?;
         cms.insert(*id, cm);
     }
-    let mut rig = Rig { cms, clients: Vec::new(), cm_links, client_links: BTreeMap::new() };
+    let mut rig = Rig { cms: CmSet(cms), clients: Vec::new(), cm_links, client_links: BTreeMap::new() };
     rig.wait_leader(RECOVERY_TIMEOUT).await.ok_or_else(|| Error::NoQuorum("the CM nodes elected no leader".into()))?;
     for c in 0..cfg.clients {
         let mut via = Vec::new();

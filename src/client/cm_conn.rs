@@ -51,7 +51,16 @@ impl CmConn {
         F: Fn(ManagerClient<Channel>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
-        let give_up = Instant::now() + self.deadline;
+        self.call_until(what, Instant::now() + self.deadline, f).await
+    }
+
+    /// Like [`CmConn::call`], giving up at `give_up` (an operation's own deadline).
+    pub async fn call_until<T, F, Fut>(&self, what: &str, give_up: Instant, f: F) -> Result<T, Error>
+    where
+        F: Fn(ManagerClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let started = Instant::now();
         let mut last = None;
         while Instant::now() < give_up {
             let (index, addr) = self.current();
@@ -76,7 +85,7 @@ impl CmConn {
         let last = last.map_or("no answer".to_string(), |e| e.to_string());
         Err(Error::Unavailable(format!(
             "{what}: no CM node served it within {} ms (tried {}); last error: {last}",
-            self.deadline.as_millis(),
+            (give_up - started.min(give_up)).as_millis(),
             self.addrs().join(", ")
         )))
     }

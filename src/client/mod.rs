@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::time::Instant;
 use tonic::Request;
 
 pub use cm_conn::CmConn;
@@ -101,6 +102,7 @@ pub struct Client {
     shared: Arc<Shared>,
     addr: SocketAddr,
     seq: AtomicU64,
+    op_timeout: Duration,
     faulting: tokio::sync::Mutex<()>,
     grants: Option<Mutex<Vec<(PageName, Epoch)>>>,
     server: Server,
@@ -130,6 +132,7 @@ impl Client {
             shared,
             addr,
             seq: AtomicU64::new(0),
+            op_timeout: config.op_timeout,
             faulting: tokio::sync::Mutex::new(()),
             grants: config.record_grants.then(Mutex::default),
             server,
@@ -172,7 +175,8 @@ impl Client {
         if let Some((v, epoch)) = self.shared.table().read_at(&page) {
             return Ok((v.to_vec(), Hit::Local, epoch));
         }
-        let _one_fault = self.faulting.lock().await;
+        let give_up = Instant::now() + self.op_timeout;
+        let _one_fault = self.wait_turn(&page, give_up).await?;
         for _ in 0..MAX_FAULT_ROUNDS {
             {
                 let mut table = self.shared.table();
@@ -181,7 +185,7 @@ impl Client {
                 }
                 table.intend_read(&page);
             }
-            let grant = self.fault(&page, FaultKind::Read).await?;
+            let grant = self.fault(&page, FaultKind::Read, give_up).await?;
             let mut table = self.shared.table();
             if let Some(v) = table.take_confirmed(&page, grant.epoch) {
                 return Ok((v, Hit::Fault, grant.epoch));
@@ -211,8 +215,9 @@ impl Client {
         if let Some(epoch) = self.shared.table().write_at(&page, content) {
             return Ok((Hit::Local, epoch));
         }
-        let _one_fault = self.faulting.lock().await;
-        let written = self.write_by_fault(&page, content).await;
+        let give_up = Instant::now() + self.op_timeout;
+        let _one_fault = self.wait_turn(&page, give_up).await?;
+        let written = self.write_by_fault(&page, content, give_up).await;
         // A write that failed for a reason a retry might cure (no CM answered in
         // time, no quorum) may still commit: its outcome is unknown, so the value
         // stays intended and a late confirmation applies it. In particular a page
@@ -223,7 +228,7 @@ impl Client {
         written.map(|epoch| (Hit::Fault, epoch))
     }
 
-    async fn write_by_fault(&self, page: &PageName, content: &[u8]) -> Result<Epoch, Error> {
+    async fn write_by_fault(&self, page: &PageName, content: &[u8], give_up: Instant) -> Result<Epoch, Error> {
         for _ in 0..MAX_FAULT_ROUNDS {
             {
                 let mut table = self.shared.table();
@@ -232,7 +237,7 @@ impl Client {
                 }
                 table.intend_write(page, content);
             }
-            let grant = self.fault(page, FaultKind::Write).await?;
+            let grant = self.fault(page, FaultKind::Write, give_up).await?;
             if let Some(grants) = &self.grants {
                 grants.lock().unwrap_or_else(|e| e.into_inner()).push((page.clone(), grant.epoch));
             }
@@ -259,24 +264,30 @@ impl Client {
     }
 
     /// One fault request, retried with the same seq until granted or the deadline.
-    async fn fault(&self, page: &PageName, kind: FaultKind) -> Result<Grant, Error> {
-        match self.fault_once(page, kind).await {
+    /// Waits for this client's previous fault to finish, until the op's deadline.
+    async fn wait_turn(&self, page: &PageName, give_up: Instant) -> Result<tokio::sync::MutexGuard<'_, ()>, Error> {
+        let turn = tokio::time::timeout_at(give_up, self.faulting.lock()).await;
+        turn.map_err(|_| Error::Unavailable(format!("{page}: this client's earlier fault did not finish in time")))
+    }
+
+    async fn fault(&self, page: &PageName, kind: FaultKind, give_up: Instant) -> Result<Grant, Error> {
+        match self.fault_once(page, kind, give_up).await {
             Err(Error::UnknownClient { client }) if client == self.id() => {
                 self.register_again().await?;
-                self.fault_once(page, kind).await
+                self.fault_once(page, kind, give_up).await
             }
             other => other,
         }
     }
 
-    async fn fault_once(&self, page: &PageName, kind: FaultKind) -> Result<Grant, Error> {
+    async fn fault_once(&self, page: &PageName, kind: FaultKind, give_up: Instant) -> Result<Grant, Error> {
         let seq = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
         let req = pb::FaultRequest { client: self.id(), seq, page: page.to_string() };
         let what = format!("{} fault on {page}", if kind == FaultKind::Read { "read" } else { "write" });
         let reply = self
             .shared
             .cm
-            .call(&what, |mut cm| {
+            .call_until(&what, give_up, |mut cm| {
                 let req = Request::new(req.clone());
                 async move {
                     match kind {
