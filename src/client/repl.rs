@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use rand::Rng;
 use serde_json::{json, Value};
+use std::io::{IsTerminal, Write};
 use std::sync::Arc;
 
 use tokio::io::{AsyncBufRead, AsyncBufReadExt};
@@ -104,7 +105,16 @@ pub async fn run<R: AsyncBufRead + Unpin>(client: Client, input: R, json_out: bo
     let client = Arc::new(client);
     let mut tagged = JoinSet::new();
     let mut lines = input.lines();
-    while let Some(line) = lines.next_line().await.map_err(|e| Error::Malformed(format!("stdin: {e}")))? {
+    // A person at a terminal gets a prompt; a script or --json gets only answers.
+    let prompt = !json_out && std::io::stdin().is_terminal();
+    loop {
+        if prompt {
+            print!("> ");
+            let _ = std::io::stdout().flush();
+        }
+        let Some(line) = lines.next_line().await.map_err(|e| Error::Malformed(format!("stdin: {e}")))? else {
+            break;
+        };
         let (tag, line) = split_tag(&line);
         let cmd = match parse(line) {
             Ok(None) => continue,
