@@ -236,6 +236,9 @@ struct BenchArgs {
     /// Heartbeat mode: the backup's pulse, ms.
     #[arg(long, env = "IVY_PULSE_MS", default_value_t = DEFAULT_PULSE.as_millis() as u64)]
     pulse_ms: u64,
+    /// Run nothing: redraw the tables and plots in --out from this results.json.
+    #[arg(long)]
+    replot: Option<PathBuf>,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -397,6 +400,14 @@ async fn run_chaos(args: ChaosArgs) -> Result<()> {
 }
 
 async fn run_bench(args: BenchArgs) -> Result<()> {
+    if let Some(path) = &args.replot {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let results: Vec<bench::RunResult> =
+            serde_json::from_str(&text).with_context(|| format!("{} is not a bench results.json", path.display()))?;
+        bench::write_all(&args.out, &results)?;
+        println!("{}", bench::output_markdown(&results));
+        return Ok(());
+    }
     if !(0.0..=1.0).contains(&args.read_ratio) {
         bail!("--read-ratio {} is not between 0 and 1", args.read_ratio);
     }

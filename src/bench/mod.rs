@@ -17,13 +17,13 @@ mod run;
 
 use std::path::PathBuf;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use output::{markdown as output_markdown, write_all};
 pub use run::run_one;
 
 /// Which design a run measures.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BenchMode {
     /// Three Raft CM nodes.
@@ -43,7 +43,7 @@ impl BenchMode {
 }
 
 /// The original write-up's scenarios.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Scenario {
     /// 1: no faults.
@@ -81,7 +81,7 @@ impl Scenario {
 }
 
 /// One workload shape.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Workload {
     /// A short name for tables ("original", "scale", "read-heavy", "custom").
     pub label: String,
@@ -107,7 +107,7 @@ pub struct BenchConfig {
 }
 
 /// Latency percentiles of one kind of operation, in milliseconds.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Latency {
     /// How many operations.
     pub count: u64,
@@ -126,7 +126,7 @@ pub struct Latency {
 }
 
 /// The result of one (workload, mode, scenario) run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunResult {
     /// The workload.
     pub workload: Workload,

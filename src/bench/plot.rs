@@ -98,10 +98,15 @@ fn timeline(path: &Path, results: &[RunResult]) -> Result<(), Error> {
     for (area, scenario) in root.split_evenly((scenarios.len(), 1)).iter().zip(&scenarios) {
         let runs: Vec<&RunResult> =
             results.iter().filter(|r| &r.workload.label == label && r.scenario == *scenario).collect();
-        let secs = runs.iter().map(|r| r.wall_ms / 1e3).fold(0.1f64, f64::max);
+        // A run that stalled (a baseline that lost its directory) would squash the
+        // others: the axis stops at twice the quickest run.
+        let longest = runs.iter().map(|r| r.wall_ms / 1e3).fold(0.1f64, f64::max);
+        let quickest = runs.iter().map(|r| r.wall_ms / 1e3).fold(longest, f64::min);
+        let secs = longest.min(quickest * 2.0).max(0.5);
+        let cut = if secs < longest { format!(" (axis cut at {secs:.1} s of {longest:.0} s)") } else { String::new() };
         let peak = runs.iter().flat_map(|r| r.timeline.iter().copied()).max().unwrap_or(1).max(1) as f64 * 10.0;
         let mut chart = ChartBuilder::on(area)
-            .caption(format!("{label} / {}: successful ops/s", scenario.name()), (FONT, 18))
+            .caption(format!("{label} / {}: successful ops/s{cut}", scenario.name()), (FONT, 18))
             .margin(10)
             .x_label_area_size(30)
             .y_label_area_size(55)
@@ -110,13 +115,18 @@ fn timeline(path: &Path, results: &[RunResult]) -> Result<(), Error> {
         chart.configure_mesh().x_desc("seconds").label_style((FONT, 12)).draw().map_err(plot_err("timeline"))?;
         for r in &runs {
             let c = color(r.mode, false);
-            let points = r.timeline.iter().enumerate().map(|(i, n)| (i as f64 * 0.1, *n as f64 * 10.0));
+            let points = r
+                .timeline
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (i as f64 * 0.1, *n as f64 * 10.0))
+                .take_while(|(t, _)| *t <= secs);
             chart
                 .draw_series(LineSeries::new(points, c.stroke_width(2)))
                 .map_err(plot_err("timeline"))?
                 .label(r.mode.name())
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
-            for mark in &r.fault_marks_ms {
+            for mark in r.fault_marks_ms.iter().filter(|m| **m / 1e3 <= secs) {
                 let x = mark / 1e3;
                 let line = PathElement::new(vec![(x, 0.0), (x, peak * 1.1)], c.mix(0.6).stroke_width(1));
                 chart.draw_series(std::iter::once(line)).map_err(plot_err("timeline"))?;
@@ -137,7 +147,10 @@ fn failover(path: &Path, results: &[RunResult]) -> Result<(), Error> {
             (format!("{} {}", r.workload.label, r.scenario.name()), r.mode, mean)
         })
         .collect();
-    let root = BitMapBackend::new(path, SIZE).into_drawing_area();
+    // Wide enough that each bar's two-line label fits above it.
+    const BAR_WIDTH_PX: u32 = 170;
+    let width = SIZE.0.max(BAR_WIDTH_PX * bars.len() as u32);
+    let root = BitMapBackend::new(path, (width, SIZE.1)).into_drawing_area();
     root.fill(&WHITE).map_err(plot_err("failover"))?;
     let top = bars.iter().map(|b| b.2).fold(100.0f64, f64::max) * 1.2;
     let mut chart = ChartBuilder::on(&root)
