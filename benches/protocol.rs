@@ -49,15 +49,15 @@ fn page_table(c: &mut Criterion) {
     let page = PageName::new("P1").unwrap();
     let mut owner = PageTable::new(1);
     let mut reader = PageTable::new(2);
-    let _ = owner.grant(&page, 1, true);
+    let _ = owner.grant(&page, 1, true, 0);
     let content = vec![7u8; 4096];
     let mut epoch = 1;
     c.bench_function("page table: owner forward + requester receive/confirm (4 KiB page)", |b| {
         b.iter(|| {
             owner.write(&page, &content);
-            let t = owner.forward(&page, epoch, FaultKind::Write).expect("owner holds the page");
-            reader.receive(&page, t.epoch, t.access, t.content);
-            reader.confirm(&page, t.epoch, false).expect("pending copy");
+            let t = owner.forward(&page, epoch, FaultKind::Write, false).expect("owner holds the page");
+            reader.receive(&page, t.epoch, t.access, t.content, t.epoch);
+            reader.confirm(&page, t.epoch, false, t.epoch).expect("pending copy");
             std::mem::swap(&mut owner, &mut reader);
             epoch = t.epoch;
         })

@@ -23,9 +23,9 @@ impl HolderService {
     }
 
     /// Sends a forwarded page to the requester (or installs it here when we asked).
-    async fn send(&self, page: &PageName, requester: u64, addr: &str, t: Transfer) -> Result<(), Status> {
+    async fn send(&self, page: &PageName, requester: u64, addr: &str, t: Transfer, seq: u64) -> Result<(), Status> {
         if requester == self.shared.id() {
-            self.shared.table().receive(page, t.epoch, t.access, t.content);
+            self.shared.table().receive(page, t.epoch, t.access, t.content, seq);
             return Ok(());
         }
         let unreachable =
@@ -38,6 +38,7 @@ impl HolderService {
             mode: rpc::mode(mode).into(),
             content: t.content,
             from: self.shared.id(),
+            seq,
         };
         let sent = PageHolderClient::new(channel).send_page(Request::new(req)).await;
         sent.map_err(|s| rpc::status_from_error(&unreachable(s.message().to_string())))?;
@@ -60,9 +61,9 @@ impl pb::page_holder_server::PageHolder for HolderService {
         let page = rpc::page_name(&req.page)?;
         let kind = rpc::fault_kind(req.mode)?;
         let epoch = positive_epoch(req.epoch)?;
-        let transfer = self.shared.table().forward(&page, epoch, kind);
+        let transfer = self.shared.table().forward(&page, epoch, kind, req.created);
         let transfer = transfer.map_err(|e| rpc::status_from_error(&e))?;
-        self.send(&page, req.requester, &req.requester_addr, transfer).await?;
+        self.send(&page, req.requester, &req.requester_addr, transfer, req.seq).await?;
         Ok(Response::new(pb::ForwardReply {}))
     }
 
@@ -72,7 +73,7 @@ impl pb::page_holder_server::PageHolder for HolderService {
         let access = rpc::fault_kind(req.mode)?.access();
         let epoch = positive_epoch(req.epoch)?;
         check_size(&page, req.content.len(), self.shared.max_page_bytes).map_err(|e| rpc::status_from_error(&e))?;
-        self.shared.table().receive(&page, epoch, access, req.content);
+        self.shared.table().receive(&page, epoch, access, req.content, req.seq);
         Ok(Response::new(pb::SendPageReply {}))
     }
 
@@ -80,7 +81,7 @@ impl pb::page_holder_server::PageHolder for HolderService {
         let req = req.into_inner();
         let page = rpc::page_name(&req.page)?;
         let epoch = positive_epoch(req.epoch)?;
-        let confirmed = self.shared.table().confirm(&page, epoch, req.created);
+        let confirmed = self.shared.table().confirm(&page, epoch, req.created, req.seq);
         confirmed.map_err(|e| rpc::status_from_error(&e))?;
         Ok(Response::new(pb::ConfirmReply {}))
     }

@@ -185,12 +185,12 @@ impl Client {
                 }
                 table.intend_read(&page);
             }
-            let grant = self.fault(&page, FaultKind::Read, give_up).await?;
+            let (grant, seq) = self.fault(&page, FaultKind::Read, give_up).await?;
             let mut table = self.shared.table();
             if let Some(v) = table.take_confirmed(&page, grant.epoch) {
                 return Ok((v, Hit::Fault, grant.epoch));
             }
-            match table.grant(&page, grant.epoch, grant.created) {
+            match table.grant(&page, grant.epoch, grant.created, seq) {
                 Ok(v) => return Ok((v, Hit::Fault, grant.epoch)),
                 Err(err) if err.is_retryable() => {
                     tracing::debug!("read of {page}: {err}; faulting again")
@@ -237,7 +237,7 @@ impl Client {
                 }
                 table.intend_write(page, content);
             }
-            let grant = self.fault(page, FaultKind::Write, give_up).await?;
+            let (grant, seq) = self.fault(page, FaultKind::Write, give_up).await?;
             if let Some(grants) = &self.grants {
                 grants.lock().unwrap_or_else(|e| e.into_inner()).push((page.clone(), grant.epoch));
             }
@@ -246,7 +246,7 @@ impl Client {
                 return Ok(grant.epoch);
             }
             // No confirmation applied the value: install from the reply ourselves.
-            match table.grant(page, grant.epoch, grant.created) {
+            match table.grant(page, grant.epoch, grant.created, seq) {
                 Ok(_) => match table.write_at(page, content) {
                     Some(epoch) => {
                         table.cancel_intent(page);
@@ -270,7 +270,8 @@ impl Client {
         turn.map_err(|_| Error::Unavailable(format!("{page}: this client's earlier fault did not finish in time")))
     }
 
-    async fn fault(&self, page: &PageName, kind: FaultKind, give_up: Instant) -> Result<Grant, Error> {
+    /// One fault; returns the grant and the seq of the request that got it.
+    async fn fault(&self, page: &PageName, kind: FaultKind, give_up: Instant) -> Result<(Grant, u64), Error> {
         match self.fault_once(page, kind, give_up).await {
             Err(Error::UnknownClient { client }) if client == self.id() => {
                 self.register_again().await?;
@@ -280,7 +281,7 @@ impl Client {
         }
     }
 
-    async fn fault_once(&self, page: &PageName, kind: FaultKind, give_up: Instant) -> Result<Grant, Error> {
+    async fn fault_once(&self, page: &PageName, kind: FaultKind, give_up: Instant) -> Result<(Grant, u64), Error> {
         let seq = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
         let req = pb::FaultRequest { client: self.id(), seq, page: page.to_string() };
         let what = format!("{} fault on {page}", if kind == FaultKind::Read { "read" } else { "write" });
@@ -297,7 +298,7 @@ impl Client {
                 }
             })
             .await?;
-        Ok(Grant { epoch: reply.epoch, created: reply.created })
+        Ok((Grant { epoch: reply.epoch, created: reply.created }, seq))
     }
 
     /// The directory no longer knows this client (only the heartbeat baseline,

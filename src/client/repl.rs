@@ -309,7 +309,11 @@ fn human(v: &Value) -> String {
             v["failed"],
             v["local"],
             v["ms"],
-            v["errors"].as_array().and_then(|e| e.first()).map_or(String::new(), |e| format!("; first error: {e}"))
+            v["errors"]
+                .as_array()
+                .and_then(|e| e.first())
+                .and_then(Value::as_str)
+                .map_or(String::new(), |e| format!("; first error: {e}"))
         ),
         "status" => human_status(v),
         "help" => v["commands"]
@@ -331,7 +335,7 @@ fn human_pages(v: &Value) -> String {
             "\n{:<16} {:<8} {:>6}  {}",
             r["page"].as_str().unwrap_or(""),
             r["access"].as_str().unwrap_or(""),
-            r["epoch"],
+            r["epoch"].to_string(),
             r["value"].as_str().unwrap_or("-")
         ));
     }

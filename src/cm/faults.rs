@@ -24,6 +24,10 @@ use crate::storage::SharedDirectory;
 /// How many times a fault is planned again when its page moved or its owner was not ready.
 const MAX_REDO: u32 = 8;
 
+/// How long a caller waits for its fault before it is told the outcome is
+/// unknown; below the client's per-RPC timeout, so the client hears why.
+pub const FAULT_REPLY_DEADLINE: Duration = Duration::from_millis(2500);
+
 /// Pause before a redo, times the attempt number.
 const REDO_BACKOFF: Duration = Duration::from_millis(10);
 
@@ -52,14 +56,38 @@ impl Faults {
     }
 
     /// Serves fault `seq` of `client` on `page` and returns the committed grant.
-    pub async fn fault(&self, client: ClientId, seq: u64, page: &PageName, kind: FaultKind) -> Result<Grant, Error> {
+    ///
+    /// The fault runs in a task of its own that holds the page's lock until its
+    /// commit has resolved one way or the other, even when the caller gives up or
+    /// its RPC is cancelled: releasing the lock while a commit may still land
+    /// would let the next fault plan from a directory about to change under it.
+    pub async fn fault(
+        self: &Arc<Self>,
+        client: ClientId,
+        seq: u64,
+        page: &PageName,
+        kind: FaultKind,
+    ) -> Result<Grant, Error> {
         self.replica.ensure_leader().await?;
+        let (this, owned_page) = (self.clone(), page.clone());
+        let task = tokio::spawn(async move { this.fault_locked(client, seq, &owned_page, kind).await });
+        match tokio::time::timeout(FAULT_REPLY_DEADLINE, task).await {
+            Ok(Ok(served)) => served,
+            Ok(Err(err)) => Err(Error::Unavailable(format!("fault task on {page}: {err}"))),
+            Err(_) => Err(Error::NoQuorum(format!(
+                "the fault on {page} did not complete within {} ms; it may still commit",
+                FAULT_REPLY_DEADLINE.as_millis()
+            ))),
+        }
+    }
+
+    async fn fault_locked(&self, client: ClientId, seq: u64, page: &PageName, kind: FaultKind) -> Result<Grant, Error> {
         let lock = self.page_lock(page);
         let served = {
             let _serialised = lock.lock().await;
             let served = self.serve(client, seq, page, kind).await;
             if let Ok(grant) = &served {
-                self.confirm(client, page, *grant).await;
+                self.confirm(client, page, *grant, seq).await;
             }
             served
         };
@@ -89,7 +117,13 @@ impl Faults {
     /// Commits any other directory command (registration) on the leader.
     pub async fn commit(&self, cmd: crate::protocol::DirCmd) -> Result<Outcome, Error> {
         self.replica.ensure_leader().await?;
-        self.replica.commit(cmd).await
+        match tokio::time::timeout(FAULT_REPLY_DEADLINE, self.replica.commit(cmd)).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(Error::NoQuorum(format!(
+                "the change did not commit within {} ms; is a majority of CM nodes up?",
+                FAULT_REPLY_DEADLINE.as_millis()
+            ))),
+        }
     }
 
     /// Runs `f` on the directory.
@@ -102,7 +136,7 @@ impl Faults {
         self.invalidate_all(page, &plan.invalidate, plan.invalidate_epoch).await?;
         if let Some(fwd) = &plan.forward {
             let owner = self.holder(fwd.owner)?;
-            owner.forward(&self.channels, page, fwd.epoch, fwd.kind, &requester).await?;
+            owner.forward(&self.channels, page, fwd, &requester).await?;
         }
         let grant = match self.replica.commit(plan.commit.clone()).await? {
             Outcome::Granted(grant) => grant,
@@ -135,9 +169,9 @@ impl Faults {
     /// Confirms a committed grant to the requester while the page is still locked,
     /// so its copy is installed (and a write applied) before the next fault on the
     /// page. Best effort: the requester also installs on the fault's reply.
-    async fn confirm(&self, client: ClientId, page: &PageName, grant: Grant) {
+    async fn confirm(&self, client: ClientId, page: &PageName, grant: Grant, seq: u64) {
         let confirmed = match self.holder(client) {
-            Ok(holder) => holder.confirm(&self.channels, page, grant).await,
+            Ok(holder) => holder.confirm(&self.channels, page, grant, seq).await,
             Err(err) => Err(err),
         };
         if let Err(err) = confirmed {

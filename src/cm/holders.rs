@@ -3,7 +3,7 @@
 use tonic::Request;
 
 use crate::error::Error;
-use crate::protocol::{ClientId, Epoch, FaultKind, Grant, PageName};
+use crate::protocol::{ClientId, Epoch, Forward, Grant, PageName};
 use crate::rpc::pb::page_holder_client::PageHolderClient;
 use crate::rpc::{self, pb, Channels};
 
@@ -26,29 +26,30 @@ impl Holder {
     }
 
     /// Tells the requester its fault on `page` is committed at `epoch`.
-    pub async fn confirm(&self, channels: &Channels, page: &PageName, grant: Grant) -> Result<(), Error> {
+    pub async fn confirm(&self, channels: &Channels, page: &PageName, grant: Grant, seq: u64) -> Result<(), Error> {
         let mut client = PageHolderClient::new(channels.get(&self.addr)?);
-        let req = pb::ConfirmRequest { page: page.to_string(), epoch: grant.epoch, created: grant.created };
+        let req = pb::ConfirmRequest { page: page.to_string(), epoch: grant.epoch, created: grant.created, seq };
         client.confirm(Request::new(req)).await.map_err(|s| self.error(&s))?;
         Ok(())
     }
 
-    /// Asks the owner to send `page` (held at `epoch`) to `requester`.
+    /// Asks the owner to send `page` to `requester`, as the plan's `fwd` says.
     pub async fn forward(
         &self,
         channels: &Channels,
         page: &PageName,
-        epoch: Epoch,
-        kind: FaultKind,
+        fwd: &Forward,
         requester: &Holder,
     ) -> Result<(), Error> {
         let mut client = PageHolderClient::new(channels.get(&self.addr)?);
         let req = pb::ForwardRequest {
             page: page.to_string(),
-            epoch,
+            epoch: fwd.epoch,
             requester: requester.id,
             requester_addr: requester.addr.clone(),
-            mode: rpc::mode(kind).into(),
+            mode: rpc::mode(fwd.kind).into(),
+            seq: fwd.seq,
+            created: fwd.created,
         };
         client.forward(Request::new(req)).await.map_err(|s| self.error(&s))?;
         Ok(())

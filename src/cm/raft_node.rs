@@ -29,7 +29,7 @@ pub async fn start(
         .map_err(|e| Error::Storage(format!("raft start: {e}")))?;
     initialize(&raft, &config.peers).await?;
     let deadline = commit_deadline(timers);
-    let proposer = Proposer::spawn(raft.clone(), deadline);
+    let proposer = Proposer::spawn(raft.clone());
     tokio::spawn(log_role_changes(raft.clone()));
     Ok((raft.clone(), RaftReplica::new(raft, proposer, deadline), dir))
 }

@@ -23,6 +23,9 @@ pub struct PageEntry {
     pub copy_set: BTreeSet<ClientId>,
     /// Grows by one on every ownership change.
     pub epoch: Epoch,
+    /// The owner got the page by creating it (no bytes were sent): a forward
+    /// tells it so, and an owner that never saw its confirmation starts it empty.
+    pub created: bool,
 }
 
 /// A registered client.
@@ -39,6 +42,10 @@ pub struct ClientInfo {
 pub struct Session {
     /// The request's sequence number.
     pub seq: u64,
+    /// The page it faulted on.
+    pub page: PageName,
+    /// Its kind.
+    pub kind: FaultKind,
     /// The answer it was given.
     pub grant: Grant,
 }
@@ -121,9 +128,23 @@ impl Directory {
         self.clients.len()
     }
 
-    /// The grant already given to request `seq` of `client`, if it was granted.
-    pub fn cached_grant(&self, client: ClientId, seq: u64) -> Option<Grant> {
-        self.sessions.get(&client).filter(|s| s.seq == seq).map(|s| s.grant)
+    /// What the session table says of request `seq` of `client` (a fault of `kind`
+    /// on `page`): its first grant when it was granted, `StaleRequest` when the
+    /// client has moved past it, a refusal when the seq was granted to another
+    /// request, nothing when it is new.
+    pub fn session_answer(&self, client: ClientId, seq: u64, page: &PageName, kind: FaultKind) -> Option<Outcome> {
+        let session = self.sessions.get(&client)?;
+        if seq < session.seq {
+            return Some(Outcome::Rejected(Error::StaleRequest { client, seq, last: session.seq }));
+        }
+        if seq > session.seq {
+            return None;
+        }
+        if session.page != *page || session.kind != kind {
+            let what = format!("request {seq} of client {client} was granted for another page or kind");
+            return Some(Outcome::Rejected(Error::Malformed(what)));
+        }
+        Some(Outcome::Granted(session.grant))
     }
 
     fn register(&mut self, addr: &str, nonce: u64) -> Outcome {
@@ -146,13 +167,8 @@ impl Directory {
     }
 
     fn fault(&mut self, client: ClientId, seq: u64, page: &PageName, kind: FaultKind, seen: Option<Epoch>) -> Outcome {
-        if let Some(session) = self.sessions.get(&client) {
-            if session.seq == seq {
-                return Outcome::Granted(session.grant);
-            }
-            if seq < session.seq {
-                return Outcome::Rejected(Error::StaleRequest { client, seq, last: session.seq });
-            }
+        if let Some(answer) = self.session_answer(client, seq, page, kind) {
+            return answer;
         }
         if !self.clients.contains_key(&client) {
             return Outcome::Rejected(Error::UnknownClient { client });
@@ -163,7 +179,7 @@ impl Directory {
         };
         match granted {
             Ok(grant) => {
-                self.sessions.insert(client, Session { seq, grant });
+                self.sessions.insert(client, Session { seq, grant, page: page.clone(), kind });
                 Outcome::Granted(grant)
             }
             Err(err) => Outcome::Rejected(err),
@@ -186,7 +202,7 @@ impl Directory {
             if seen.is_some() {
                 return Err(not_found(page));
             }
-            let entry = PageEntry { owner: client, copy_set: BTreeSet::new(), epoch: 1 };
+            let entry = PageEntry { owner: client, copy_set: BTreeSet::new(), epoch: 1, created: true };
             self.pages.insert(page.clone(), entry);
             return Ok(Grant { epoch: 1, created: true });
         };
@@ -198,6 +214,7 @@ impl Directory {
         entry.owner = client;
         entry.copy_set.clear();
         entry.epoch += 1;
+        entry.created = created;
         Ok(Grant { epoch: entry.epoch, created })
     }
 }

@@ -37,6 +37,8 @@ pub struct LocalPage {
 /// Bytes received for a fault that is not yet granted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Pending {
+    /// The seq of the fault the copy was sent for.
+    seq: u64,
     epoch: Epoch,
     access: Access,
     content: Vec<u8>,
@@ -121,8 +123,14 @@ impl PageTable {
 
     /// The manager asks this client, owner of `page` at `epoch`, to hand a copy to
     /// another client (or itself); returns what to send.
-    pub fn forward(&mut self, page: &PageName, epoch: Epoch, kind: FaultKind) -> Result<Transfer> {
+    /// `created` says the directory gave us the page by creating it: if we never
+    /// saw that confirmation, we start the page now, empty (with our own pending
+    /// write applied, if the creating write's value is still intended).
+    pub fn forward(&mut self, page: &PageName, epoch: Epoch, kind: FaultKind, created: bool) -> Result<Transfer> {
         self.promote_pending_at(page, epoch);
+        if created && self.pages.get(page).is_none_or(|l| l.epoch < epoch) {
+            let _ = self.confirm(page, epoch, true, 0);
+        }
         let me = self.me;
         let not_held = || Error::NotHeld { client: me, page: page.to_string(), epoch };
         let local = self.pages.get_mut(page).ok_or_else(not_held)?;
@@ -132,7 +140,9 @@ impl PageTable {
         let content = local.content.clone().ok_or_else(not_held)?;
         let (access, sent_epoch) = match kind {
             FaultKind::Read => {
-                local.access = Access::Read;
+                // Never raise access: an owner that handed its page away keeps it
+                // invalid, or it could read locally after a new owner's write.
+                local.access = local.access.min(Access::Read);
                 (Access::Read, epoch)
             }
             FaultKind::Write => {
@@ -145,19 +155,28 @@ impl PageTable {
 
     /// An owner sent `content` for a fault of ours; it stays pending until granted.
     /// Returns false when the copy is stale and was dropped.
-    pub fn receive(&mut self, page: &PageName, epoch: Epoch, access: Access, content: Vec<u8>) -> bool {
-        let local_epoch = self.pages.get(page).map_or(0, |l| l.epoch);
-        let pending_epoch = self.pending.get(page).map_or(0, |p| p.epoch);
-        if epoch <= local_epoch || epoch < pending_epoch {
+    /// `seq` is the request the owner was forwarded for: only the copy sent for
+    /// the request being granted is ever installed, so a transfer left over from
+    /// an older request (a deposed leader's, a delayed one) cannot be.
+    pub fn receive(&mut self, page: &PageName, epoch: Epoch, access: Access, content: Vec<u8>, seq: u64) -> bool {
+        let local = self.pages.get(page).map(|l| (l.epoch, l.access));
+        let older = self.pending.get(page).is_some_and(|p| (seq, epoch) < (p.seq, p.epoch));
+        // A copy of the epoch already held is accepted only by a holder with no
+        // access (an owner reading back the page it kept after a handoff).
+        let stale = match local {
+            Some((e, a)) => epoch < e || (epoch == e && a != Access::Invalid),
+            None => false,
+        };
+        if stale || older {
             return false;
         }
-        self.pending.insert(page.clone(), Pending { epoch, access, content });
+        self.pending.insert(page.clone(), Pending { seq, epoch, access, content });
         true
     }
 
     /// The manager granted our fault on `page` at `epoch`: install the pending copy
     /// (or create the page) and return the bytes the fault was for.
-    pub fn grant(&mut self, page: &PageName, epoch: Epoch, created: bool) -> Result<Vec<u8>> {
+    pub fn grant(&mut self, page: &PageName, epoch: Epoch, created: bool, seq: u64) -> Result<Vec<u8>> {
         if created && self.pages.get(page).is_none_or(|l| l.epoch < epoch) {
             let local = LocalPage { access: Access::Write, epoch, content: Some(Vec::new()) };
             self.pages.insert(page.clone(), local);
@@ -171,7 +190,7 @@ impl PageTable {
             }
         }
         let pending = match self.pending.remove(page) {
-            Some(p) if p.epoch == epoch => p,
+            Some(p) if p.epoch == epoch && p.seq == seq => p,
             Some(p) => {
                 self.pending.insert(page.clone(), p);
                 return Err(self.lost(page, epoch));
@@ -191,7 +210,8 @@ impl PageTable {
 
     /// A read op is about to fault: forget an old confirmation.
     pub fn intend_read(&mut self, page: &PageName) {
-        self.intents.remove(page);
+        // A write intent of an earlier op with an unknown outcome stays: only a
+        // write grant applies it.
         self.confirmed.remove(page);
     }
 
@@ -203,8 +223,8 @@ impl PageTable {
 
     /// The manager confirms our fault on `page` at `epoch`: install the copy, apply
     /// a write intent, and keep the resulting bytes for the waiting op.
-    pub fn confirm(&mut self, page: &PageName, epoch: Epoch, created: bool) -> Result<()> {
-        let mut content = self.grant(page, epoch, created)?;
+    pub fn confirm(&mut self, page: &PageName, epoch: Epoch, created: bool, seq: u64) -> Result<()> {
+        let mut content = self.grant(page, epoch, created, seq)?;
         if let Some(value) = self.intents.remove(page) {
             if self.write(page, &value) {
                 content = value;
@@ -233,7 +253,8 @@ impl PageTable {
     /// epoch, so a pending copy of that epoch is ours to install.
     fn promote_pending_at(&mut self, page: &PageName, epoch: Epoch) {
         if let Some(p) = self.pending.remove(page) {
-            if p.epoch == epoch {
+            // Only a write grant makes its requester owner.
+            if p.epoch == epoch && p.access == Access::Write {
                 self.install(page, p);
             } else {
                 self.pending.insert(page.clone(), p);

@@ -6,7 +6,7 @@
 //! release once the commit names a new one. Every step carries the page epoch and
 //! is idempotent, so a new leader may redo a plan an old leader left unfinished.
 
-use super::directory::{DirCmd, Directory, Grant};
+use super::directory::{DirCmd, Directory, Grant, Outcome};
 use super::types::{ClientId, Epoch, FaultKind, PageName};
 use crate::error::{Error, Result};
 
@@ -19,6 +19,11 @@ pub struct Forward {
     pub epoch: Epoch,
     /// What the requester asked for.
     pub kind: FaultKind,
+    /// The request's seq, carried to the transfer so the requester installs the
+    /// copy sent for this request and no other.
+    pub seq: u64,
+    /// The owner created the page (see [`PageEntry::created`](super::PageEntry)).
+    pub created: bool,
 }
 
 /// The steps of one fault.
@@ -48,8 +53,10 @@ pub enum Plan {
 impl Directory {
     /// Plans fault `seq` of `client` on `page`; an error changes nothing.
     pub fn plan_fault(&self, client: ClientId, seq: u64, page: &PageName, kind: FaultKind) -> Result<Plan> {
-        if let Some(grant) = self.cached_grant(client, seq) {
-            return Ok(Plan::Cached(grant));
+        match self.session_answer(client, seq, page, kind) {
+            Some(Outcome::Granted(grant)) => return Ok(Plan::Cached(grant)),
+            Some(Outcome::Rejected(err)) => return Err(err),
+            _ => {}
         }
         if self.client(client).is_none() {
             return Err(Error::UnknownClient { client });
@@ -81,7 +88,7 @@ impl Directory {
                 release: None,
             }));
         }
-        let forward = Some(Forward { owner: entry.owner, epoch: entry.epoch, kind });
+        let forward = Some(Forward { owner: entry.owner, epoch: entry.epoch, kind, seq, created: entry.created });
         let plan = match kind {
             FaultKind::Read => FaultPlan {
                 invalidate: Vec::new(),

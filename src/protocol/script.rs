@@ -9,9 +9,9 @@
 //! PAGE` (run a fault's IO but crash before the commit); `retry C` (resend the
 //! client's last fault with the same seq); `commit C SEQ read|write PAGE SEEN`;
 //! `invalidate C PAGE EPOCH`; `forward C PAGE EPOCH read|write`; `intend C PAGE VALUE`,
-//! `cancel C PAGE`, `confirm C PAGE EPOCH`, `taken C PAGE EPOCH` (a write op's steps
-//! one at a time); `send C PAGE EPOCH
-//! read|write VALUE`; `unregister C`; `table C`; `dir PAGE`; `confirms lost|delivered`
+//! `cancel C PAGE`, `confirm C PAGE EPOCH [SEQ]`, `taken C PAGE EPOCH` (a write op's
+//! steps one at a time; SEQ defaults to 1); `send C PAGE EPOCH
+//! read|write VALUE [SEQ]`; `unregister C`; `table C`; `dir PAGE`; `confirms lost|delivered`
 //! (drop the manager's confirmations, so the requester installs from the reply).
 
 use std::collections::BTreeMap;
@@ -54,12 +54,13 @@ impl World {
                 Ok("ok".into())
             }
             ["forward", c, p, e, k] => {
-                let t = self.table(id(c)).forward(&name(p)?, num(e), kind(k))?;
+                let t = self.table(id(c)).forward(&name(p)?, num(e), kind(k), false)?;
                 Ok(format!("send epoch={} {} {:?}", t.epoch, t.access, text(&t.content)))
             }
-            ["send", c, p, e, k, v] => {
+            ["send", c, p, e, k, v, rest @ ..] => {
                 let access = kind(k).access();
-                let kept = self.table(id(c)).receive(&name(p)?, num(e), access, v.as_bytes().to_vec());
+                let seq = rest.first().map_or(1, |s| num(s));
+                let kept = self.table(id(c)).receive(&name(p)?, num(e), access, v.as_bytes().to_vec(), seq);
                 Ok(if kept { "pending" } else { "dropped" }.into())
             }
             ["table", c] => Ok(self.show_table(id(c))),
@@ -71,8 +72,9 @@ impl World {
                 self.table(id(c)).cancel_intent(&name(p)?);
                 Ok("ok".into())
             }
-            ["confirm", c, p, e] => {
-                self.table(id(c)).confirm(&name(p)?, num(e), false)?;
+            ["confirm", c, p, e, rest @ ..] => {
+                let seq = rest.first().map_or(1, |s| num(s));
+                self.table(id(c)).confirm(&name(p)?, num(e), false, seq)?;
                 Ok("ok".into())
             }
             ["taken", c, p, e] => Ok(match self.table(id(c)).take_confirmed(&name(p)?, num(e)) {
@@ -112,7 +114,8 @@ impl World {
         self.table(c).intend_write(page, v.as_bytes());
         let (grant, how) = self.fault(c, page, FaultKind::Write, true)?;
         if self.table(c).take_confirmed(page, grant.epoch).is_none() {
-            self.table(c).grant(page, grant.epoch, grant.created)?;
+            let seq = self.last[&c].0;
+            self.table(c).grant(page, grant.epoch, grant.created, seq)?;
             let wrote = self.table(c).write(page, v.as_bytes());
             assert!(wrote, "a granted write fault gives write access");
             self.table(c).cancel_intent(page);
@@ -129,7 +132,10 @@ impl World {
         let (grant, how) = self.fault(c, page, FaultKind::Read, true)?;
         let v = match self.table(c).take_confirmed(page, grant.epoch) {
             Some(v) => v,
-            None => self.table(c).grant(page, grant.epoch, false)?,
+            None => {
+                let seq = self.last[&c].0;
+                self.table(c).grant(page, grant.epoch, false, seq)?
+            }
         };
         Ok(format!("ok {how} epoch={} {:?}", grant.epoch, text(&v)))
     }
@@ -144,7 +150,7 @@ impl World {
         let (grant, how) = self.run_fault(c, seq, &page, k, true)?;
         let v = match self.table(c).take_confirmed(&page, grant.epoch) {
             Some(v) => v,
-            None => self.table(c).grant(&page, grant.epoch, grant.created)?,
+            None => self.table(c).grant(&page, grant.epoch, grant.created, seq)?,
         };
         Ok(format!("ok {how} epoch={} {:?}", grant.epoch, text(&v)))
     }
@@ -180,7 +186,7 @@ impl World {
     ) -> Result<(Grant, &'static str), Error> {
         let plan = match self.dir.plan_fault(c, seq, page, k)? {
             Plan::Cached(grant) => {
-                self.confirm(c, page, grant);
+                self.confirm(c, page, grant, seq);
                 return Ok((grant, "cached"));
             }
             Plan::Run(plan) => plan,
@@ -189,8 +195,8 @@ impl World {
             self.table(*holder).invalidate(page, plan.invalidate_epoch);
         }
         if let Some(fwd) = &plan.forward {
-            let t = self.table(fwd.owner).forward(page, fwd.epoch, fwd.kind)?;
-            self.table(c).receive(page, t.epoch, t.access, t.content);
+            let t = self.table(fwd.owner).forward(page, fwd.epoch, fwd.kind, fwd.created)?;
+            self.table(c).receive(page, t.epoch, t.access, t.content, fwd.seq);
         }
         if !commit {
             return Err(Error::Unavailable("leader crashed before the commit".into()));
@@ -200,7 +206,7 @@ impl World {
             Outcome::Rejected(err) => return Err(err),
             other => panic!("unexpected outcome {other:?}"),
         };
-        self.confirm(c, page, grant);
+        self.confirm(c, page, grant, seq);
         if let Some(old) = plan.release {
             self.table(old).invalidate(page, grant.epoch);
         }
@@ -208,9 +214,9 @@ impl World {
     }
 
     /// The manager's confirmation to the requester, unless the script lost it.
-    fn confirm(&mut self, c: ClientId, page: &PageName, grant: Grant) {
+    fn confirm(&mut self, c: ClientId, page: &PageName, grant: Grant, seq: u64) {
         if !self.confirms_lost {
-            let _ = self.table(c).confirm(page, grant.epoch, grant.created);
+            let _ = self.table(c).confirm(page, grant.epoch, grant.created, seq);
         }
     }
 

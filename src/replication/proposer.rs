@@ -2,11 +2,11 @@
 //!
 //! While one entry is being committed, the commands that arrive wait in the
 //! channel; the next entry carries all of them (up to `MAX_BATCH`). Each caller
-//! gets the outcome of its own command. A commit that does not finish within the
-//! deadline is reported as a lost quorum; it may still commit later, which is safe
-//! because every fault command is deduplicated by (client id, seq).
-
-use std::time::Duration;
+//! gets the outcome of its own command, once the commit has resolved: applied, or
+//! refused because this node stopped leading. There is no timeout here on
+//! purpose: a caller that may not wait (an RPC with a deadline) times out its own
+//! wait, while whoever must know the real outcome (the fault server, holding a
+//! page lock) waits for it.
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -27,10 +27,10 @@ pub struct Proposer {
 }
 
 impl Proposer {
-    /// Starts the proposer for `raft`; commits that take longer than `deadline` fail.
-    pub fn spawn(raft: Raft, deadline: Duration) -> Self {
+    /// Starts the proposer for `raft`.
+    pub fn spawn(raft: Raft) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(raft, rx, deadline));
+        tokio::spawn(run(raft, rx));
         Proposer { tx }
     }
 
@@ -43,7 +43,7 @@ impl Proposer {
     }
 }
 
-async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<(DirCmd, Reply)>, deadline: Duration) {
+async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<(DirCmd, Reply)>) {
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -54,7 +54,7 @@ async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<(DirCmd, Reply)>, deadl
         }
         let (cmds, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
         let n = cmds.len();
-        for (reply, result) in replies.into_iter().zip(commit(&raft, cmds, deadline).await) {
+        for (reply, result) in replies.into_iter().zip(commit(&raft, cmds).await) {
             let _ = reply.send(result);
         }
         tracing::trace!(commands = n, "committed batch");
@@ -62,17 +62,12 @@ async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<(DirCmd, Reply)>, deadl
 }
 
 /// Commits one batch and splits its outcome per command.
-async fn commit(raft: &Raft, cmds: Vec<DirCmd>, deadline: Duration) -> Vec<Result<Outcome, Error>> {
+async fn commit(raft: &Raft, cmds: Vec<DirCmd>) -> Vec<Result<Outcome, Error>> {
     let n = cmds.len();
-    let written = tokio::time::timeout(deadline, raft.client_write(Batch(cmds))).await;
-    let err = match written {
-        Ok(Ok(resp)) if resp.data.0.len() == n => return resp.data.0.into_iter().map(Ok).collect(),
-        Ok(Ok(resp)) => Error::Storage(format!("batch of {n} gave {} outcomes", resp.data.0.len())),
-        Ok(Err(err)) => raft_error(raft, err),
-        Err(_) => Error::NoQuorum(format!(
-            "the directory change did not commit within {} ms; is a majority of CM nodes up?",
-            deadline.as_millis()
-        )),
+    let err = match raft.client_write(Batch(cmds)).await {
+        Ok(resp) if resp.data.0.len() == n => return resp.data.0.into_iter().map(Ok).collect(),
+        Ok(resp) => Error::Storage(format!("batch of {n} gave {} outcomes", resp.data.0.len())),
+        Err(err) => raft_error(raft, err),
     };
     vec![Err(err); n]
 }
