@@ -33,7 +33,7 @@ use crate::rpc::{pb, Channels, Server};
 pub const CLIENT_RPC_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Deadline of an owner's page send to a requester (inside the manager's forward).
-pub const PAGE_SEND_TIMEOUT: Duration = Duration::from_secs(1);
+pub const PAGE_SEND_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Default deadline of a whole operation, retries included.
 pub const DEFAULT_OP_TIMEOUT: Duration = Duration::from_secs(5);

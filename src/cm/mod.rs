@@ -36,7 +36,7 @@ use crate::rpc::pb::raft_transport_server::RaftTransportServer;
 use crate::rpc::{Channels, Server, TransportService};
 
 /// Deadline of one call from the manager to a client or a peer.
-pub const HOLDER_RPC_TIMEOUT: Duration = Duration::from_secs(2);
+pub const HOLDER_RPC_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Largest gRPC message a CM node accepts (Raft entries, snapshots, pulses).
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
