@@ -3,10 +3,14 @@
 //! While one entry is being committed, the commands that arrive wait in the
 //! channel; the next entry carries all of them (up to `MAX_BATCH`). Each caller
 //! gets the outcome of its own command, once the commit has resolved: applied, or
-//! refused because this node stopped leading. There is no timeout here on
-//! purpose: a caller that may not wait (an RPC with a deadline) times out its own
-//! wait, while whoever must know the real outcome (the fault server, holding a
-//! page lock) waits for it.
+//! refused because this node stopped leading. A caller that may not wait (an RPC
+//! with a deadline) times out its own wait, while the fault server, holding a page
+//! lock, waits for the outcome. Only a commit still unresolved after
+//! `RESOLVE_TIMEOUT` (seen once in a long chaos run: a write proposed before the
+//! node lost and regained leadership never answered) fails, as a lost quorum, so
+//! one stuck write cannot stall every later one.
+
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -14,6 +18,9 @@ use super::{raft_error, Raft};
 use crate::error::Error;
 use crate::protocol::{DirCmd, Outcome};
 use crate::storage::Batch;
+
+/// How long one batch may stay unresolved before it is reported as a lost quorum.
+pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Most commands in one log entry.
 pub const MAX_BATCH: usize = 256;
@@ -64,10 +71,15 @@ async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<(DirCmd, Reply)>) {
 /// Commits one batch and splits its outcome per command.
 async fn commit(raft: &Raft, cmds: Vec<DirCmd>) -> Vec<Result<Outcome, Error>> {
     let n = cmds.len();
-    let err = match raft.client_write(Batch(cmds)).await {
-        Ok(resp) if resp.data.0.len() == n => return resp.data.0.into_iter().map(Ok).collect(),
-        Ok(resp) => Error::Storage(format!("batch of {n} gave {} outcomes", resp.data.0.len())),
-        Err(err) => raft_error(raft, err),
+    let written = tokio::time::timeout(RESOLVE_TIMEOUT, raft.client_write(Batch(cmds))).await;
+    let err = match written {
+        Ok(Ok(resp)) if resp.data.0.len() == n => return resp.data.0.into_iter().map(Ok).collect(),
+        Ok(Ok(resp)) => Error::Storage(format!("batch of {n} gave {} outcomes", resp.data.0.len())),
+        Ok(Err(err)) => raft_error(raft, err),
+        Err(_) => Error::NoQuorum(format!(
+            "the directory change did not resolve within {} s; is a majority of CM nodes up?",
+            RESOLVE_TIMEOUT.as_secs()
+        )),
     };
     vec![Err(err); n]
 }
