@@ -76,10 +76,13 @@ async fn commit(raft: &Raft, cmds: Vec<DirCmd>) -> Vec<Result<Outcome, Error>> {
         Ok(Ok(resp)) if resp.data.0.len() == n => return resp.data.0.into_iter().map(Ok).collect(),
         Ok(Ok(resp)) => Error::Storage(format!("batch of {n} gave {} outcomes", resp.data.0.len())),
         Ok(Err(err)) => raft_error(raft, err),
-        Err(_) => Error::NoQuorum(format!(
-            "the directory change did not resolve within {} s; is a majority of CM nodes up?",
-            RESOLVE_TIMEOUT.as_secs()
-        )),
+        Err(_) => {
+            tracing::warn!("a batch of {n} directory commands did not resolve within {:?}", RESOLVE_TIMEOUT);
+            Error::NoQuorum(format!(
+                "the directory change did not resolve within {} s; is a majority of CM nodes up?",
+                RESOLVE_TIMEOUT.as_secs()
+            ))
+        }
     };
     vec![Err(err); n]
 }
