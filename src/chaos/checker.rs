@@ -18,7 +18,7 @@ use serde::Serialize;
 use super::history::{Op, OpKind, Outcome};
 
 /// Search steps allowed per page before the page is reported undecided.
-pub const SEARCH_BUDGET: u64 = 20_000_000;
+pub const SEARCH_BUDGET: u64 = 5_000_000;
 
 /// Violations listed in the report (the counts are complete).
 const SHOWN: usize = 20;
@@ -154,15 +154,30 @@ fn duplicates(page: &str, reads: &[&Op], v: &mut Verdict) {
     }
 }
 
+/// Counts operations that used an older copy than some operation that returned
+/// before they were invoked: one sweep over return times, O(n log n).
 fn epoch_regressions(page: &str, ops: &[&Op], v: &mut Verdict) {
-    let done: Vec<&&Op> = ops.iter().filter(|o| o.outcome == Outcome::Ok && o.epoch.is_some()).collect();
-    for a in &done {
-        for b in &done {
-            if returned(a) < b.invoke_ns && b.epoch < a.epoch {
+    let mut done: Vec<(u64, u64, usize)> = ops
+        .iter()
+        .filter(|o| o.outcome == Outcome::Ok)
+        .filter_map(|o| Some((returned(o), o.epoch?, o.client)))
+        .collect();
+    done.sort_unstable();
+    let mut by_invoke: Vec<&&Op> = ops.iter().filter(|o| o.outcome == Outcome::Ok && o.epoch.is_some()).collect();
+    by_invoke.sort_by_key(|o| o.invoke_ns);
+    let (mut next, mut newest) = (0, None::<(u64, usize)>);
+    for b in by_invoke {
+        while next < done.len() && done[next].0 < b.invoke_ns {
+            let (_, epoch, client) = done[next];
+            newest = Some(newest.map_or((epoch, client), |n| if epoch > n.0 { (epoch, client) } else { n }));
+            next += 1;
+        }
+        if let (Some((seen, by)), Some(epoch)) = (newest, b.epoch) {
+            if epoch < seen {
                 v.epoch_regressions += 1;
                 v.note(format!(
-                    "{page}: client {} used epoch {:?} after client {} had used epoch {:?}",
-                    b.client, b.epoch, a.client, a.epoch
+                    "{page}: client {} used epoch {epoch} after client {by} had used epoch {seen}",
+                    b.client
                 ));
             }
         }
