@@ -8,18 +8,18 @@
 //! latency and the failover gap (leader kill to the first fault that started
 //! after it and succeeded), with the time the cluster took to elect a new leader.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng;
-use tokio::sync::{Mutex, Notify};
+use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 use crate::client::{Client, Hit};
 use crate::cluster::Cluster;
 use crate::cm::Mode;
 use crate::error::Error;
+use crate::op_counter::OpCounter;
 
 /// The demo's workload size.
 #[derive(Debug, Clone, Copy)]
@@ -119,16 +119,15 @@ pub async fn scenario(name: &'static str, kill: bool, mode: Mode, work: Workload
         clients[0].write(&format!("P{p}"), format!("Content{p}").as_bytes()).await?;
     }
     let began = Instant::now();
-    let done = Arc::new(AtomicU64::new(0));
-    let progress = Arc::new(Notify::new());
+    let done = Arc::new(OpCounter::default());
     let killer = kill.then(|| {
         let threshold = (work.clients * work.ops / 3) as u64;
-        tokio::spawn(kill_leader_at(cluster.clone(), done.clone(), progress.clone(), threshold, began))
+        tokio::spawn(kill_leader_at(cluster.clone(), done.clone(), threshold, began))
     });
     let mut tasks = Vec::new();
     for c in &clients {
-        let (c, done, progress) = (c.clone(), done.clone(), progress.clone());
-        tasks.push(tokio::spawn(async move { run_client(&c, work, began, &done, &progress).await }));
+        let (c, done) = (c.clone(), done.clone());
+        tasks.push(tokio::spawn(async move { run_client(&c, work, began, &done).await }));
     }
     let mut per_client = Vec::new();
     for t in tasks {
@@ -150,7 +149,7 @@ pub async fn scenario(name: &'static str, kill: bool, mode: Mode, work: Workload
     Ok(summarise(name, &per_client, killed_at, read_back))
 }
 
-async fn run_client(c: &Client, work: Workload, began: Instant, done: &AtomicU64, progress: &Notify) -> Vec<OpRecord> {
+async fn run_client(c: &Client, work: Workload, began: Instant, done: &OpCounter) -> Vec<OpRecord> {
     let mut records = Vec::with_capacity(work.ops);
     for i in 0..work.ops {
         let (page, write) = {
@@ -164,8 +163,7 @@ async fn run_client(c: &Client, work: Workload, began: Instant, done: &AtomicU64
             c.read(&page).await.map(|(_, hit)| hit)
         };
         records.push(OpRecord { start, end: began.elapsed(), result: result.map_err(|e| e.to_string()) });
-        done.fetch_add(1, Ordering::SeqCst);
-        progress.notify_waiters();
+        done.add(1);
     }
     records
 }
@@ -173,18 +171,11 @@ async fn run_client(c: &Client, work: Workload, began: Instant, done: &AtomicU64
 /// Waits until `threshold` operations are done, then kills the leader; returns when.
 async fn kill_leader_at(
     cluster: Arc<Mutex<Cluster>>,
-    done: Arc<AtomicU64>,
-    progress: Arc<Notify>,
+    done: Arc<OpCounter>,
     threshold: u64,
     began: Instant,
 ) -> Option<Kill> {
-    while done.load(Ordering::SeqCst) < threshold {
-        let notified = progress.notified();
-        if done.load(Ordering::SeqCst) >= threshold {
-            break;
-        }
-        let _ = tokio::time::timeout(Duration::from_millis(50), notified).await;
-    }
+    done.reach(threshold).await;
     let mut cluster = cluster.lock().await;
     let leader = cluster.leader()?;
     let at = began.elapsed();

@@ -20,6 +20,7 @@ pub mod cluster;
 pub mod cm;
 pub mod config;
 pub mod demo;
+mod op_counter;
 pub mod replication;
 pub mod rpc;
 pub mod storage;

@@ -2,7 +2,6 @@
 //! scenario, read everything back, summarise.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,7 +9,6 @@ use hdrhistogram::Histogram;
 use indicatif::ProgressBar;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::{BenchConfig, BenchMode, Latency, RunResult, Scenario, Workload};
@@ -19,6 +17,7 @@ use crate::chaos::history::{Op, OpKind, Outcome};
 use crate::chaos::procs::{free_port, CmProc, CmSet};
 use crate::client::{Client, ClientConfig, Hit};
 use crate::error::Error;
+use crate::op_counter::OpCounter;
 
 /// How long a killed node stays down before a restart.
 const DOWN_FOR: Duration = Duration::from_millis(500);
@@ -101,14 +100,13 @@ pub async fn run_one(
         clients[0].write(&format!("P{p}"), format!("seed-{p}").as_bytes()).await?;
     }
     let began = Instant::now();
-    let done = Arc::new(AtomicU64::new(0));
-    let tick = Arc::new(Notify::new());
+    let done = Arc::new(OpCounter::default());
     let total = (work.clients * work.ops) as u64;
-    let chaos = tokio::spawn(apply_scenario(nodes.clone(), scenario, done.clone(), tick.clone(), total, began));
+    let chaos = tokio::spawn(apply_scenario(nodes.clone(), scenario, done.clone(), total, began));
     let mut tasks = Vec::new();
     for (i, c) in clients.iter().enumerate() {
-        let (c, done, tick, work, progress) = (c.clone(), done.clone(), tick.clone(), work.clone(), progress.clone());
-        tasks.push(tokio::spawn(async move { drive(i, &c, &work, began, &done, &tick, &progress).await }));
+        let (c, done, work, progress) = (c.clone(), done.clone(), work.clone(), progress.clone());
+        tasks.push(tokio::spawn(async move { drive(i, &c, &work, began, &done, &progress).await }));
     }
     let mut per_client = Vec::new();
     for t in tasks {
@@ -132,8 +130,7 @@ async fn drive(
     c: &Client,
     work: &Workload,
     began: Instant,
-    done: &AtomicU64,
-    tick: &Notify,
+    done: &OpCounter,
     progress: &ProgressBar,
 ) -> Vec<Rec> {
     let mut rng = StdRng::seed_from_u64(client as u64 + 1);
@@ -142,8 +139,7 @@ async fn drive(
         if began.elapsed() > RUN_CAP {
             // Count the skipped operations as done, so the scenario stops waiting.
             let skipped = (work.ops - n) as u64;
-            done.fetch_add(skipped, Ordering::SeqCst);
-            tick.notify_waiters();
+            done.add(skipped);
             progress.inc(skipped);
             break;
         }
@@ -162,31 +158,17 @@ async fn drive(
         };
         let end_us = began.elapsed().as_micros() as u64;
         recs.push(Rec { client, page, write, value, start_us, end_us, result: result.map_err(|e| e.to_string()) });
-        done.fetch_add(1, Ordering::SeqCst);
-        tick.notify_waiters();
+        done.add(1);
         progress.inc(1);
     }
     recs
-}
-
-/// Waits until `fraction` of `total` operations are done.
-async fn reach(done: &AtomicU64, tick: &Notify, total: u64, fraction: f64) {
-    let target = (total as f64 * fraction) as u64;
-    while done.load(Ordering::SeqCst) < target {
-        let notified = tick.notified();
-        if done.load(Ordering::SeqCst) >= target {
-            break;
-        }
-        let _ = tokio::time::timeout(Duration::from_millis(20), notified).await;
-    }
 }
 
 /// Kills and restarts nodes as the scenario says; returns when each kill happened.
 async fn apply_scenario(
     nodes: Arc<Nodes>,
     scenario: Scenario,
-    done: Arc<AtomicU64>,
-    tick: Arc<Notify>,
+    done: Arc<OpCounter>,
     total: u64,
     began: Instant,
 ) -> Vec<Duration> {
@@ -197,8 +179,8 @@ async fn apply_scenario(
         Scenario::KillRestartMany => &[0.25, 0.5, 0.75],
     };
     for point in points {
-        reach(&done, &tick, total, *point).await;
-        if done.load(Ordering::SeqCst) >= total {
+        done.reach((total as f64 * point) as u64).await;
+        if done.get() >= total {
             break;
         }
         let victims: Vec<u64> = match scenario {

@@ -12,7 +12,6 @@
 pub mod heartbeat;
 mod proposer;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -70,11 +69,6 @@ pub fn leader_of(metrics: &RaftMetrics<u64, BasicNode>) -> Option<(u64, String)>
     let id = metrics.current_leader?;
     let addr = metrics.membership_config.nodes().find(|(n, _)| **n == id)?.1.addr.clone();
     Some((id, addr))
-}
-
-/// The members of the cluster by id, from the metrics.
-pub fn members(metrics: &RaftMetrics<u64, BasicNode>) -> BTreeMap<u64, String> {
-    metrics.membership_config.nodes().map(|(id, n)| (*id, n.addr.clone())).collect()
 }
 
 /// `Error::NotLeader` naming the leader this node knows of.
