@@ -5,14 +5,12 @@
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use ivy_raft::cluster::Cluster;
-use ivy_raft::cm::Mode;
-use ivy_raft::replication::RaftTimers;
+use ivy_harness::cluster::{Cluster, ClusterMode};
 
 fn fault_round_trip(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
     let (cluster, a, b) = rt.block_on(async {
-        let cluster = Cluster::start(Mode::Raft(RaftTimers::default())).await.expect("cluster");
+        let cluster = Cluster::start(ClusterMode::raft()).await.expect("cluster");
         let a = cluster.client().await.expect("client a");
         let b = cluster.client().await.expect("client b");
         a.write("P1", b"seed").await.expect("seed");

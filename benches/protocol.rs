@@ -4,7 +4,7 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use ivy_raft::protocol::{DirCmd, Directory, FaultKind, Outcome, PageName, PageTable, Plan};
+use ivy_raft::protocol::{Applied, DirCmd, Directory, FaultKind, PageName, PageTable, Plan};
 
 const CLIENTS: u64 = 100;
 const PAGES: usize = 1000;
@@ -37,7 +37,7 @@ fn plan_and_apply(c: &mut Criterion) {
             let kind = if i.is_multiple_of(3) { FaultKind::Write } else { FaultKind::Read };
             let page = &pages[(i * 7919) % PAGES];
             let granted = match dir.plan_fault(client, seqs[client as usize], page, kind) {
-                Ok(Plan::Run(plan)) => matches!(dir.apply(black_box(&plan.commit)), Outcome::Granted(_)),
+                Ok(Plan::Run(plan)) => matches!(dir.apply(black_box(&plan.commit)), Applied::Granted(_)),
                 _ => false,
             };
             black_box(granted)

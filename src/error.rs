@@ -56,6 +56,15 @@ pub enum Error {
     /// Local storage failed.
     #[error("storage error: {0}")]
     Storage(String),
+    /// Another process or node holds the data dir (its store is locked).
+    #[error("data dir {path} is in use by another process or CM node; stop it first or choose another --data-dir")]
+    DataDirInUse { path: String },
+    /// A setting (flag, environment variable, peer list) is not usable.
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
+    /// Something that should not happen did: a bug, or the process is shutting down.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 fn leader_hint(leader: &Option<(u64, String)>) -> String {

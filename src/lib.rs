@@ -1,26 +1,28 @@
 //! ivy-raft: IVY distributed shared memory with a Raft-replicated central manager.
 //!
-//! Layers, each depending only on the ones above it:
+//! Rooms, each depending only on the ones listed before it:
 //!
-//! - [`protocol`]: the IVY core (directory, fault plans, client page table), no IO.
-//! - [`storage`]: the Raft log and the directory state machine in sled.
-//! - [`replication`]: openraft wiring: type config, network, batching proposer.
-//! - [`rpc`]: the generated gRPC types and the one place they are converted.
-//! - [`cm`] and [`client`]: the manager node and the client node.
-//! - [`cluster`] and [`demo`]: an in-process cluster and the demo built on it.
+//! - [`protocol`]: the IVY core, no IO: the directory, fault plans, a client's
+//!   page table, and the two state machines that order a fault's steps
+//!   ([`protocol::FaultRun`] on the manager, [`protocol::ClientOp`] on a client).
+//! - [`rpc`]: the gRPC edge: the generated code and the one place it is converted
+//!   to and from domain types; connections and servers.
+//! - [`raft`]: the directory replicated through openraft, stored in sled.
+//! - [`heartbeat`]: the baseline: the original primary/backup replication.
+//! - [`cm`] and [`client`]: the manager node and the client node, executors of
+//!   the protocol's state machines.
+//!
+//! [`error`], [`config`] and [`status`] are the shared vocabulary: the error
+//! type, typed settings, and what a node says about itself.
 
-pub mod error;
-pub mod protocol;
-
-pub use error::{Error, Result};
-pub mod bench;
-pub mod chaos;
 pub mod client;
-pub mod cluster;
 pub mod cm;
 pub mod config;
-pub mod demo;
-mod op_counter;
-pub mod replication;
+pub mod error;
+pub mod heartbeat;
+pub mod protocol;
+pub mod raft;
 pub mod rpc;
-pub mod storage;
+pub mod status;
+
+pub use error::{Error, Result};

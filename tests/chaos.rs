@@ -4,18 +4,19 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use ivy_raft::chaos::{self, ChaosConfig, ChaosMode, FaultKind};
+use ivy_harness::chaos::{self, ChaosConfig, Nemesis};
+use ivy_raft::config::ReplicationMode;
 
 fn config(out: &std::path::Path, duration: Duration) -> ChaosConfig {
     ChaosConfig {
         bin: env!("CARGO_BIN_EXE_ivy").into(),
-        mode: ChaosMode::Raft,
+        mode: ReplicationMode::Raft,
         duration,
         seed: 42,
         clients: 4,
         workers: 2,
         pages: 16,
-        faults: FaultKind::ALL.to_vec(),
+        faults: Nemesis::all(),
         out: out.to_path_buf(),
         pulse_ms: 1000,
         unsafe_skip_invalidation: false,
@@ -27,8 +28,8 @@ async fn smoke_run_with_every_fault_kind_is_clean() -> Result<()> {
     let out = tempfile::tempdir()?;
     let report = chaos::run(&config(out.path(), Duration::from_secs(30))).await?;
     println!("{report}");
-    for kind in FaultKind::ALL {
-        assert!(report.faults.get(kind.name()).is_some_and(|n| *n > 0), "no {} fault injected", kind.name());
+    for kind in Nemesis::all() {
+        assert!(report.faults.get(&kind.name()).is_some_and(|n| *n > 0), "no {} fault injected", kind.name());
     }
     assert!(report.ops_ok > 100, "the workload ran: {} ops", report.ops_ok);
     assert!(report.clean, "verdict: {:?}", report.verdict);

@@ -5,10 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
+use ivy_harness::cluster::{Cluster, ClusterMode};
 use ivy_raft::client::{Client, ClientConfig, Hit};
-use ivy_raft::cluster::Cluster;
-use ivy_raft::cm::Mode;
-use ivy_raft::replication::RaftTimers;
 use ivy_raft::Error;
 use tokio::time::Instant;
 
@@ -21,7 +19,7 @@ async fn client(cluster: &Cluster, op_timeout: Duration) -> Result<Client> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn reads_and_writes_across_clients() -> Result<()> {
-    let cluster = Cluster::start(Mode::Raft(RaftTimers::default())).await?;
+    let cluster = Cluster::start(ClusterMode::raft()).await?;
     let (c1, c2, c3) = (cluster.client().await?, cluster.client().await?, cluster.client().await?);
 
     assert_eq!(c1.write("P1", b"a").await?, Hit::Fault, "the first write creates the page");
@@ -48,7 +46,7 @@ async fn reads_and_writes_across_clients() -> Result<()> {
 async fn leader_kill_during_faults_loses_nothing() -> Result<()> {
     const CLIENTS: usize = 4;
     const OPS: usize = 60;
-    let mut cluster = Cluster::start(Mode::Raft(RaftTimers::default())).await?;
+    let mut cluster = Cluster::start(ClusterMode::raft()).await?;
     let mut clients = Vec::new();
     for _ in 0..CLIENTS {
         clients.push(Arc::new(client(&cluster, Duration::from_secs(10)).await?));
@@ -134,7 +132,7 @@ async fn leader_kill_during_faults_loses_nothing() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn lost_quorum_fails_within_deadline_then_recovers() -> Result<()> {
-    let mut cluster = Cluster::start(Mode::Raft(RaftTimers::default())).await?;
+    let mut cluster = Cluster::start(ClusterMode::raft()).await?;
     let c = client(&cluster, Duration::from_secs(2)).await?;
     c.write("P1", b"before").await?;
     let leader = cluster.leader().expect("a leader");
@@ -164,7 +162,7 @@ async fn lost_quorum_fails_within_deadline_then_recovers() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bad_input_gets_clear_errors_and_changes_nothing() -> Result<()> {
-    let cluster = Cluster::start(Mode::Raft(RaftTimers::default())).await?;
+    let cluster = Cluster::start(ClusterMode::raft()).await?;
     let c1 = client(&cluster, Duration::from_secs(2)).await?;
     let c2 = client(&cluster, Duration::from_secs(2)).await?;
 
@@ -201,7 +199,7 @@ async fn bad_input_gets_clear_errors_and_changes_nothing() -> Result<()> {
 async fn concurrent_writers_of_one_page_serialise() -> Result<()> {
     const WRITERS: usize = 4;
     const WRITES: usize = 25;
-    let cluster = Cluster::start(Mode::Raft(RaftTimers::default())).await?;
+    let cluster = Cluster::start(ClusterMode::raft()).await?;
     let mut clients = Vec::new();
     for _ in 0..WRITERS {
         clients.push(Arc::new(client(&cluster, Duration::from_secs(10)).await?));

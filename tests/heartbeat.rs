@@ -5,10 +5,8 @@
 use std::time::Duration;
 
 use anyhow::{ensure, Result};
+use ivy_harness::cluster::{Cluster, ClusterMode};
 use ivy_raft::client::{Client, ClientConfig};
-use ivy_raft::cluster::Cluster;
-use ivy_raft::cm::Mode;
-use ivy_raft::replication::RaftTimers;
 use ivy_raft::Error;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -17,8 +15,8 @@ use tokio::time::Instant;
 const PRIMARY: u64 = 1;
 const BACKUP: u64 = 2;
 
-fn heartbeat(pulse_ms: u64) -> Mode {
-    Mode::Heartbeat { pulse: Duration::from_millis(pulse_ms) }
+fn heartbeat(pulse_ms: u64) -> ClusterMode {
+    ClusterMode::heartbeat(Duration::from_millis(pulse_ms))
 }
 
 async fn client(cluster: &Cluster) -> Result<Client> {
@@ -42,11 +40,11 @@ async fn wait_synced(cluster: &Cluster) -> Result<()> {
 }
 
 fn role(cluster: &Cluster, id: u64) -> String {
-    cluster.node(id).map_or("down".into(), |n| n.status().role)
+    cluster.node(id).map_or("down".into(), |n| n.status().role.to_string())
 }
 
 /// A fixed sequential workload over 3 clients; returns every answer as text.
-async fn scripted_workload(mode: Mode) -> Result<Vec<String>> {
+async fn scripted_workload(mode: ClusterMode) -> Result<Vec<String>> {
     let cluster = Cluster::start(mode).await?;
     let clients = [client(&cluster).await?, client(&cluster).await?, client(&cluster).await?];
     let mut rng = StdRng::seed_from_u64(7);
@@ -70,7 +68,7 @@ async fn scripted_workload(mode: Mode) -> Result<Vec<String>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn without_faults_gives_the_same_results_as_raft() -> Result<()> {
-    let raft = scripted_workload(Mode::Raft(RaftTimers::default())).await?;
+    let raft = scripted_workload(ClusterMode::raft()).await?;
     let baseline = scripted_workload(heartbeat(200)).await?;
     assert!(raft.iter().any(|a| a.contains("error: page")), "the workload reads unwritten pages too");
     assert_eq!(raft, baseline);
@@ -127,8 +125,8 @@ async fn changes_after_the_last_pulse_are_lost_and_reported() -> Result<()> {
     let lost = c2.read("LOST").await.expect_err("the change after the last pulse is gone");
     assert_eq!(lost, Error::PageNotFound { page: "LOST".into() });
     let backup = cluster.node(BACKUP).unwrap().status();
-    assert_eq!(backup.role, "acting-primary");
-    let age = backup.last_sync.expect("the backup reports the age of its copy");
+    assert_eq!(backup.role.name(), "acting-primary");
+    let age = backup.last_sync().expect("the backup reports the age of its copy");
     println!("lost 1 acknowledged write: {lost}; the backup's copy was {} ms old", age.as_millis());
     // The writer still holds its own copy: the directory and the client now disagree.
     assert_eq!(c1.read("LOST").await?.0, b"after the pulse");

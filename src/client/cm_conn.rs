@@ -10,11 +10,11 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::time::Instant;
-use tonic::transport::Channel;
 
 use crate::error::Error;
-use crate::rpc::pb::manager_client::ManagerClient;
-use crate::rpc::{self, Channels};
+use crate::protocol::{ClientId, FaultRequest, Grant};
+use crate::rpc::{Channels, ManagerClient};
+use crate::status::{NodeReport, StatusReport};
 
 /// Pause before following a leader hint (bounds ping-pong during an election).
 const HINT_BACKOFF: Duration = Duration::from_millis(5);
@@ -22,11 +22,14 @@ const HINT_BACKOFF: Duration = Duration::from_millis(5);
 /// Pause after a round in which no CM node could serve the request.
 const ROUND_BACKOFF: Duration = Duration::from_millis(50);
 
+/// How long `status` waits for each node.
+pub const STATUS_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Client-side view of the CM cluster.
 pub struct CmConn {
     addrs: Vec<String>,
     leader: Mutex<usize>,
-    channels: Channels,
+    rpc: ManagerClient,
     deadline: Duration,
 }
 
@@ -34,9 +37,10 @@ impl CmConn {
     /// A connection to the CM nodes at `addrs`; each call gives up after `deadline`.
     pub fn new(addrs: Vec<String>, rpc_timeout: Duration, deadline: Duration) -> Result<Self, Error> {
         if addrs.is_empty() {
-            return Err(Error::Malformed("no CM address given".into()));
+            return Err(Error::InvalidConfig("no CM address given".into()));
         }
-        Ok(CmConn { addrs, leader: Mutex::new(0), channels: Channels::new(rpc_timeout), deadline })
+        let rpc = ManagerClient::new(Channels::new(rpc_timeout));
+        Ok(CmConn { addrs, leader: Mutex::new(0), rpc, deadline })
     }
 
     /// The CM addresses this client knows.
@@ -44,49 +48,70 @@ impl CmConn {
         self.addrs.clone()
     }
 
+    /// Registers a client serving at `addr`; the random nonce makes a retry
+    /// return the same id.
+    pub async fn register(&self, addr: &str) -> Result<ClientId, Error> {
+        let nonce = rand::random::<u64>();
+        self.call("register", |cm| async move { self.rpc.register(&cm, addr, nonce).await }).await
+    }
+
+    /// Asks the leader to forget `client`.
+    pub async fn unregister(&self, client: ClientId) -> Result<(), Error> {
+        self.call("unregister", |cm| async move { self.rpc.unregister(&cm, client).await }).await
+    }
+
+    /// Sends one fault to the leader, retrying until granted or `give_up`.
+    pub async fn fault(&self, request: &FaultRequest, give_up: Instant) -> Result<Grant, Error> {
+        let what = format!("{} fault on {}", request.kind, request.page);
+        self.call_until(&what, give_up, |cm| async move { self.rpc.fault(&cm, request).await }).await
+    }
+
+    /// Asks every CM node for its status, at most [`STATUS_TIMEOUT`] each.
+    pub async fn status(&self) -> StatusReport {
+        status_of(&self.rpc, &self.addrs).await
+    }
+
     /// Calls `f` on the leader, retrying on other nodes until it answers or the
     /// deadline passes; a non-retryable error returns at once.
-    pub async fn call<T, F, Fut>(&self, what: &str, f: F) -> Result<T, Error>
+    async fn call<T, F, Fut>(&self, what: &str, f: F) -> Result<T, Error>
     where
-        F: Fn(ManagerClient<Channel>) -> Fut,
-        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+        F: Fn(String) -> Fut,
+        Fut: Future<Output = Result<T, Error>>,
     {
         self.call_until(what, Instant::now() + self.deadline, f).await
     }
 
     /// Like [`CmConn::call`], giving up at `give_up` (an operation's own deadline).
-    pub async fn call_until<T, F, Fut>(&self, what: &str, give_up: Instant, f: F) -> Result<T, Error>
+    async fn call_until<T, F, Fut>(&self, what: &str, give_up: Instant, f: F) -> Result<T, Error>
     where
-        F: Fn(ManagerClient<Channel>) -> Fut,
-        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+        F: Fn(String) -> Fut,
+        Fut: Future<Output = Result<T, Error>>,
     {
         let started = Instant::now();
         let mut last = None;
         while Instant::now() < give_up {
             let (index, addr) = self.current();
-            let client = ManagerClient::new(self.channels.get(&addr)?);
-            let attempt = tokio::time::timeout_at(give_up, f(client)).await;
-            let err = match attempt {
-                Ok(Ok(reply)) => return Ok(reply.into_inner()),
-                Ok(Err(status)) => rpc::error_from_status(&status, &format!("CM {addr}")),
+            let err = match tokio::time::timeout_at(give_up, f(addr)).await {
+                Ok(Ok(reply)) => return Ok(reply),
+                Ok(Err(err)) => err,
                 Err(_) => break,
             };
             if !err.is_retryable() {
                 return Err(err);
             }
             self.next(index, &err);
-            last = Some(err);
-            let pause = match &last {
-                Some(Error::NotLeader { leader: Some(_) }) => HINT_BACKOFF,
+            let pause = match &err {
+                Error::NotLeader { leader: Some(_) } => HINT_BACKOFF,
                 _ => ROUND_BACKOFF,
             };
+            last = Some(err);
             tokio::time::sleep_until(give_up.min(Instant::now() + pause)).await;
         }
         let last = last.map_or("no answer".to_string(), |e| e.to_string());
         Err(Error::Unavailable(format!(
             "{what}: no CM node served it within {} ms (tried {}); last error: {last}",
             (give_up - started.min(give_up)).as_millis(),
-            self.addrs().join(", ")
+            self.addrs.join(", ")
         )))
     }
 
@@ -119,6 +144,32 @@ impl CmConn {
         }
         *leader = (index + 1) % addrs.len();
     }
+}
+
+/// Asks every node at `addrs` for its status, in parallel, at most
+/// [`STATUS_TIMEOUT`] each.
+pub async fn status_of(rpc: &ManagerClient, addrs: &[String]) -> StatusReport {
+    let mut asks = tokio::task::JoinSet::new();
+    for (i, addr) in addrs.iter().enumerate() {
+        let (rpc, addr) = (rpc.clone(), addr.clone());
+        asks.spawn(async move {
+            let answer = tokio::time::timeout(STATUS_TIMEOUT, rpc.status(&addr)).await;
+            let (status, error) = match answer {
+                Ok(Ok(status)) => (Some(status), None),
+                Ok(Err(err)) => (None, Some(err.to_string())),
+                Err(_) => (None, Some(format!("no answer within {} s", STATUS_TIMEOUT.as_secs()))),
+            };
+            (i, NodeReport { addr, reachable: status.is_some(), status, error })
+        });
+    }
+    let mut reports: Vec<(usize, NodeReport)> = Vec::new();
+    while let Some(done) = asks.join_next().await {
+        if let Ok(report) = done {
+            reports.push(report);
+        }
+    }
+    reports.sort_by_key(|(i, _)| *i);
+    StatusReport::new(reports.into_iter().map(|(_, r)| r).collect())
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

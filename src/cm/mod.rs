@@ -1,19 +1,18 @@
 //! The central manager node: one member of the replicated CM cluster.
 //!
-//! A node serves the client-facing `Manager` service and its replication's
+//! A node serves the client-facing `Manager` service and its replication's peer
 //! service on one listener. In Raft mode it opens its sled store, starts openraft
 //! and serves `RaftTransport`; on first start (an empty store) every node proposes
 //! the same initial membership, which openraft accepts once, and restarting is
 //! running the same command again. In heartbeat mode (the baseline) it serves
 //! `Heartbeat`: the backup polls the primary every pulse and takes over when a
 //! pulse is missed; a restarted primary reclaims the title first.
+//!
+//! [`RequestServer`] serves registrations and faults on the leader; [`Replica`]
+//! is the one place the two modes differ.
 
-mod faults;
-mod heartbeat;
-mod holders;
-mod manager;
-mod raft_node;
 mod replica;
+mod request_server;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -23,38 +22,24 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-pub use faults::Faults;
-pub use manager::{role_name, ManagerService};
-pub use replica::{NodeStatus, Replica};
+pub use replica::Replica;
+pub use request_server::{ManagerHandler, RequestServer, FAULT_REPLY_DEADLINE};
 
+use crate::config::ReplicationMode;
 use crate::error::Error;
-use crate::replication::heartbeat::{HeartbeatReplica, Role};
-use crate::replication::{Raft, RaftTimers};
-use crate::rpc::pb::heartbeat_server::HeartbeatServer;
-use crate::rpc::pb::manager_server::ManagerServer;
-use crate::rpc::pb::raft_transport_server::RaftTransportServer;
-use crate::rpc::{Channels, Server, TransportService};
+use crate::heartbeat::service::{poll_primary, reclaim, Links, PulseHandler};
+use crate::heartbeat::HeartbeatReplica;
+use crate::raft::network::TransportHandler;
+use crate::raft::node::RaftStart;
+use crate::raft::RaftTimers;
+use crate::rpc::{Channels, HeartbeatClient, HolderClient, PeerService, RaftClient, Server};
+use crate::status::{NodeStatus, Role};
 
 /// Deadline of one call from the manager to a client or a peer.
 pub const HOLDER_RPC_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Largest gRPC message a CM node accepts (Raft entries, snapshots, pulses).
-pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
-
 /// Default heartbeat-mode pulse: the original design's 1 s.
 pub const DEFAULT_PULSE: Duration = Duration::from_secs(1);
-
-/// How the directory is replicated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// Committed through openraft on every CM node, persisted in sled.
-    Raft(RaftTimers),
-    /// The baseline: the primary's memory, copied by the backup every `pulse`.
-    Heartbeat {
-        /// How often the backup polls the primary.
-        pulse: Duration,
-    },
-}
 
 /// What a CM node needs to start.
 #[derive(Debug, Clone)]
@@ -65,30 +50,49 @@ pub struct CmConfig {
     pub peers: BTreeMap<u64, String>,
     /// Where the sled store lives (Raft mode).
     pub data_dir: PathBuf,
-    /// The replication mode.
-    pub mode: Mode,
+    /// How the directory is replicated.
+    pub mode: ReplicationMode,
+    /// Raft mode: the timers.
+    pub timers: RaftTimers,
+    /// Heartbeat mode: how often the backup polls the primary.
+    pub pulse: Duration,
     /// Testing only: skip invalidations, breaking coherence on purpose so the
     /// chaos harness can show it catches a broken build.
     pub unsafe_skip_invalidation: bool,
 }
 
 impl CmConfig {
+    /// A Raft-mode config with default timers.
+    pub fn new(id: u64, peers: BTreeMap<u64, String>, data_dir: PathBuf) -> Self {
+        CmConfig {
+            id,
+            peers,
+            data_dir,
+            mode: ReplicationMode::Raft,
+            timers: RaftTimers::default(),
+            pulse: DEFAULT_PULSE,
+            unsafe_skip_invalidation: false,
+        }
+    }
+
     /// Checks the id is among the peers, the peers are addresses, and the mode's
     /// settings are usable.
     pub fn validate(&self) -> Result<(), Error> {
         if !self.peers.contains_key(&self.id) {
             let ids: Vec<_> = self.peers.keys().collect();
-            return Err(Error::Malformed(format!("--id {} is not among the peers {ids:?}", self.id)));
+            return Err(Error::InvalidConfig(format!("--id {} is not among the peers {ids:?}", self.id)));
         }
         for (id, addr) in &self.peers {
             if addr.parse::<std::net::SocketAddr>().is_err() {
-                return Err(Error::Malformed(format!("peer {id} address {addr:?} is not host:port")));
+                return Err(Error::InvalidConfig(format!("peer {id} address {addr:?} is not host:port")));
             }
         }
         match self.mode {
-            Mode::Raft(timers) => timers.config().map(|_| ()),
-            Mode::Heartbeat { pulse } if pulse.is_zero() => Err(Error::Malformed("the pulse must be positive".into())),
-            Mode::Heartbeat { .. } => HeartbeatReplica::new(self.id, &self.peers).map(|_| ()),
+            ReplicationMode::Raft => self.timers.config().map(|_| ()),
+            ReplicationMode::Heartbeat if self.pulse.is_zero() => {
+                Err(Error::InvalidConfig("the pulse must be positive".into()))
+            }
+            ReplicationMode::Heartbeat => HeartbeatReplica::new(self.id, &self.peers).map(|_| ()),
         }
     }
 }
@@ -97,69 +101,65 @@ impl CmConfig {
 pub struct CmNode {
     /// The address it serves on.
     pub addr: std::net::SocketAddr,
-    faults: Arc<Faults>,
-    raft: Option<Raft>,
+    server: Arc<RequestServer>,
     poller: Option<JoinHandle<()>>,
-    server: Server,
+    grpc: Server,
 }
 
 impl CmNode {
     /// Starts a node serving on `listener`.
     pub async fn start(config: CmConfig, listener: TcpListener) -> Result<CmNode, Error> {
         config.validate()?;
-        let addr = listener.local_addr().map_err(|e| Error::Unavailable(format!("listener: {e}")))?;
+        let addr = listener.local_addr().map_err(|e| Error::Internal(format!("listener: {e}")))?;
         let channels = Channels::new(HOLDER_RPC_TIMEOUT);
-        let mut builder = tonic::transport::Server::builder();
-        let (faults, raft, poller, router) = match config.mode {
-            Mode::Raft(timers) => {
-                let (raft, replica, dir) = raft_node::start(&config, &timers, &channels).await?;
-                let faults =
-                    Arc::new(Faults::new(Replica::Raft(replica), dir, channels, config.unsafe_skip_invalidation));
-                let transport = RaftTransportServer::new(TransportService::new(raft.clone()))
-                    .max_decoding_message_size(MAX_MESSAGE_BYTES);
-                let router = builder.add_service(manager_server(&faults)).add_service(transport);
-                (faults, Some(raft), None, router)
+        let holders = HolderClient::new(channels.clone());
+        let skip = config.unsafe_skip_invalidation;
+        let (server, peers, poller) = match config.mode {
+            ReplicationMode::Raft => {
+                let start = RaftStart {
+                    id: config.id,
+                    peers: &config.peers,
+                    data_dir: &config.data_dir,
+                    timers: config.timers,
+                    transport: RaftClient::new(channels.clone()),
+                };
+                let (replica, dir) = crate::raft::node::start(start).await?;
+                let peers = PeerService::Raft(Arc::new(TransportHandler::new(replica.raft().clone())));
+                (RequestServer::new(Replica::Raft(replica), dir, holders, skip), peers, None)
             }
-            Mode::Heartbeat { pulse } => {
+            ReplicationMode::Heartbeat => {
                 let replica = Arc::new(HeartbeatReplica::new(config.id, &config.peers)?);
+                let links = Links { partner: HeartbeatClient::new(channels.clone()), holders: holders.clone() };
                 let my_addr = config.peers[&config.id].clone();
                 if replica.role() == Role::Primary {
-                    heartbeat::reclaim(&replica, &my_addr, pulse, &channels).await;
+                    reclaim(&replica, &my_addr, config.pulse, &links).await;
                 }
                 let poller = (replica.role() == Role::Backup)
-                    .then(|| tokio::spawn(heartbeat::poll_primary(replica.clone(), my_addr, pulse, channels.clone())));
-                let service = HeartbeatServer::new(heartbeat::HeartbeatService::new(replica.clone()))
-                    .max_decoding_message_size(MAX_MESSAGE_BYTES);
-                let faults = Arc::new(Faults::new(
-                    Replica::Heartbeat(replica.clone()),
-                    replica.directory(),
-                    channels,
-                    config.unsafe_skip_invalidation,
-                ));
-                let router = builder.add_service(manager_server(&faults)).add_service(service);
-                (faults, None, poller, router)
+                    .then(|| tokio::spawn(poll_primary(replica.clone(), my_addr, config.pulse, links)));
+                let peers = PeerService::Heartbeat(Arc::new(PulseHandler::new(replica.clone())));
+                let dir = replica.directory();
+                (RequestServer::new(Replica::Heartbeat(replica), dir, holders, skip), peers, poller)
             }
         };
-        let server = Server::spawn(router, listener);
-        tracing::info!(id = config.id, %addr, "CM node started");
-        Ok(CmNode { addr, faults, raft, poller, server })
+        let server = Arc::new(server);
+        let grpc = crate::rpc::serve_cm(Arc::new(ManagerHandler(server.clone())), peers, listener);
+        tracing::info!(id = config.id, %addr, mode = %config.mode, "CM node started");
+        Ok(CmNode { addr, server, poller, grpc })
     }
 
     /// This node's status (role, term, indexes, leader).
     pub fn status(&self) -> NodeStatus {
-        self.faults.replica().status()
+        self.server.replica().status()
     }
 
     /// Stops serving and shuts replication down, releasing the sled store.
     pub async fn shutdown(mut self) {
         // Replication first, so requests still in flight fail fast instead of committing.
-        if let Some(raft) = &self.raft {
-            let _ = raft.shutdown().await;
-        }
+        self.server.replica().shutdown().await;
         if let Some(poller) = self.poller.take() {
             poller.abort();
         }
-        self.server.stop().await;
+        self.grpc.stop().await;
     }
 }
 
@@ -168,17 +168,9 @@ impl Drop for CmNode {
         if let Some(poller) = self.poller.take() {
             poller.abort();
         }
-        let Some(raft) = self.raft.clone() else {
-            return;
-        };
+        let server = self.server.clone();
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
-                let _ = raft.shutdown().await;
-            });
+            rt.spawn(async move { server.replica().shutdown().await });
         }
     }
-}
-
-fn manager_server(faults: &Arc<Faults>) -> ManagerServer<ManagerService> {
-    ManagerServer::new(ManagerService::new(faults.clone())).max_decoding_message_size(MAX_MESSAGE_BYTES)
 }

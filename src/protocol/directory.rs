@@ -8,11 +8,16 @@
 //! and seq) with its first result, so nothing is applied twice.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, RwLock};
 
 use serde::{Deserialize, Serialize};
 
 use super::types::{ClientId, Epoch, FaultKind, PageName};
 use crate::error::Error;
+
+/// The directory shared between its writer (replication) and its readers (the
+/// leader's request server); never hold its lock across an `.await`.
+pub type SharedDirectory = Arc<RwLock<Directory>>;
 
 /// What the directory knows of one page.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,9 +76,9 @@ pub enum DirCmd {
     Fault { client: ClientId, seq: u64, page: PageName, kind: FaultKind, seen: Option<Epoch> },
 }
 
-/// The result of applying one [`DirCmd`].
+/// What applying one [`DirCmd`] did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Outcome {
+pub enum Applied {
     /// The client's id.
     Registered { client: ClientId },
     /// The client was removed (or was not there).
@@ -95,7 +100,7 @@ pub struct Directory {
 
 impl Directory {
     /// Applies one command; the same commands in the same order give the same state.
-    pub fn apply(&mut self, cmd: &DirCmd) -> Outcome {
+    pub fn apply(&mut self, cmd: &DirCmd) -> Applied {
         match cmd {
             DirCmd::Register { addr, nonce } => self.register(addr, *nonce),
             DirCmd::Unregister { client } => self.unregister(*client),
@@ -132,46 +137,46 @@ impl Directory {
     /// on `page`): its first grant when it was granted, `StaleRequest` when the
     /// client has moved past it, a refusal when the seq was granted to another
     /// request, nothing when it is new.
-    pub fn session_answer(&self, client: ClientId, seq: u64, page: &PageName, kind: FaultKind) -> Option<Outcome> {
+    pub fn session_answer(&self, client: ClientId, seq: u64, page: &PageName, kind: FaultKind) -> Option<Applied> {
         let session = self.sessions.get(&client)?;
         if seq < session.seq {
-            return Some(Outcome::Rejected(Error::StaleRequest { client, seq, last: session.seq }));
+            return Some(Applied::Rejected(Error::StaleRequest { client, seq, last: session.seq }));
         }
         if seq > session.seq {
             return None;
         }
         if session.page != *page || session.kind != kind {
             let what = format!("request {seq} of client {client} was granted for another page or kind");
-            return Some(Outcome::Rejected(Error::Malformed(what)));
+            return Some(Applied::Rejected(Error::Malformed(what)));
         }
-        Some(Outcome::Granted(session.grant))
+        Some(Applied::Granted(session.grant))
     }
 
-    fn register(&mut self, addr: &str, nonce: u64) -> Outcome {
+    fn register(&mut self, addr: &str, nonce: u64) -> Applied {
         if let Some((id, _)) = self.clients.iter().find(|(_, c)| c.nonce == nonce) {
-            return Outcome::Registered { client: *id };
+            return Applied::Registered { client: *id };
         }
         self.next_client += 1;
         let client = self.next_client;
         self.clients.insert(client, ClientInfo { addr: addr.to_string(), nonce });
-        Outcome::Registered { client }
+        Applied::Registered { client }
     }
 
-    fn unregister(&mut self, client: ClientId) -> Outcome {
+    fn unregister(&mut self, client: ClientId) -> Applied {
         self.clients.remove(&client);
         self.sessions.remove(&client);
         for entry in self.pages.values_mut() {
             entry.copy_set.remove(&client);
         }
-        Outcome::Unregistered
+        Applied::Unregistered
     }
 
-    fn fault(&mut self, client: ClientId, seq: u64, page: &PageName, kind: FaultKind, seen: Option<Epoch>) -> Outcome {
+    fn fault(&mut self, client: ClientId, seq: u64, page: &PageName, kind: FaultKind, seen: Option<Epoch>) -> Applied {
         if let Some(answer) = self.session_answer(client, seq, page, kind) {
             return answer;
         }
         if !self.clients.contains_key(&client) {
-            return Outcome::Rejected(Error::UnknownClient { client });
+            return Applied::Rejected(Error::UnknownClient { client });
         }
         let granted = match kind {
             FaultKind::Read => self.grant_read(client, page, seen),
@@ -180,9 +185,9 @@ impl Directory {
         match granted {
             Ok(grant) => {
                 self.sessions.insert(client, Session { seq, grant, page: page.clone(), kind });
-                Outcome::Granted(grant)
+                Applied::Granted(grant)
             }
-            Err(err) => Outcome::Rejected(err),
+            Err(err) => Applied::Rejected(err),
         }
     }
 

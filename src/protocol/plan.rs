@@ -6,7 +6,7 @@
 //! release once the commit names a new one. Every step carries the page epoch and
 //! is idempotent, so a new leader may redo a plan an old leader left unfinished.
 
-use super::directory::{DirCmd, Directory, Grant, Outcome};
+use super::directory::{Applied, DirCmd, Directory, Grant};
 use super::types::{ClientId, Epoch, FaultKind, PageName};
 use crate::error::{Error, Result};
 
@@ -54,8 +54,8 @@ impl Directory {
     /// Plans fault `seq` of `client` on `page`; an error changes nothing.
     pub fn plan_fault(&self, client: ClientId, seq: u64, page: &PageName, kind: FaultKind) -> Result<Plan> {
         match self.session_answer(client, seq, page, kind) {
-            Some(Outcome::Granted(grant)) => return Ok(Plan::Cached(grant)),
-            Some(Outcome::Rejected(err)) => return Err(err),
+            Some(Applied::Granted(grant)) => return Ok(Plan::Cached(grant)),
+            Some(Applied::Rejected(err)) => return Err(err),
             _ => {}
         }
         if self.client(client).is_none() {

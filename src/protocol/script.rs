@@ -2,17 +2,22 @@
 //!
 //! Each file in `testdata/` holds commands, each followed by its expected output
 //! indented by two spaces. The runner replays the commands against a simulated
-//! manager (a [`Directory`] plus one [`PageTable`] per client) and compares the
-//! regenerated text with the file; `UPDATE_SCRIPTS=1` rewrites the files instead.
+//! cluster (a [`Directory`] plus one [`PageTable`] per client) by stepping the
+//! real state machines, [`ClientOp`] and [`FaultRun`], with direct calls where the
+//! running system makes RPCs; it compares the regenerated text with the file, and
+//! `UPDATE_SCRIPTS=1` rewrites the files instead.
 //!
-//! Commands: `register`; `write C PAGE VALUE`; `read C PAGE`; `partial C read|write
-//! PAGE` (run a fault's IO but crash before the commit); `retry C` (resend the
-//! client's last fault with the same seq); `commit C SEQ read|write PAGE SEEN`;
-//! `invalidate C PAGE EPOCH`; `forward C PAGE EPOCH read|write`; `intend C PAGE VALUE`,
-//! `cancel C PAGE`, `confirm C PAGE EPOCH [SEQ]`, `taken C PAGE EPOCH` (a write op's
-//! steps one at a time; SEQ defaults to 1); `send C PAGE EPOCH
-//! read|write VALUE [SEQ]`; `unregister C`; `table C`; `dir PAGE`; `confirms lost|delivered`
-//! (drop the manager's confirmations, so the requester installs from the reply).
+//! Commands: `register`; `write C PAGE VALUE`; `read C PAGE`; `partial C read PAGE`,
+//! `partial C write PAGE VALUE` (an op whose fault's manager crashes just before
+//! the commit);
+//! `retry C` (resend the client's last fault with the same seq: it finishes an op
+//! left in flight by `partial`, or asks again after an op finished); `commit C SEQ
+//! read|write PAGE SEEN`; `invalidate C PAGE EPOCH`; `forward C PAGE EPOCH
+//! read|write`; `intend C PAGE VALUE`, `cancel C PAGE`, `confirm C PAGE EPOCH [SEQ]`,
+//! `taken C PAGE EPOCH` (a write op's client-side steps one at a time; SEQ defaults
+//! to 1); `send C PAGE EPOCH read|write VALUE [SEQ]`; `unregister C`; `table C`;
+//! `dir PAGE`; `confirms lost|delivered` (drop the manager's confirmations, so the
+//! requester installs from the fault's reply).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -25,11 +30,23 @@ struct World {
     dir: Directory,
     tables: BTreeMap<ClientId, PageTable>,
     seqs: BTreeMap<ClientId, u64>,
-    last: BTreeMap<ClientId, (u64, PageName, FaultKind)>,
+    /// Each client's last fault request, for `retry`.
+    last: BTreeMap<ClientId, FaultRequest>,
+    /// An op whose fault the manager left unfinished (`partial`), by client.
+    inflight: BTreeMap<ClientId, ClientOp>,
     confirms_lost: bool,
 }
 
 type Out = Result<String, Error>;
+
+/// How far the simulated manager runs a fault.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Manager {
+    /// To the end.
+    Whole,
+    /// It crashes when the run asks for the commit.
+    CrashBeforeCommit,
+}
 
 impl World {
     fn run(&mut self, line: &str) -> String {
@@ -44,9 +61,12 @@ impl World {
         match a {
             ["register"] => self.register(),
             ["unregister", c] => self.unregister(id(c)),
-            ["write", c, p, v] => self.write(id(c), &name(p)?, v),
-            ["read", c, p] => self.read(id(c), &name(p)?),
-            ["partial", c, k, p] => self.partial(id(c), kind(k), &name(p)?),
+            ["write", c, p, v] => self.op(id(c), ClientOp::write(name(p)?, v.as_bytes().to_vec()), Manager::Whole),
+            ["read", c, p] => self.op(id(c), ClientOp::read(name(p)?), Manager::Whole),
+            ["partial", c, "read", p] => self.op(id(c), ClientOp::read(name(p)?), Manager::CrashBeforeCommit),
+            ["partial", c, "write", p, v] => {
+                self.op(id(c), ClientOp::write(name(p)?, v.as_bytes().to_vec()), Manager::CrashBeforeCommit)
+            }
             ["retry", c] => self.retry(id(c)),
             ["commit", c, s, k, p, e] => self.commit(id(c), num(s), kind(k), &name(p)?, num(e)),
             ["invalidate", c, p, e] => {
@@ -97,7 +117,7 @@ impl World {
     fn register(&mut self) -> Out {
         let nonce = self.tables.len() as u64 + 100;
         let cmd = DirCmd::Register { addr: format!("c{nonce}"), nonce };
-        let Outcome::Registered { client } = self.dir.apply(&cmd) else { unreachable!() };
+        let Applied::Registered { client } = self.dir.apply(&cmd) else { unreachable!() };
         self.tables.insert(client, PageTable::new(client));
         Ok(format!("client {client}"))
     }
@@ -107,117 +127,91 @@ impl World {
         Ok("ok".into())
     }
 
-    fn write(&mut self, c: ClientId, page: &PageName, v: &str) -> Out {
-        if self.table(c).write(page, v.as_bytes()) {
-            return Ok("ok local".into());
+    /// Runs one client op, as the client's executor does, to its end or to a
+    /// manager crash that leaves it in flight.
+    fn op(&mut self, c: ClientId, mut op: ClientOp, manager: Manager) -> Out {
+        let mut step = op.start(self.table(c));
+        loop {
+            step = match step {
+                OpStep::Done(result) => return show_done(result, "fault"),
+                OpStep::WaitTurn => op.on(self.table(c), OpEvent::Turn),
+                OpStep::Fault(k) => {
+                    let seq = self.seqs.entry(c).or_default();
+                    *seq += 1;
+                    let request = FaultRequest { client: c, seq: *seq, page: op.page().clone(), kind: k };
+                    self.last.insert(c, request.clone());
+                    match self.serve(request, manager) {
+                        Some(event) => op.on(self.table(c), event),
+                        None => {
+                            self.inflight.insert(c, op);
+                            return Ok("transferred, not committed".into());
+                        }
+                    }
+                }
+            };
         }
-        self.table(c).intend_write(page, v.as_bytes());
-        let (grant, how) = self.fault(c, page, FaultKind::Write, true)?;
-        if self.table(c).take_confirmed(page, grant.epoch).is_none() {
-            let seq = self.last[&c].0;
-            self.table(c).grant(page, grant.epoch, grant.created, seq)?;
-            let wrote = self.table(c).write(page, v.as_bytes());
-            assert!(wrote, "a granted write fault gives write access");
-            self.table(c).cancel_intent(page);
-        }
-        let created = if grant.created { " created" } else { "" };
-        Ok(format!("ok {how} epoch={}{created}", grant.epoch))
     }
 
-    fn read(&mut self, c: ClientId, page: &PageName) -> Out {
-        if let Some(v) = self.table(c).read(page) {
-            return Ok(format!("ok local {:?}", text(v)));
-        }
-        self.table(c).intend_read(page);
-        let (grant, how) = self.fault(c, page, FaultKind::Read, true)?;
-        let v = match self.table(c).take_confirmed(page, grant.epoch) {
-            Some(v) => v,
-            None => {
-                let seq = self.last[&c].0;
-                self.table(c).grant(page, grant.epoch, false, seq)?
-            }
-        };
-        Ok(format!("ok {how} epoch={} {:?}", grant.epoch, text(&v)))
-    }
-
-    fn partial(&mut self, c: ClientId, k: FaultKind, page: &PageName) -> Out {
-        self.fault(c, page, k, false)?;
-        Ok("transferred, not committed".into())
-    }
-
+    /// Resends the client's last fault request (same seq) and finishes its op.
     fn retry(&mut self, c: ClientId) -> Out {
-        let (seq, page, k) = self.last.get(&c).cloned().expect("a fault to retry");
-        let (grant, how) = self.run_fault(c, seq, &page, k, true)?;
-        let v = match self.table(c).take_confirmed(&page, grant.epoch) {
-            Some(v) => v,
-            None => self.table(c).grant(&page, grant.epoch, grant.created, seq)?,
-        };
-        Ok(format!("ok {how} epoch={} {:?}", grant.epoch, text(&v)))
+        let request = self.last.get(&c).cloned().expect("a fault to retry");
+        let cached = matches!(self.dir.plan_fault(c, request.seq, &request.page, request.kind), Ok(Plan::Cached(_)));
+        let how = if cached { "cached" } else { "fault" };
+        let mut op = self.inflight.remove(&c).unwrap_or_else(|| match request.kind {
+            FaultKind::Read => ClientOp::read(request.page.clone()),
+            FaultKind::Write => ClientOp::write(request.page.clone(), Vec::new()),
+        });
+        let event = self.serve(request, Manager::Whole).expect("a whole run answers");
+        match op.on(self.table(c), event) {
+            OpStep::Done(result) => show_done(result, how),
+            other => panic!("a retried op took another step: {other:?}"),
+        }
+    }
+
+    /// The manager's side of one fault: steps the real [`FaultRun`], doing each
+    /// step's IO with direct calls. `None` when the manager crashed first.
+    fn serve(&mut self, request: FaultRequest, manager: Manager) -> Option<OpEvent> {
+        let (c, seq, page) = (request.client, request.seq, request.page.clone());
+        let (mut run, mut step) = FaultRun::start(request, &self.dir);
+        loop {
+            step = match step {
+                FaultStep::Invalidate { holders, epoch } => {
+                    holders.iter().for_each(|h| self.table(*h).invalidate(&page, epoch));
+                    run.on(FaultEvent::Invalidated(Ok(())))
+                }
+                FaultStep::Forward(fwd) => run.on(FaultEvent::Forwarded(self.forward(c, &page, &fwd))),
+                FaultStep::Commit(_) if manager == Manager::CrashBeforeCommit => return None,
+                FaultStep::Commit(cmd) => run.on(FaultEvent::Committed(Ok(self.dir.apply(&cmd)))),
+                FaultStep::Release { owner, epoch } => {
+                    self.table(owner).invalidate(&page, epoch);
+                    run.on(FaultEvent::Released)
+                }
+                FaultStep::Confirm(grant) => {
+                    let confirmed = if self.confirms_lost {
+                        Err(Error::Unavailable("confirmation lost".into()))
+                    } else {
+                        self.table(c).confirm(&page, grant.epoch, grant.created, seq)
+                    };
+                    run.on(FaultEvent::Confirmed(confirmed))
+                }
+                FaultStep::Replan { .. } => run.replan(&self.dir),
+                FaultStep::Done(Ok(grant)) => return Some(OpEvent::Granted { grant, seq }),
+                FaultStep::Done(Err(err)) => return Some(OpEvent::Failed(err)),
+            };
+        }
+    }
+
+    /// The owner's side of a forward: it sends the page straight to the requester.
+    fn forward(&mut self, requester: ClientId, page: &PageName, fwd: &Forward) -> Result<(), Error> {
+        let t = self.table(fwd.owner).forward(page, fwd.epoch, fwd.kind, fwd.created)?;
+        self.table(requester).receive(page, t.epoch, t.access, t.content, fwd.seq);
+        Ok(())
     }
 
     fn commit(&mut self, c: ClientId, seq: u64, k: FaultKind, page: &PageName, seen: u64) -> Out {
         let seen = (seen > 0).then_some(seen);
         let cmd = DirCmd::Fault { client: c, seq, page: page.clone(), kind: k, seen };
         Ok(format!("{:?}", self.dir.apply(&cmd)))
-    }
-
-    fn fault(
-        &mut self,
-        c: ClientId,
-        page: &PageName,
-        k: FaultKind,
-        commit: bool,
-    ) -> Result<(Grant, &'static str), Error> {
-        let seq = self.seqs.entry(c).or_default();
-        *seq += 1;
-        let seq = *seq;
-        self.last.insert(c, (seq, page.clone(), k));
-        self.run_fault(c, seq, page, k, commit)
-    }
-
-    /// The manager's side of one fault, as `cm` runs it, with direct calls for RPCs.
-    fn run_fault(
-        &mut self,
-        c: ClientId,
-        seq: u64,
-        page: &PageName,
-        k: FaultKind,
-        commit: bool,
-    ) -> Result<(Grant, &'static str), Error> {
-        let plan = match self.dir.plan_fault(c, seq, page, k)? {
-            Plan::Cached(grant) => {
-                self.confirm(c, page, grant, seq);
-                return Ok((grant, "cached"));
-            }
-            Plan::Run(plan) => plan,
-        };
-        for holder in &plan.invalidate {
-            self.table(*holder).invalidate(page, plan.invalidate_epoch);
-        }
-        if let Some(fwd) = &plan.forward {
-            let t = self.table(fwd.owner).forward(page, fwd.epoch, fwd.kind, fwd.created)?;
-            self.table(c).receive(page, t.epoch, t.access, t.content, fwd.seq);
-        }
-        if !commit {
-            return Err(Error::Unavailable("leader crashed before the commit".into()));
-        }
-        let grant = match self.dir.apply(&plan.commit) {
-            Outcome::Granted(grant) => grant,
-            Outcome::Rejected(err) => return Err(err),
-            other => panic!("unexpected outcome {other:?}"),
-        };
-        self.confirm(c, page, grant, seq);
-        if let Some(old) = plan.release {
-            self.table(old).invalidate(page, grant.epoch);
-        }
-        Ok((grant, "fault"))
-    }
-
-    /// The manager's confirmation to the requester, unless the script lost it.
-    fn confirm(&mut self, c: ClientId, page: &PageName, grant: Grant, seq: u64) {
-        if !self.confirms_lost {
-            let _ = self.table(c).confirm(page, grant.epoch, grant.created, seq);
-        }
     }
 
     fn show_table(&mut self, c: ClientId) -> String {
@@ -239,6 +233,18 @@ impl World {
             Some(e) => format!("owner={} copy_set={:?} epoch={}", e.owner, e.copy_set, e.epoch),
         }
     }
+}
+
+/// How a finished op reads in a script.
+fn show_done(result: Result<OpDone, Error>, how: &str) -> Out {
+    let done = result?;
+    let created = if done.created { " created" } else { "" };
+    Ok(match (done.hit, done.value) {
+        (Hit::Local, Some(v)) => format!("ok local {:?}", text(&v)),
+        (Hit::Local, None) => "ok local".into(),
+        (Hit::Fault, Some(v)) => format!("ok {how} epoch={}{created} {:?}", done.epoch, text(&v)),
+        (Hit::Fault, None) => format!("ok {how} epoch={}{created}", done.epoch),
+    })
 }
 
 fn id(s: &str) -> ClientId {
@@ -289,13 +295,23 @@ fn protocol_scripts() {
     let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
     files.sort();
     assert!(!files.is_empty(), "no scripts in {}", dir.display());
+    let mut differ = Vec::new();
     for path in files {
         let script = std::fs::read_to_string(&path).unwrap();
         let got = regenerate(&script);
         if std::env::var_os("UPDATE_SCRIPTS").is_some() {
             std::fs::write(&path, &got).unwrap();
-            continue;
+        } else if got != script {
+            let first = got.lines().zip(script.lines()).position(|(g, s)| g != s).unwrap_or(0);
+            let line = got.lines().nth(first).unwrap_or("");
+            eprintln!(
+                "{}: line {} reads {line:?}, expected {:?}",
+                path.display(),
+                first + 1,
+                script.lines().nth(first)
+            );
+            differ.push(path.file_name().unwrap().to_string_lossy().into_owned());
         }
-        assert_eq!(got, script, "script {} differs (UPDATE_SCRIPTS=1 rewrites it)", path.display());
     }
+    assert!(differ.is_empty(), "scripts differ (UPDATE_SCRIPTS=1 rewrites them): {differ:?}");
 }

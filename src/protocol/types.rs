@@ -64,6 +64,7 @@ pub fn check_size(page: &PageName, len: usize, max: usize) -> Result<()> {
 
 /// A client's access to its local copy of a page.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Access {
     /// No usable copy (an owner that handed the page away may still keep its bytes).
     Invalid,
@@ -92,6 +93,15 @@ pub enum FaultKind {
     Write,
 }
 
+impl fmt::Display for FaultKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FaultKind::Read => "read",
+            FaultKind::Write => "write",
+        })
+    }
+}
+
 impl FaultKind {
     /// The access a granted fault of this kind gives.
     pub fn access(self) -> Access {
@@ -100,6 +110,15 @@ impl FaultKind {
             FaultKind::Write => Access::Write,
         }
     }
+}
+
+/// Whether an operation was served from the local copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Hit {
+    /// No RPC was needed.
+    Local,
+    /// The client took a fault to the CM.
+    Fault,
 }
 
 #[cfg(test)]

@@ -1,45 +1,74 @@
-//! pb ⇄ domain conversions and Error ⇄ Status, done once, here.
+//! pb ⇄ domain for the values every service shares, and `Error` ⇄ `Status`.
 
 use tonic::{Code, Status};
 
 use super::pb;
 use crate::error::Error;
-use crate::protocol::{FaultKind, PageName};
+use crate::protocol::{Access, Epoch, FaultKind, PageName};
 
 /// Validates a page name received over the wire.
-#[allow(clippy::result_large_err)]
-pub fn page_name(name: &str) -> Result<PageName, Status> {
-    PageName::new(name).map_err(|e| status_from_error(&e))
+pub(super) fn page_name(name: &str) -> Result<PageName, Error> {
+    PageName::new(name)
 }
 
 /// The fault kind of a wire mode; `MODE_UNSPECIFIED` or an unknown value is malformed.
-#[allow(clippy::result_large_err)]
-pub fn fault_kind(mode: i32) -> Result<FaultKind, Status> {
+pub(super) fn fault_kind(mode: i32) -> Result<FaultKind, Error> {
     match pb::Mode::try_from(mode) {
         Ok(pb::Mode::Read) => Ok(FaultKind::Read),
         Ok(pb::Mode::Write) => Ok(FaultKind::Write),
-        _ => Err(status_from_error(&Error::Malformed(format!("mode {mode} is not read or write")))),
+        _ => Err(Error::Malformed(format!("mode {mode} is not read or write"))),
     }
 }
 
 /// The wire mode of a fault kind.
-pub fn mode(kind: FaultKind) -> pb::Mode {
+pub(super) fn mode(kind: FaultKind) -> i32 {
     match kind {
-        FaultKind::Read => pb::Mode::Read,
-        FaultKind::Write => pb::Mode::Write,
+        FaultKind::Read => pb::Mode::Read.into(),
+        FaultKind::Write => pb::Mode::Write.into(),
     }
+}
+
+/// The wire mode of the access a transfer gives.
+pub(super) fn access_mode(access: Access) -> i32 {
+    mode(if access == Access::Write { FaultKind::Write } else { FaultKind::Read })
+}
+
+/// An epoch received over the wire: epochs start at 1.
+pub(super) fn epoch(epoch: u64) -> Result<Epoch, Error> {
+    if epoch == 0 {
+        return Err(Error::Malformed("epoch 0 is not a page epoch".into()));
+    }
+    Ok(epoch)
+}
+
+/// A client id or request seq received over the wire: both start at 1.
+pub(super) fn positive(what: &str, value: u64) -> Result<u64, Error> {
+    if value == 0 {
+        return Err(Error::Malformed(format!("{what} must be positive")));
+    }
+    Ok(value)
+}
+
+/// A `host:port` received over the wire.
+pub(super) fn socket_addr(what: &str, addr: &str) -> Result<String, Error> {
+    if addr.parse::<std::net::SocketAddr>().is_err() {
+        return Err(Error::Malformed(format!("{what} {addr:?} is not host:port")));
+    }
+    Ok(addr.to_string())
 }
 
 /// The status that carries `err` to the caller.
 pub fn status_from_error(err: &Error) -> Status {
     let code = match err {
-        Error::BadPageName { .. } | Error::TooLarge { .. } | Error::Malformed(_) => Code::InvalidArgument,
+        Error::BadPageName { .. } | Error::TooLarge { .. } | Error::Malformed(_) | Error::InvalidConfig(_) => {
+            Code::InvalidArgument
+        }
         Error::PageNotFound { .. } => Code::NotFound,
         Error::UnknownClient { .. } | Error::OwnerGone { .. } | Error::StaleRequest { .. } => Code::FailedPrecondition,
         Error::NotLeader { .. } | Error::NoQuorum(_) | Error::Unavailable(_) => Code::Unavailable,
         Error::ClientUnreachable { .. } => Code::Unavailable,
         Error::EpochMoved { .. } | Error::NotHeld { .. } | Error::TransferLost { .. } => Code::Aborted,
-        Error::Storage(_) => Code::Internal,
+        Error::Storage(_) | Error::DataDirInUse { .. } | Error::Internal(_) => Code::Internal,
     };
     let details = serde_json::to_vec(err).unwrap_or_default();
     Status::with_details(code, err.to_string(), details.into())
@@ -54,9 +83,16 @@ pub fn error_from_status(status: &Status, peer: &str) -> Error {
     let what = format!("{peer}: {}", status.message());
     match status.code() {
         Code::InvalidArgument => Error::Malformed(what),
-        Code::DeadlineExceeded => Error::Unavailable(format!("{peer}: no answer within the deadline")),
+        Code::DeadlineExceeded | Code::Cancelled => {
+            Error::Unavailable(format!("{peer}: no answer within the deadline"))
+        }
         _ => Error::Unavailable(what),
     }
+}
+
+/// Runs a fallible conversion or handler result into a tonic reply.
+pub(super) fn reply<T>(result: Result<T, Error>) -> Result<tonic::Response<T>, Status> {
+    result.map(tonic::Response::new).map_err(|e| status_from_error(&e))
 }
 
 #[cfg(test)]
@@ -69,6 +105,7 @@ mod tests {
             Error::NotLeader { leader: Some((2, "127.0.0.1:7102".into())) },
             Error::PageNotFound { page: "P9".into() },
             Error::ClientUnreachable { client: 3, addr: "127.0.0.1:1".into(), reason: "refused".into() },
+            Error::DataDirInUse { path: "data/cm-1".into() },
         ];
         for err in errs {
             let status = status_from_error(&err);
@@ -86,9 +123,11 @@ mod tests {
     }
 
     #[test]
-    fn bad_mode_is_malformed() {
-        assert_eq!(fault_kind(0).unwrap_err().code(), Code::InvalidArgument);
-        assert_eq!(fault_kind(99).unwrap_err().code(), Code::InvalidArgument);
+    fn bad_values_are_malformed() {
+        assert!(matches!(fault_kind(0), Err(Error::Malformed(_))));
+        assert!(matches!(fault_kind(99), Err(Error::Malformed(_))));
         assert_eq!(fault_kind(2).unwrap(), FaultKind::Write);
+        assert!(matches!(epoch(0), Err(Error::Malformed(_))));
+        assert!(matches!(socket_addr("client address", "nowhere"), Err(Error::Malformed(_))));
     }
 }

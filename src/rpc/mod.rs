@@ -1,21 +1,58 @@
-//! The gRPC edge: generated types, conversions to the domain, and connections.
+//! The gRPC edge: the generated code of `proto/ivy.proto`, and the one place it
+//! is converted to and from domain types.
 //!
-//! Protobuf types never enter the protocol core. This module is the one place
-//! that turns them into domain values (validating names, epochs and sizes) and
-//! turns an [`Error`](crate::Error) into a `tonic::Status` and back: the status
-//! carries the error itself (JSON in its details), so a client sees exactly the
-//! error the manager raised, leader hint included.
+//! Nothing outside this folder names a protobuf type. Each service has two
+//! halves here:
+//!
+//! - a *server adapter* that validates and converts each request, calls a handler
+//!   trait that speaks domain types ([`ManagerApi`], [`HolderApi`],
+//!   [`HeartbeatApi`], [`RaftApi`]), and converts the answer back;
+//! - a *client* with one method per RPC taking and returning domain types
+//!   ([`ManagerClient`], [`HolderClient`], [`HeartbeatClient`], [`RaftClient`]).
+//!
+//! An [`Error`](crate::Error) crosses the wire inside the `tonic::Status` (JSON in
+//! its details), so a client sees exactly the error the manager raised, leader
+//! hint included. [`net`] keeps one HTTP/2 connection per peer and runs servers.
 
 mod convert;
-mod net;
-mod raft_transport;
+mod heartbeat;
+mod holder;
+mod manager;
+pub mod net;
+mod raft;
 
 /// Code generated from `proto/ivy.proto`.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
-pub mod pb {
+pub(crate) mod pb {
     tonic::include_proto!("ivy");
 }
 
-pub use convert::{error_from_status, fault_kind, mode, page_name, status_from_error};
-pub use net::{channel, serve, Channels, Server, RPC_CONNECT_TIMEOUT, SERVER_STOP_GRACE};
-pub use raft_transport::{NetworkFactory, PeerNetwork, TransportService};
+pub use convert::{error_from_status, status_from_error};
+pub use heartbeat::{HeartbeatApi, HeartbeatClient, Pulse};
+pub use holder::{holder_router, HolderApi, HolderClient, HolderRef};
+pub use manager::{ManagerApi, ManagerClient};
+pub use net::{Channels, Server};
+
+pub use raft::{RaftApi, RaftCall, RaftCallError, RaftClient};
+
+/// The service a CM node serves to its peers, besides `Manager`.
+pub enum PeerService {
+    /// Raft mode: openraft's RPCs between CM nodes.
+    Raft(std::sync::Arc<dyn RaftApi>),
+    /// Heartbeat mode: the pulse between primary and backup.
+    Heartbeat(std::sync::Arc<dyn HeartbeatApi>),
+}
+
+/// Serves a CM node's services on `listener` until the returned server stops.
+pub fn serve_cm(
+    manager: std::sync::Arc<dyn ManagerApi>,
+    peers: PeerService,
+    listener: tokio::net::TcpListener,
+) -> Server {
+    let router = tonic::transport::Server::builder().add_service(manager::server(manager));
+    let router = match peers {
+        PeerService::Raft(raft) => router.add_service(raft::server(raft)),
+        PeerService::Heartbeat(heartbeat) => router.add_service(heartbeat::server(heartbeat)),
+    };
+    Server::spawn(router, listener)
+}

@@ -1,0 +1,328 @@
+//! One bench run: start CM processes, seed, drive the clients, apply the
+//! scenario, read everything back, summarise.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use indicatif::ProgressBar;
+use tokio::time::Instant;
+
+use super::{BenchConfig, Latency, RunResult, Scenario, Workload};
+use crate::chaos::checker;
+use crate::chaos::history::{Op, OpKind, Outcome};
+use crate::chaos::procs::{free_port, CmProc, CmSet};
+use crate::op_counter::OpCounter;
+use anyhow::{anyhow, Result};
+use ivy_raft::client::{Client, ClientConfig};
+use ivy_raft::config::ReplicationMode;
+use ivy_raft::protocol::{Hit, RandomOp, RandomOps};
+
+/// How long a killed node stays down before a restart.
+const DOWN_FOR: Duration = Duration::from_millis(500);
+
+/// How long the cluster may take to elect a leader.
+const LEADER_WAIT: Duration = Duration::from_secs(30);
+
+/// Each client's deadline per operation.
+const OP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A run stops issuing operations after this long (a baseline that lost its
+/// directory can fail every operation slowly); the report counts what ran.
+const RUN_CAP: Duration = Duration::from_secs(60);
+
+/// Width of one timeline bucket.
+const BUCKET_MS: u64 = 100;
+
+/// One finished operation.
+struct Rec {
+    client: usize,
+    page: String,
+    write: bool,
+    value: Option<String>,
+    start_us: u64,
+    end_us: u64,
+    result: Result<Hit, String>,
+}
+
+/// CM node processes of one run.
+struct Nodes {
+    cms: CmSet,
+    addrs: Vec<String>,
+}
+
+impl Nodes {
+    async fn start(cfg: &BenchConfig, mode: ReplicationMode, dir: &std::path::Path) -> Result<Nodes> {
+        let n = if mode == ReplicationMode::Raft { 3 } else { 2 };
+        let real: BTreeMap<u64, String> = (1..=n).map(|id| (id, format!("127.0.0.1:{}", free_port()))).collect();
+        let peers: Vec<String> = real.iter().map(|(id, a)| format!("{id}={a}")).collect();
+        let mut cms = BTreeMap::new();
+        for (id, addr) in &real {
+            let data = dir.join(format!("cm-{id}"));
+            let _ = std::fs::remove_dir_all(&data);
+            let mut args: Vec<String> =
+                vec!["cm".into(), "--id".into(), id.to_string(), "--peers".into(), peers.join(",")];
+            args.extend(["--data-dir".into(), data.display().to_string(), "--mode".into(), mode.name().into()]);
+            args.extend(["--pulse-ms".into(), cfg.pulse_ms.to_string()]);
+            let cm = CmProc::new(&cfg.bin, *id, addr.clone(), args, dir.join(format!("cm-{id}.log")));
+            cm.start()?;
+            cms.insert(*id, cm);
+        }
+        let nodes = Nodes { cms: CmSet(cms), addrs: real.values().cloned().collect() };
+        nodes.cms.wait_leader(LEADER_WAIT).await.ok_or_else(|| anyhow!("the CM nodes elected no leader"))?;
+        Ok(nodes)
+    }
+}
+
+/// Runs one workload in one mode under one scenario.
+pub async fn run_one(
+    cfg: &BenchConfig,
+    work: &Workload,
+    mode: ReplicationMode,
+    scenario: Scenario,
+    progress: &ProgressBar,
+) -> Result<RunResult> {
+    let dir = cfg.out.join("runs").join(format!("{}-{}-{}", work.label, mode, scenario.name()));
+    std::fs::create_dir_all(&dir).map_err(|e| anyhow!("{}: {e}", dir.display()))?;
+    let nodes = Arc::new(Nodes::start(cfg, mode, &dir).await?);
+    let mut clients = Vec::with_capacity(work.clients);
+    for _ in 0..work.clients {
+        let mut config = ClientConfig::new(nodes.addrs.clone());
+        config.op_timeout = OP_TIMEOUT;
+        clients.push(Arc::new(Client::start(config).await?));
+    }
+    for p in 1..=work.pages {
+        clients[0].write(&format!("P{p}"), format!("seed-{p}").as_bytes()).await?;
+    }
+    let began = Instant::now();
+    let done = Arc::new(OpCounter::default());
+    let total = (work.clients * work.ops) as u64;
+    let chaos = tokio::spawn(apply_scenario(nodes.clone(), scenario, done.clone(), total, began));
+    let mut tasks = Vec::new();
+    for (i, c) in clients.iter().enumerate() {
+        let (c, done, work, progress) = (c.clone(), done.clone(), work.clone(), progress.clone());
+        tasks.push(tokio::spawn(async move { drive(i, &c, &work, began, &done, &progress).await }));
+    }
+    let mut per_client = Vec::new();
+    for t in tasks {
+        per_client.push(t.await.map_err(|e| anyhow!("client task: {e}"))?);
+    }
+    let wall = began.elapsed();
+    let marks = chaos.await.map_err(|e| anyhow!("scenario task: {e}"))?;
+    let finals = read_back(&nodes, work.pages, began).await;
+    for c in clients {
+        if let Ok(c) = Arc::try_unwrap(c) {
+            c.crash().await;
+        }
+    }
+    nodes.cms.kill_all().await;
+    Ok(summarise(work, mode, scenario, &per_client, &finals, &marks, wall))
+}
+
+/// One client's operations, back to back.
+async fn drive(
+    client: usize,
+    c: &Client,
+    work: &Workload,
+    began: Instant,
+    done: &OpCounter,
+    progress: &ProgressBar,
+) -> Vec<Rec> {
+    let generated = RandomOps::new(client as u64 + 1, work.pages as u64, work.read_ratio, format!("c{client}"));
+    let mut recs = Vec::with_capacity(work.ops);
+    for (n, op) in generated.take(work.ops).enumerate() {
+        if began.elapsed() > RUN_CAP {
+            // Count the skipped operations as done, so the scenario stops waiting.
+            let skipped = (work.ops - n) as u64;
+            done.add(skipped);
+            progress.inc(skipped);
+            break;
+        }
+        let start_us = began.elapsed().as_micros() as u64;
+        let write = matches!(op, RandomOp::Write { .. });
+        let (page, value, result) = match op {
+            RandomOp::Write { page, value } => {
+                let r = c.write(&page, value.as_bytes()).await;
+                (page, Some(value), r)
+            }
+            RandomOp::Read { page } => match c.read(&page).await {
+                Ok((v, hit)) => (page, Some(String::from_utf8_lossy(&v).into_owned()), Ok(hit)),
+                Err(e) => (page, None, Err(e)),
+            },
+        };
+        let end_us = began.elapsed().as_micros() as u64;
+        recs.push(Rec { client, page, write, value, start_us, end_us, result: result.map_err(|e| e.to_string()) });
+        done.add(1);
+        progress.inc(1);
+    }
+    recs
+}
+
+/// Kills and restarts nodes as the scenario says; returns when each kill happened.
+async fn apply_scenario(
+    nodes: Arc<Nodes>,
+    scenario: Scenario,
+    done: Arc<OpCounter>,
+    total: u64,
+    began: Instant,
+) -> Vec<Duration> {
+    let mut kills = Vec::new();
+    let points: &[f64] = match scenario {
+        Scenario::None => &[],
+        Scenario::KillLeader | Scenario::KillRestart | Scenario::KillBoth => &[1.0 / 3.0],
+        Scenario::KillRestartMany => &[0.25, 0.5, 0.75],
+    };
+    for point in points {
+        done.reach((total as f64 * point) as u64).await;
+        if done.get() >= total {
+            break;
+        }
+        let victims: Vec<u64> = match scenario {
+            Scenario::KillBoth => nodes.cms.ids(),
+            _ => nodes.cms.leader().await.into_iter().collect(),
+        };
+        kills.push(began.elapsed());
+        for id in &victims {
+            nodes.cms.kill(*id).await;
+        }
+        if scenario == Scenario::KillLeader {
+            continue;
+        }
+        tokio::time::sleep(DOWN_FOR).await;
+        for id in victims {
+            nodes.cms.restart(id);
+        }
+    }
+    kills
+}
+
+/// After the run: a fresh client reads every page.
+async fn read_back(nodes: &Nodes, pages: usize, began: Instant) -> Vec<Rec> {
+    let _ = nodes.cms.wait_leader(LEADER_WAIT).await;
+    let mut config = ClientConfig::new(nodes.addrs.clone());
+    config.op_timeout = OP_TIMEOUT;
+    let Ok(reader) = Client::start(config).await else { return Vec::new() };
+    let mut recs = Vec::new();
+    for p in 1..=pages {
+        let page = format!("P{p}");
+        let start_us = began.elapsed().as_micros() as u64;
+        let read = reader.read(&page).await;
+        let end_us = began.elapsed().as_micros() as u64;
+        let (value, result) = match read {
+            Ok((v, hit)) => (Some(String::from_utf8_lossy(&v).into_owned()), Ok(hit)),
+            Err(e) => (None, Err(e.to_string())),
+        };
+        recs.push(Rec { client: usize::MAX, page, write: false, value, start_us, end_us, result });
+    }
+    reader.crash().await;
+    recs
+}
+
+fn summarise(
+    work: &Workload,
+    mode: ReplicationMode,
+    scenario: Scenario,
+    per_client: &[Vec<Rec>],
+    finals: &[Rec],
+    kills: &[Duration],
+    wall: Duration,
+) -> RunResult {
+    let all: Vec<&Rec> = per_client.iter().flatten().collect();
+    let ok: Vec<&&Rec> = all.iter().filter(|r| r.result.is_ok()).collect();
+    let faulted = |write: bool| ok.iter().filter(move |r| r.write == write && r.result == Ok(Hit::Fault));
+    let client_ms: Vec<f64> = per_client
+        .iter()
+        .filter(|r| !r.is_empty())
+        .map(|r| (r[r.len() - 1].end_us - r[0].start_us) as f64 / 1e3)
+        .collect();
+    let gaps = kills
+        .iter()
+        .filter_map(|k| {
+            let k = k.as_micros() as u64;
+            ok.iter().filter(|r| r.result == Ok(Hit::Fault) && r.start_us >= k).map(|r| r.end_us - k).min()
+        })
+        .map(|us| us as f64 / 1e3)
+        .collect();
+    let mut timeline = vec![0u64; (wall.as_millis() as u64 / BUCKET_MS + 1) as usize];
+    for r in &ok {
+        let bucket = ((r.end_us / 1000) / BUCKET_MS) as usize;
+        if let Some(b) = timeline.get_mut(bucket) {
+            *b += 1;
+        }
+    }
+    RunResult {
+        workload: work.clone(),
+        mode,
+        scenario,
+        ops: all.len(),
+        failed: all.len() - ok.len(),
+        throughput: ok.len() as f64 / wall.as_secs_f64().max(1e-9),
+        read_fault: latency(faulted(false).map(|r| r.end_us - r.start_us)),
+        write_fault: latency(faulted(true).map(|r| r.end_us - r.start_us)),
+        local_hit_rate: ok.iter().filter(|r| r.result == Ok(Hit::Local)).count() as f64 / ok.len().max(1) as f64,
+        failover_gaps_ms: gaps,
+        acked_writes_lost: lost_writes(&all, finals),
+        avg_client_ms: client_ms.iter().sum::<f64>() / client_ms.len().max(1) as f64,
+        wall_ms: wall.as_secs_f64() * 1e3,
+        timeline,
+        fault_marks_ms: kills.iter().map(|k| k.as_secs_f64() * 1e3).collect(),
+    }
+}
+
+/// Percentiles of latencies given in microseconds.
+fn latency(us: impl Iterator<Item = u64>) -> Latency {
+    let Ok(mut h) = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3) else { return Latency::default() };
+    for v in us {
+        let _ = h.record(v.clamp(1, 60_000_000));
+    }
+    if h.is_empty() {
+        return Latency::default();
+    }
+    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1e3;
+    let cdf = (0..=100).map(|i| i as f64 / 100.0).map(|q| (q, ms(q.min(0.9999)))).collect();
+    Latency {
+        count: h.len(),
+        p50_ms: ms(0.50),
+        p99_ms: ms(0.99),
+        p999_ms: ms(0.999),
+        max_ms: h.max() as f64 / 1e3,
+        mean_ms: h.mean() / 1e3,
+        cdf,
+    }
+}
+
+/// Acknowledged writes the read-back cannot account for, by the chaos checker's rule.
+fn lost_writes(all: &[&Rec], finals: &[Rec]) -> usize {
+    let op = |r: &Rec, last: bool| Op {
+        client: r.client,
+        kind: if r.write { OpKind::Write } else { OpKind::Read },
+        page: r.page.clone(),
+        value: r.value.clone(),
+        invoke_ns: r.start_us * 1000,
+        return_ns: Some(r.end_us * 1000),
+        outcome: if r.result.is_ok() { Outcome::Ok } else { Outcome::Fail },
+        epoch: None,
+        error: r.result.as_ref().err().cloned(),
+        last,
+    };
+    let mut ops: Vec<Op> = all.iter().map(|r| op(r, false)).collect();
+    // A page seeded before the run counts as written by a write at time zero.
+    ops.extend(finals.iter().map(|r| op(r, true)));
+    let seeds: Vec<Op> = finals
+        .iter()
+        .map(|r| Op {
+            kind: OpKind::Write,
+            value: Some(format!("seed-{}", &r.page[1..])),
+            invoke_ns: 0,
+            return_ns: Some(0),
+            outcome: Outcome::Ok,
+            error: None,
+            ..op(r, false)
+        })
+        .collect();
+    ops.extend(seeds);
+    // A read-back that failed lost the page's last writes outright.
+    let failed_reads = finals.iter().filter(|r| r.result.is_err()).count();
+    checker::check(&ops).lost_acknowledged_writes + failed_reads
+}

@@ -1,0 +1,60 @@
+//! `ivy chaos`: real processes, injected faults, and a checker for the history.
+//!
+//! The harness starts the CM nodes (3 for Raft, 2 for heartbeat) and the clients
+//! as child processes of the built binary, each with its own data dir and log
+//! under `--out`. Every link (CM to CM, client to CM) goes through a proxy of the
+//! harness, so it can cut, blackhole or delay links. Workers run a bounded random
+//! workload (writes of unique values `c<client>w<worker>-<n>`) until `--duration`
+//! passes, while a seeded schedule injects one fault every 3-5 s: kill -9 and
+//! restart a CM (biased to the leader), kill and restart them all, SIGSTOP a CM or
+//! a client, or a partition (leader isolated, one-way, a client cut off from the
+//! leader, a blackhole, delays). Then everything is healed, every client reads
+//! every page, and the history is checked (see [`checker`]). `history.jsonl` and
+//! `report.json` go to `--out`; the run passes only on a clean verdict.
+
+pub mod checker;
+#[cfg(test)]
+mod checker_tests;
+pub mod history;
+pub mod procs;
+mod proxy;
+mod report;
+mod rig;
+mod workload;
+
+pub use report::Report;
+pub use rig::Nemesis;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ivy_raft::config::ReplicationMode;
+
+/// What one chaos run does.
+#[derive(Debug, Clone)]
+pub struct ChaosConfig {
+    /// The `ivy` binary to run as CM nodes and clients.
+    pub bin: PathBuf,
+    /// Raft or the heartbeat baseline.
+    pub mode: ReplicationMode,
+    /// How long the workload runs (the faults run during it).
+    pub duration: Duration,
+    /// Seed of the workload and of the fault schedule.
+    pub seed: u64,
+    /// Client processes.
+    pub clients: usize,
+    /// Concurrent workers per client.
+    pub workers: usize,
+    /// Pages P1..=Pn.
+    pub pages: usize,
+    /// Fault kinds to draw from (empty: no faults).
+    pub faults: Vec<Nemesis>,
+    /// Where the logs, data dirs, history and report go.
+    pub out: PathBuf,
+    /// Heartbeat pulse, ms.
+    pub pulse_ms: u64,
+    /// Testing only: CM nodes skip invalidations (a broken build the checker must catch).
+    pub unsafe_skip_invalidation: bool,
+}
+
+pub use workload::run;

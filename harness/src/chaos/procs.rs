@@ -1,0 +1,251 @@
+//! The processes of a chaos run: CM nodes and clients, each a child process of
+//! the built `ivy` binary, killed when dropped.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, Command};
+use tokio::sync::oneshot;
+
+use anyhow::{anyhow, Result};
+use ivy_raft::rpc::{Channels, ManagerClient};
+
+/// How long a client may take to say it is ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn spawn_error(what: &str, e: std::io::Error) -> anyhow::Error {
+    anyhow!("cannot start {what}: {e}")
+}
+
+/// A free loopback port (bound then released; a race with other binders is possible).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_or(0, |a| a.port())
+}
+
+/// Sends a signal (STOP, CONT) to a process by pid.
+pub fn signal(pid: u32, sig: &str) {
+    let _ = std::process::Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
+}
+
+/// One CM node process, restartable with the same command.
+pub struct CmProc {
+    /// The node id.
+    pub id: u64,
+    /// The address it listens on (the harness's own view, no proxy).
+    pub addr: String,
+    args: Vec<String>,
+    bin: PathBuf,
+    log: PathBuf,
+    child: Mutex<Option<Child>>,
+}
+
+impl CmProc {
+    /// A node that will run `bin` with `args`, logging to `log`.
+    pub fn new(bin: &Path, id: u64, addr: String, args: Vec<String>, log: PathBuf) -> Self {
+        CmProc { id, addr, args, bin: bin.to_path_buf(), log, child: Mutex::new(None) }
+    }
+
+    /// Starts (or restarts) the node.
+    pub fn start(&self) -> Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .map_err(|e| spawn_error("CM log", e))?;
+        let child = Command::new(&self.bin)
+            .args(&self.args)
+            .env("RUST_LOG", "info,openraft=warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| spawn_error(&format!("CM {}", self.id), e))?;
+        *self.child() = Some(child);
+        Ok(())
+    }
+
+    fn child(&self) -> std::sync::MutexGuard<'_, Option<Child>> {
+        self.child.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// True while the process was started and not killed (paused counts as running).
+    pub fn running(&self) -> bool {
+        self.child().is_some()
+    }
+
+    /// Restarts the node if it was killed or has exited by itself.
+    pub fn ensure_running(&self) -> Result<()> {
+        let exited = match &mut *self.child() {
+            Some(child) => child.try_wait().map(|s| s.is_some()).unwrap_or(true),
+            None => true,
+        };
+        if exited {
+            self.start()?;
+        }
+        Ok(())
+    }
+
+    /// kill -9.
+    pub async fn kill9(&self) {
+        let child = self.child().take();
+        if let Some(mut child) = child {
+            let _ = child.kill().await;
+        }
+    }
+
+    /// The process id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child().as_ref().and_then(Child::id)
+    }
+}
+
+/// How long the harness waits for a node's status.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The CM node processes of a run, by id.
+pub struct CmSet(pub BTreeMap<u64, CmProc>);
+
+impl CmSet {
+    /// The id of a running node that says it serves faults, asking each directly.
+    pub async fn leader(&self) -> Option<u64> {
+        let rpc = ManagerClient::new(Channels::new(STATUS_TIMEOUT));
+        for cm in self.0.values().filter(|c| c.running()) {
+            if rpc.status(&cm.addr).await.is_ok_and(|s| s.serving) {
+                return Some(cm.id);
+            }
+        }
+        None
+    }
+
+    /// Waits up to `timeout` for a serving node.
+    pub async fn wait_leader(&self, timeout: Duration) -> Option<u64> {
+        const POLL: Duration = Duration::from_millis(20);
+        let give_up = tokio::time::Instant::now() + timeout;
+        while tokio::time::Instant::now() < give_up {
+            if let Some(id) = self.leader().await {
+                return Some(id);
+            }
+            tokio::time::sleep(POLL).await;
+        }
+        None
+    }
+
+    /// The node ids.
+    pub fn ids(&self) -> Vec<u64> {
+        self.0.keys().copied().collect()
+    }
+
+    /// kill -9 node `id`.
+    pub async fn kill(&self, id: u64) {
+        if let Some(cm) = self.0.get(&id) {
+            cm.kill9().await;
+        }
+    }
+
+    /// kill -9 every node.
+    pub async fn kill_all(&self) {
+        for cm in self.0.values() {
+            cm.kill9().await;
+        }
+    }
+
+    /// Starts node `id` again with its own command.
+    pub fn restart(&self, id: u64) {
+        if let Some(cm) = self.0.get(&id) {
+            if let Err(err) = cm.start() {
+                tracing::warn!("restart of CM {id}: {err}");
+            }
+        }
+    }
+}
+
+type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Value>>>>;
+
+/// One `ivy client --json` process, driven by tagged commands so several can be
+/// in flight at once.
+pub struct ClientProc {
+    /// The client's index in the run.
+    pub index: usize,
+    /// Its id in the directory.
+    pub id: u64,
+    child: Child,
+    stdin: tokio::sync::Mutex<ChildStdin>,
+    pending: Pending,
+    next_tag: AtomicU64,
+}
+
+impl ClientProc {
+    /// Starts a client of the CM addresses `cms` and waits until it is ready.
+    pub async fn start(bin: &Path, index: usize, cms: &str, timeout_ms: u64, log: &Path) -> Result<ClientProc> {
+        let log = std::fs::File::create(log).map_err(|e| spawn_error("client log", e))?;
+        let mut child = Command::new(bin)
+            .args(["client", "--json", "--cm", cms, "--timeout-ms", &timeout_ms.to_string()])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| spawn_error("client", e))?;
+        let stdin = child.stdin.take().ok_or_else(|| anyhow!("client stdin"))?;
+        let stdout = child.stdout.take().ok_or_else(|| anyhow!("client stdout"))?;
+        let mut lines = BufReader::new(stdout).lines();
+        let ready = tokio::time::timeout(READY_TIMEOUT, lines.next_line()).await;
+        let ready: Value = match ready {
+            Ok(Ok(Some(line))) => serde_json::from_str(&line).unwrap_or(Value::Null),
+            _ => return Err(anyhow!("client {index} did not get ready")),
+        };
+        let id = ready["client"].as_u64().ok_or_else(|| anyhow!("client {index}: {ready}"))?;
+        let pending: Pending = Arc::default();
+        tokio::spawn(route_answers(lines, pending.clone()));
+        Ok(ClientProc { index, id, child, stdin: tokio::sync::Mutex::new(stdin), pending, next_tag: AtomicU64::new(0) })
+    }
+
+    /// Sends one command and waits up to `timeout` for its answer (`None`: no answer).
+    pub async fn call(&self, command: &str, timeout: Duration) -> Option<Value> {
+        let tag = self.next_tag.fetch_add(1, Ordering::Relaxed).to_string();
+        let (tx, rx) = oneshot::channel();
+        self.pending.lock().unwrap_or_else(|e| e.into_inner()).insert(tag.clone(), tx);
+        let line = format!("#{tag} {command}\n");
+        let sent = tokio::time::timeout(timeout, async {
+            let mut stdin = self.stdin.lock().await;
+            stdin.write_all(line.as_bytes()).await.and(stdin.flush().await)
+        });
+        let answer = match sent.await {
+            Ok(Ok(())) => tokio::time::timeout(timeout, rx).await.ok().and_then(Result::ok),
+            _ => None,
+        };
+        self.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&tag);
+        answer
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Asks the client to leave, then makes sure it is gone.
+    pub async fn quit(mut self) {
+        let _ = self.stdin.lock().await.write_all(b"quit\n").await;
+        if tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await.is_err() {
+            let _ = self.child.kill().await;
+        }
+    }
+}
+
+async fn route_answers(mut lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>, pending: Pending) {
+    while let Ok(Some(line)) = lines.next_line().await {
+        let Ok(answer) = serde_json::from_str::<Value>(&line) else { continue };
+        let Some(tag) = answer["tag"].as_str().map(str::to_string) else { continue };
+        if let Some(tx) = pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&tag) {
+            let _ = tx.send(answer);
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! The run's report: counts, faults, the longest unavailability and the verdict.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Serialize;
+
+use super::checker::Verdict;
+use super::history::{FaultEvent, Op, Outcome};
+use super::ChaosConfig;
+use anyhow::{anyhow, Result};
+
+/// The summary of one chaos run, also written as `report.json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// "raft" or "heartbeat".
+    pub mode: String,
+    /// The schedule's seed.
+    pub seed: u64,
+    /// Workload duration, seconds.
+    pub duration_s: u64,
+    /// Client processes and workers each.
+    pub clients: usize,
+    /// Workers per client.
+    pub workers: usize,
+    /// Pages.
+    pub pages: usize,
+    /// Workload operations that succeeded.
+    pub ops_ok: usize,
+    /// Workload operations that returned an error.
+    pub ops_failed: usize,
+    /// Workload operations with no answer in time.
+    pub ops_unknown: usize,
+    /// Final reads that succeeded, of all final reads.
+    pub final_reads_ok: usize,
+    /// Final reads attempted.
+    pub final_reads: usize,
+    /// Faults injected, by kind.
+    pub faults: BTreeMap<String, usize>,
+    /// Longest time with no successful operation during the workload, ms.
+    pub longest_unavailability_ms: f64,
+    /// True when a leader was back after healing.
+    pub recovered: bool,
+    /// What the checker found.
+    pub verdict: Verdict,
+    /// True when the run passes: recovered, every final read answered, clean verdict.
+    pub clean: bool,
+}
+
+impl Report {
+    /// Summarises a run.
+    pub fn new(cfg: &ChaosConfig, ops: &[Op], faults: &[FaultEvent], verdict: Verdict, recovered: bool) -> Self {
+        let work: Vec<&Op> = ops.iter().filter(|o| !o.last).collect();
+        let count = |o: Outcome| work.iter().filter(|op| op.outcome == o).count();
+        let finals: Vec<&Op> = ops.iter().filter(|o| o.last).collect();
+        let final_ok = finals.iter().filter(|o| o.outcome == Outcome::Ok).count();
+        let mut by_kind = BTreeMap::new();
+        for f in faults {
+            *by_kind.entry(f.kind.clone()).or_insert(0) += 1;
+        }
+        let clean = recovered && final_ok == finals.len() && verdict.clean();
+        Report {
+            mode: format!("{:?}", cfg.mode).to_lowercase(),
+            seed: cfg.seed,
+            duration_s: cfg.duration.as_secs(),
+            clients: cfg.clients,
+            workers: cfg.workers,
+            pages: cfg.pages,
+            ops_ok: count(Outcome::Ok),
+            ops_failed: count(Outcome::Fail),
+            ops_unknown: count(Outcome::Unknown),
+            final_reads_ok: final_ok,
+            final_reads: finals.len(),
+            faults: by_kind,
+            longest_unavailability_ms: longest_gap(&work, cfg.duration.as_nanos() as u64),
+            recovered,
+            verdict,
+            clean,
+        }
+    }
+
+    /// Writes `report.json`.
+    pub fn write(&self, path: &Path) -> Result<()> {
+        let json = serde_json::to_string_pretty(self).map_err(|e| anyhow!("encode report: {e}"))?;
+        std::fs::write(path, json).map_err(|e| anyhow!("{}: {e}", path.display()))
+    }
+}
+
+/// The longest stretch of the workload with no operation returning success.
+fn longest_gap(work: &[&Op], duration_ns: u64) -> f64 {
+    let mut done: Vec<u64> = work.iter().filter(|o| o.outcome == Outcome::Ok).filter_map(|o| o.return_ns).collect();
+    done.sort_unstable();
+    let start = work.iter().map(|o| o.invoke_ns).min().unwrap_or(0);
+    let mut last = start;
+    let mut longest = 0;
+    for t in done.iter().copied().chain(std::iter::once(start + duration_ns)) {
+        longest = longest.max(t.saturating_sub(last));
+        last = last.max(t);
+    }
+    longest as f64 / 1e6
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let v = &self.verdict;
+        writeln!(
+            f,
+            "chaos report: {} mode, seed {}, {} s, {} clients x {} workers, {} pages",
+            self.mode, self.seed, self.duration_s, self.clients, self.workers, self.pages
+        )?;
+        writeln!(
+            f,
+            "  ops: {} ok, {} failed, {} unknown; final reads {}/{} ok",
+            self.ops_ok, self.ops_failed, self.ops_unknown, self.final_reads_ok, self.final_reads
+        )?;
+        let faults: Vec<String> = self.faults.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        writeln!(f, "  faults: {}", if faults.is_empty() { "none".into() } else { faults.join(", ") })?;
+        writeln!(
+            f,
+            "  longest unavailability: {:.0} ms; recovered: {}",
+            self.longest_unavailability_ms, self.recovered
+        )?;
+        writeln!(
+            f,
+            "  checks: {} pages; not linearizable {}; undecided {}; lost acknowledged writes {}; phantom values {}; duplicate applications {}; epoch regressions {}",
+            v.pages, v.not_linearizable.len(), v.undecided.len(), v.lost_acknowledged_writes, v.phantom_values, v.duplicate_applications, v.epoch_regressions
+        )?;
+        for d in &v.details {
+            writeln!(f, "    {d}")?;
+        }
+        write!(f, "  verdict: {}", if self.clean { "CLEAN" } else { "VIOLATIONS" })
+    }
+}

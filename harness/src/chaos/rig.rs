@@ -1,0 +1,183 @@
+//! The rig: CM processes, client processes and the proxies between them, with
+//! the fault injections the schedule draws from.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::Rng;
+
+use super::procs::{signal, ClientProc, CmProc, CmSet};
+use super::proxy::{LinkState, Proxy};
+
+/// The kinds of fault the harness injects (`--faults`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+pub enum Nemesis {
+    /// kill -9 a CM node (biased to the leader), restart it.
+    Kill,
+    /// SIGSTOP a CM node for 1-3 s.
+    Pause,
+    /// Cut, blackhole or delay links for 2-4 s.
+    Partition,
+    /// kill -9 every CM node, restart them all.
+    RestartAll,
+    /// SIGSTOP a client for 1-3 s.
+    ClientPause,
+}
+
+impl Nemesis {
+    /// Every kind.
+    pub fn all() -> Vec<Nemesis> {
+        <Nemesis as clap::ValueEnum>::value_variants().to_vec()
+    }
+
+    /// The kind's name on the command line and in the report.
+    pub fn name(self) -> String {
+        clap::ValueEnum::to_possible_value(&self).map_or_else(|| format!("{self:?}"), |v| v.get_name().to_string())
+    }
+}
+
+/// Processes and links of one run.
+pub struct Rig {
+    /// CM nodes by id.
+    pub cms: CmSet,
+    /// Clients, by index.
+    pub clients: Vec<ClientProc>,
+    /// Links between CM nodes: (from, to) -> proxy.
+    pub cm_links: BTreeMap<(u64, u64), Proxy>,
+    /// Links from clients to CM nodes: (client index, CM id) -> proxy.
+    pub client_links: BTreeMap<(usize, u64), Proxy>,
+}
+
+impl Rig {
+    /// The id of a CM node that says it serves faults.
+    pub async fn leader(&self) -> Option<u64> {
+        self.cms.leader().await
+    }
+
+    /// Waits up to `timeout` for a serving node.
+    pub async fn wait_leader(&self, timeout: Duration) -> Option<u64> {
+        self.cms.wait_leader(timeout).await
+    }
+
+    /// The leader with probability 0.7 (when one is known), else a random node.
+    async fn pick_cm(&self, rng: &mut StdRng) -> u64 {
+        let leader = self.leader().await;
+        let ids = self.cms.ids();
+        match leader {
+            Some(l) if rng.gen_bool(0.7) => l,
+            _ => *ids.choose(rng).unwrap_or(&1),
+        }
+    }
+
+    /// Injects one fault of `kind`, holds it, heals it; returns what it did.
+    pub async fn inject(&self, kind: Nemesis, rng: &mut StdRng) -> String {
+        match kind {
+            Nemesis::Kill => {
+                let id = self.pick_cm(rng).await;
+                let down = ms(rng, 500, 1500);
+                self.cms.kill(id).await;
+                tokio::time::sleep(down).await;
+                self.cms.restart(id);
+                format!("kill -9 CM {id}, restarted after {} ms", down.as_millis())
+            }
+            Nemesis::RestartAll => {
+                let down = ms(rng, 300, 1000);
+                self.cms.kill_all().await;
+                tokio::time::sleep(down).await;
+                for id in self.cms.ids() {
+                    self.cms.restart(id);
+                }
+                format!("kill -9 every CM, restarted after {} ms", down.as_millis())
+            }
+            Nemesis::Pause => {
+                let id = self.pick_cm(rng).await;
+                let held = ms(rng, 1000, 3000);
+                let pid = self.cms.0.get(&id).and_then(CmProc::pid);
+                if let Some(pid) = pid {
+                    signal(pid, "STOP");
+                    tokio::time::sleep(held).await;
+                    signal(pid, "CONT");
+                }
+                format!("SIGSTOP CM {id} for {} ms", held.as_millis())
+            }
+            Nemesis::ClientPause => {
+                let index = rng.gen_range(0..self.clients.len().max(1));
+                let held = ms(rng, 1000, 3000);
+                if let Some(pid) = self.clients.get(index).and_then(ClientProc::pid) {
+                    signal(pid, "STOP");
+                    tokio::time::sleep(held).await;
+                    signal(pid, "CONT");
+                }
+                format!("SIGSTOP client {index} for {} ms", held.as_millis())
+            }
+            Nemesis::Partition => self.partition(rng).await,
+        }
+    }
+
+    async fn partition(&self, rng: &mut StdRng) -> String {
+        let leader = self.pick_cm(rng).await;
+        let held = ms(rng, 2000, 4000);
+        let variant = rng.gen_range(0..5);
+        let what = match variant {
+            0 => {
+                self.set_cm_links(|from, to| from == leader || to == leader, LinkState::Cut);
+                self.set_client_links(|_, cm| cm == leader, LinkState::Cut);
+                format!("CM {leader} isolated")
+            }
+            1 => {
+                self.set_cm_links(|from, _| from == leader, LinkState::Cut);
+                format!("one-way: CM {leader} cannot reach the others")
+            }
+            2 => {
+                let client = rng.gen_range(0..self.clients.len().max(1));
+                self.set_client_links(|c, cm| c == client && cm == leader, LinkState::Cut);
+                format!("client {client} cut off from CM {leader}")
+            }
+            3 => {
+                self.set_cm_links(|from, to| from == leader || to == leader, LinkState::Blackhole);
+                format!("CM {leader}'s links drop everything")
+            }
+            _ => {
+                let delay = ms(rng, 30, 120);
+                self.set_cm_links(|_, _| true, LinkState::Delay(delay));
+                self.set_client_links(|_, _| true, LinkState::Delay(delay));
+                format!("every link delayed {} ms", delay.as_millis())
+            }
+        };
+        tokio::time::sleep(held).await;
+        self.heal_links();
+        format!("{what} for {} ms", held.as_millis())
+    }
+
+    fn set_cm_links(&self, pick: impl Fn(u64, u64) -> bool, state: LinkState) {
+        self.cm_links.iter().filter(|((f, t), _)| pick(*f, *t)).for_each(|(_, p)| p.set(state));
+    }
+
+    fn set_client_links(&self, pick: impl Fn(usize, u64) -> bool, state: LinkState) {
+        self.client_links.iter().filter(|((c, cm), _)| pick(*c, *cm)).for_each(|(_, p)| p.set(state));
+    }
+
+    /// Every link back to normal.
+    pub fn heal_links(&self) {
+        self.cm_links.values().chain(self.client_links.values()).for_each(|p| p.set(LinkState::Pass));
+    }
+
+    /// Heals everything: links, paused processes, stopped CM nodes.
+    pub fn heal_all(&self) {
+        self.heal_links();
+        for pid in self.cms.0.values().filter_map(CmProc::pid).chain(self.clients.iter().filter_map(ClientProc::pid)) {
+            signal(pid, "CONT");
+        }
+        for cm in self.cms.0.values() {
+            if let Err(err) = cm.ensure_running() {
+                tracing::warn!("restart of CM {}: {err}", cm.id);
+            }
+        }
+    }
+}
+
+fn ms(rng: &mut StdRng, lo: u64, hi: u64) -> Duration {
+    Duration::from_millis(rng.gen_range(lo..=hi))
+}

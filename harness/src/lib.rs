@@ -1,0 +1,16 @@
+//! The tools around ivy-raft, kept out of the core library: the `ivy` binary's
+//! demo, chaos harness and benchmark, and the in-process cluster the tests and
+//! benches start.
+//!
+//! - [`cluster`]: CM nodes in this process on ephemeral loopback ports.
+//! - [`demo`]: the original experiment on an in-process cluster.
+//! - [`chaos`]: real processes, injected faults, a history and its checker.
+//! - [`bench`]: Raft against the heartbeat baseline on CM processes.
+//! - [`workload`]: the workload shape the demo and the bench share.
+
+pub mod bench;
+pub mod chaos;
+pub mod cluster;
+pub mod demo;
+mod op_counter;
+pub mod workload;

@@ -1,0 +1,458 @@
+//! The `ivy` binary: a thin CLI over the library and its tools.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use ivy_harness::bench::{self, BenchConfig, Scenario, Workload};
+use ivy_harness::chaos::{self, ChaosConfig, Nemesis};
+use ivy_harness::cluster::ClusterMode;
+use ivy_harness::demo;
+use ivy_raft::client::repl::{self, Event, Output};
+use ivy_raft::client::{Client, ClientConfig};
+use ivy_raft::cm::{CmConfig, CmNode, DEFAULT_PULSE};
+use ivy_raft::config::{parse_addrs, parse_peers, ReplicationMode, DEFAULT_CMS, DEFAULT_PEERS};
+use ivy_raft::protocol::DEFAULT_MAX_PAGE_BYTES;
+use ivy_raft::raft::RaftTimers;
+
+/// IVY distributed shared memory with a Raft-replicated central manager.
+#[derive(Parser)]
+#[command(name = "ivy", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a central-manager (CM) node; running the same command again restarts it from its data dir.
+    Cm(CmArgs),
+    /// Run a client: serves its pages and reads commands from stdin (type `help`).
+    Client(ClientArgs),
+    /// Show every CM node: id, address, role, term, last log index, applied index; exit 0 when a leader exists.
+    Status(StatusArgs),
+    /// Run the original experiment on an embedded CM cluster, without and with a leader kill.
+    Demo(DemoArgs),
+    /// Run CM nodes and clients as processes, inject faults, and check the history.
+    Chaos(ChaosArgs),
+    /// Measure Raft against the heartbeat baseline on CM processes, with and without CM kills.
+    Bench(BenchArgs),
+}
+
+/// How the directory is replicated, with each mode's settings.
+#[derive(Args, Clone, Copy)]
+struct ModeArgs {
+    /// How the directory is replicated.
+    #[arg(long, env = "IVY_MODE", value_enum, default_value_t = ReplicationMode::Raft)]
+    mode: ReplicationMode,
+    /// Heartbeat mode: how often the backup copies the primary's directory, ms.
+    #[arg(long, env = "IVY_PULSE_MS", default_value_t = DEFAULT_PULSE.as_millis() as u64)]
+    pulse_ms: u64,
+    #[command(flatten)]
+    timers: TimerArgs,
+}
+
+impl ModeArgs {
+    fn cluster_mode(self) -> ClusterMode {
+        ClusterMode { mode: self.mode, timers: self.timers.timers(), pulse: Duration::from_millis(self.pulse_ms) }
+    }
+}
+
+#[derive(Args, Clone, Copy)]
+struct TimerArgs {
+    /// Raft heartbeat interval, ms.
+    #[arg(long, env = "IVY_HEARTBEAT_MS", default_value_t = RaftTimers::default().heartbeat_ms)]
+    heartbeat_ms: u64,
+    /// Raft election timeout, lower bound, ms.
+    #[arg(long, env = "IVY_ELECTION_MIN_MS", default_value_t = RaftTimers::default().election_min_ms)]
+    election_min_ms: u64,
+    /// Raft election timeout, upper bound, ms.
+    #[arg(long, env = "IVY_ELECTION_MAX_MS", default_value_t = RaftTimers::default().election_max_ms)]
+    election_max_ms: u64,
+}
+
+impl TimerArgs {
+    fn timers(self) -> RaftTimers {
+        RaftTimers {
+            heartbeat_ms: self.heartbeat_ms,
+            election_min_ms: self.election_min_ms,
+            election_max_ms: self.election_max_ms,
+        }
+    }
+}
+
+#[derive(Args)]
+struct CmArgs {
+    /// This node's id, a key of --peers.
+    #[arg(long, env = "IVY_ID")]
+    id: u64,
+    /// Every CM node as ID=HOST:PORT, comma separated.
+    #[arg(long, env = "IVY_PEERS", default_value = DEFAULT_PEERS)]
+    peers: String,
+    /// Where this node keeps its sled store [default: data/cm-ID].
+    #[arg(long, env = "IVY_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Address to listen on [default: this node's address in --peers].
+    #[arg(long, env = "IVY_LISTEN")]
+    listen: Option<String>,
+    #[command(flatten)]
+    mode: ModeArgs,
+    /// Testing only: skip invalidations so copies go stale (the chaos harness's
+    /// broken build).
+    #[arg(long, env = "IVY_UNSAFE_SKIP_INVALIDATION", hide = true)]
+    unsafe_skip_invalidation: bool,
+}
+
+#[derive(Args)]
+struct ClientArgs {
+    /// CM node addresses, comma separated.
+    #[arg(long, env = "IVY_CM", default_value = DEFAULT_CMS)]
+    cm: String,
+    /// Address to serve this client's pages on (port 0: any free port).
+    #[arg(long, env = "IVY_LISTEN", default_value = "127.0.0.1:0")]
+    listen: String,
+    /// Print one JSON object per line instead of text.
+    #[arg(long, env = "IVY_JSON")]
+    json: bool,
+    /// Largest page content, bytes.
+    #[arg(long, env = "IVY_MAX_PAGE_BYTES", default_value_t = DEFAULT_MAX_PAGE_BYTES)]
+    max_page_bytes: usize,
+    /// Deadline of one read or write, retries included, ms.
+    #[arg(long, env = "IVY_TIMEOUT_MS", default_value_t = 5000)]
+    timeout_ms: u64,
+}
+
+#[derive(Args)]
+struct StatusArgs {
+    /// CM node addresses, comma separated.
+    #[arg(long, env = "IVY_CM", default_value = DEFAULT_CMS)]
+    cm: String,
+    /// Print JSON instead of a table.
+    #[arg(long, env = "IVY_JSON")]
+    json: bool,
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Clients, all running at once.
+    #[arg(long, env = "IVY_DEMO_CLIENTS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=200))]
+    clients: u64,
+    /// Random operations per client.
+    #[arg(long, env = "IVY_DEMO_OPS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    ops: u64,
+    #[command(flatten)]
+    mode: ModeArgs,
+}
+
+#[derive(Args)]
+struct ChaosArgs {
+    /// Which design to exercise.
+    #[arg(long, env = "IVY_MODE", value_enum, default_value_t = ReplicationMode::Raft)]
+    mode: ReplicationMode,
+    /// How long the workload runs, e.g. 60s, 90s, 2m.
+    #[arg(long, env = "IVY_CHAOS_DURATION", default_value = "60s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Seed of the workload and of the fault schedule.
+    #[arg(long, env = "IVY_CHAOS_SEED", default_value_t = 1)]
+    seed: u64,
+    /// Client processes.
+    #[arg(long, env = "IVY_CHAOS_CLIENTS", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
+    clients: u64,
+    /// Concurrent workers per client.
+    #[arg(long, env = "IVY_CHAOS_WORKERS", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
+    workers: u64,
+    /// Pages P1..Pn.
+    #[arg(long, env = "IVY_CHAOS_PAGES", default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pages: u64,
+    /// Fault kinds, comma separated; none for a run without faults.
+    #[arg(long, env = "IVY_CHAOS_FAULTS", value_enum, value_delimiter = ',', num_args = 0..,
+          default_value = "kill,pause,partition,restart-all,client-pause")]
+    faults: Vec<Nemesis>,
+    /// Run without injecting any fault (overrides --faults).
+    #[arg(long, env = "IVY_CHAOS_NO_FAULTS")]
+    no_faults: bool,
+    /// Where logs, data dirs, history.jsonl and report.json go.
+    #[arg(long, env = "IVY_CHAOS_OUT", default_value = "chaos-out")]
+    out: PathBuf,
+    /// Heartbeat mode: the backup's pulse, ms.
+    #[arg(long, env = "IVY_PULSE_MS", default_value_t = DEFAULT_PULSE.as_millis() as u64)]
+    pulse_ms: u64,
+    /// Testing only: CM nodes skip invalidations (a broken build the checker must catch).
+    #[arg(long, env = "IVY_UNSAFE_SKIP_INVALIDATION", hide = true)]
+    unsafe_skip_invalidation: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Suite {
+    /// One workload from the flags.
+    Custom,
+    /// The README's tables: the original experiment (10 clients x 10 ops) and a
+    /// longer one (x 300) under every scenario, a scale run (100 clients x 1000
+    /// pages) and a read-heavy mix, both modes.
+    Readme,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Which modes to measure, comma separated.
+    #[arg(long, env = "IVY_MODE", value_enum, value_delimiter = ',', default_value = "raft,heartbeat")]
+    mode: Vec<ReplicationMode>,
+    /// Clients, all running at once.
+    #[arg(long, env = "IVY_BENCH_CLIENTS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    clients: u64,
+    /// Pages P1..Pn.
+    #[arg(long, env = "IVY_BENCH_PAGES", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pages: u64,
+    /// Operations per client.
+    #[arg(long, env = "IVY_BENCH_OPS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    ops: u64,
+    /// Probability that an operation is a read.
+    #[arg(long, env = "IVY_BENCH_READ_RATIO", default_value_t = 0.5, value_parser = parse_ratio)]
+    read_ratio: f64,
+    /// Scenarios, comma separated.
+    #[arg(
+        long,
+        env = "IVY_BENCH_SCENARIO",
+        value_enum,
+        value_delimiter = ',',
+        default_value = "none,kill-leader,kill-restart,kill-restart-many,kill-both"
+    )]
+    scenario: Vec<Scenario>,
+    /// A preset set of workloads instead of the flags above.
+    #[arg(long, env = "IVY_BENCH_SUITE", value_enum, default_value = "custom")]
+    suite: Suite,
+    /// Where results, plots, data dirs and logs go.
+    #[arg(long, env = "IVY_BENCH_OUT", default_value = "bench-out")]
+    out: PathBuf,
+    /// Heartbeat mode: the backup's pulse, ms.
+    #[arg(long, env = "IVY_PULSE_MS", default_value_t = DEFAULT_PULSE.as_millis() as u64)]
+    pulse_ms: u64,
+    /// Run nothing: redraw the tables and plots in --out from this results.json.
+    #[arg(long)]
+    replot: Option<PathBuf>,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s.find(|c: char| !c.is_ascii_digit()).map_or((s, "s"), |i| s.split_at(i));
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration like 60s, 500ms or 2m"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("{s:?} is not a duration like 60s, 500ms or 2m")),
+    }
+}
+
+fn parse_ratio(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(format!("{s:?} is not a probability between 0 and 1")),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // Without RUST_LOG: a CM node says what it does; everything else stays quiet.
+    // openraft's own logs (a down peer is logged every retry) need RUST_LOG=openraft=warn.
+    let default_filter = match cli.command {
+        Command::Cm(_) => "info,openraft=off",
+        // The bench's in-process clients would interleave warnings with its output.
+        Command::Bench(_) => "error,openraft=off",
+        _ => "warn,openraft=off",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(err) => return fail(&anyhow::anyhow!("cannot start the tokio runtime: {err}")),
+    };
+    let ran = runtime.block_on(async {
+        match cli.command {
+            Command::Cm(args) => run_cm(args).await,
+            Command::Client(args) => run_client(args).await,
+            Command::Status(args) => run_status(args).await,
+            Command::Demo(args) => run_demo(args).await,
+            Command::Chaos(args) => run_chaos(args).await,
+            Command::Bench(args) => run_bench(args).await,
+        }
+    });
+    match ran {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => fail(&err),
+    }
+}
+
+/// Prints the error and its causes on one line (never a backtrace: a user
+/// error is not a crash) and exits with 1.
+fn fail(err: &anyhow::Error) -> ExitCode {
+    eprintln!("error: {err:#}");
+    ExitCode::FAILURE
+}
+
+async fn run_cm(args: CmArgs) -> Result<()> {
+    let peers = parse_peers(&args.peers)?;
+    let mut config =
+        CmConfig::new(args.id, peers, args.data_dir.unwrap_or_else(|| PathBuf::from(format!("data/cm-{}", args.id))));
+    let mode = args.mode.cluster_mode();
+    config.mode = mode.mode;
+    config.timers = mode.timers;
+    config.pulse = mode.pulse;
+    config.unsafe_skip_invalidation = args.unsafe_skip_invalidation;
+    config.validate()?;
+    let listen = args.listen.unwrap_or_else(|| config.peers[&config.id].clone());
+    let listener =
+        tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    let node = CmNode::start(config.clone(), listener).await?;
+    eprintln!("CM node {} serving on {} (data dir {})", config.id, node.addr, config.data_dir.display());
+    shutdown_signal().await;
+    eprintln!("CM node {} stopping", config.id);
+    node.shutdown().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+async fn run_client(args: ClientArgs) -> Result<()> {
+    let out = Output { json: args.json };
+    let started = async {
+        let config = ClientConfig {
+            cms: parse_addrs(&args.cm)?,
+            listen: args.listen,
+            max_page_bytes: args.max_page_bytes,
+            op_timeout: Duration::from_millis(args.timeout_ms),
+            record_grants: false,
+        };
+        Client::start(config).await
+    };
+    let client = match started.await {
+        Ok(client) => client,
+        Err(err) => {
+            if out.json {
+                out.event(&Event::Error { error: err.to_string() });
+            }
+            return Err(err.into());
+        }
+    };
+    let stdin = tokio::io::BufReader::new(tokio::io::stdin());
+    repl::run(client, stdin, out).await?;
+    Ok(())
+}
+
+async fn run_status(args: StatusArgs) -> Result<()> {
+    let addrs = parse_addrs(&args.cm)?;
+    let rpc = ivy_raft::rpc::ManagerClient::new(ivy_raft::rpc::Channels::new(ivy_raft::client::STATUS_TIMEOUT));
+    let report = ivy_raft::client::status_of(&rpc, &addrs).await;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!("{report}");
+    }
+    if !report.ok {
+        bail!("no CM node is the leader");
+    }
+    Ok(())
+}
+
+async fn run_demo(args: DemoArgs) -> Result<()> {
+    let work = Workload { clients: args.clients as usize, ops: args.ops as usize, ..Workload::original() };
+    let mode = args.mode.cluster_mode();
+    let cms = match mode.mode {
+        ReplicationMode::Raft => "3 CM nodes (Raft)".to_string(),
+        ReplicationMode::Heartbeat => {
+            format!("primary + backup CM (heartbeat, pulse {} ms)", mode.pulse.as_millis())
+        }
+    };
+    println!("ivy demo: {cms}, {} clients x {} random reads/writes on P1..P10, no sleeps", work.clients, work.ops);
+    let reports = demo::run(mode, &work).await?;
+    let failed: usize = reports.iter().map(|r| r.failed).sum();
+    if failed > 0 && mode.mode == ReplicationMode::Heartbeat {
+        bail!("{failed} operations failed: the heartbeat baseline loses what changed after the backup's last copy");
+    }
+    if failed > 0 {
+        bail!("{failed} operations failed");
+    }
+    Ok(())
+}
+
+async fn run_chaos(args: ChaosArgs) -> Result<()> {
+    let config = ChaosConfig {
+        bin: std::env::current_exe().context("locating the ivy binary")?,
+        mode: args.mode,
+        duration: args.duration,
+        seed: args.seed,
+        clients: args.clients as usize,
+        workers: args.workers as usize,
+        pages: args.pages as usize,
+        faults: if args.no_faults { Vec::new() } else { args.faults },
+        out: args.out,
+        pulse_ms: args.pulse_ms,
+        unsafe_skip_invalidation: args.unsafe_skip_invalidation,
+    };
+    let report = chaos::run(&config).await?;
+    println!("{report}");
+    println!("history: {}", config.out.join("history.jsonl").display());
+    if !report.clean {
+        bail!("the chaos run found violations (see {})", config.out.join("report.json").display());
+    }
+    Ok(())
+}
+
+async fn run_bench(args: BenchArgs) -> Result<()> {
+    if let Some(path) = &args.replot {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let results: Vec<bench::RunResult> =
+            serde_json::from_str(&text).with_context(|| format!("{} is not a bench results.json", path.display()))?;
+        bench::write_all(&args.out, &results)?;
+        println!("{}", bench::output_markdown(&results));
+        return Ok(());
+    }
+    let custom = Workload {
+        label: "custom".into(),
+        clients: args.clients as usize,
+        pages: args.pages as usize,
+        ops: args.ops as usize,
+        read_ratio: args.read_ratio,
+    };
+    let plan: Vec<(Workload, Vec<Scenario>)> = match args.suite {
+        Suite::Custom => vec![(custom, args.scenario.clone())],
+        Suite::Readme => vec![
+            (Workload::original(), Scenario::all()),
+            (Workload { label: "failover".into(), ops: 300, ..Workload::original() }, Scenario::all()),
+            (
+                Workload { label: "scale".into(), clients: 100, pages: 1000, ops: 100, read_ratio: 0.5 },
+                vec![Scenario::None],
+            ),
+            (
+                Workload { label: "read-heavy".into(), ops: 500, read_ratio: 0.9, ..Workload::original() },
+                vec![Scenario::None],
+            ),
+        ],
+    };
+    let config = BenchConfig {
+        bin: std::env::current_exe().context("locating the ivy binary")?,
+        out: args.out.clone(),
+        pulse_ms: args.pulse_ms,
+    };
+    let results = bench::run_plan(&config, &plan, &args.mode).await?;
+    let summary = bench::write_all(&args.out, &results)?;
+    println!("{summary}");
+    println!("{}", bench::output_markdown(&results));
+    println!("results, plots and logs: {}", args.out.display());
+    Ok(())
+}

@@ -1,0 +1,125 @@
+//! One REPL line parsed into a [`Command`], once.
+
+/// Pages the `x` command draws from: P1..P10, as in the original experiment.
+pub const X_PAGES: u64 = 10;
+
+/// Most operations one `x` command runs.
+pub const MAX_X_OPS: u64 = 1_000_000;
+
+/// One parsed REPL command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Write content to a page.
+    Write {
+        /// The page.
+        page: String,
+        /// The rest of the line.
+        content: String,
+    },
+    /// Read a page.
+    Read {
+        /// The page.
+        page: String,
+    },
+    /// Show the local page table.
+    Print,
+    /// N random reads/writes on P1..P10.
+    Random {
+        /// How many.
+        n: u64,
+    },
+    /// Show the CM nodes.
+    Status,
+    /// List the commands.
+    Help,
+    /// Leave the cluster and exit.
+    Quit,
+}
+
+/// The help text, one command a line.
+pub const HELP: &[&str] = &[
+    "write <page> <content...>   write a page (alias writePage); the first write creates it",
+    "read <page>                 read a page (alias readPage)",
+    "print                       show this client's page table",
+    "x [N]                       N random reads/writes on P1..P10 (default 10)",
+    "status                      show the CM nodes",
+    "help                        this list",
+    "quit                        leave the cluster and exit",
+];
+
+/// Parses one input line; `Ok(None)` for a blank line.
+pub fn parse(line: &str) -> Result<Option<Command>, String> {
+    if let Some(c) = line.chars().find(|c| c.is_control() && *c != '\t') {
+        return Err(format!("the line holds a control character {c:?}; type help for the commands"));
+    }
+    let line = line.trim();
+    let (word, rest) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
+    let rest = rest.trim_start();
+    let cmd = match word {
+        "" => return Ok(None),
+        "write" | "writePage" => {
+            let (page, content) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
+            if page.is_empty() {
+                return Err("usage: write <page> <content...>".into());
+            }
+            Command::Write { page: page.into(), content: content.trim_start().into() }
+        }
+        "read" | "readPage" => match rest.split_whitespace().collect::<Vec<_>>().as_slice() {
+            [page] => Command::Read { page: (*page).into() },
+            _ => return Err("usage: read <page>".into()),
+        },
+        "print" => Command::Print,
+        "x" => Command::Random { n: parse_count(rest)? },
+        "status" => Command::Status,
+        "help" => Command::Help,
+        "quit" | "exit" => Command::Quit,
+        other => return Err(format!("unknown command {other:?}; try help")),
+    };
+    Ok(Some(cmd))
+}
+
+fn parse_count(rest: &str) -> Result<u64, String> {
+    if rest.is_empty() {
+        return Ok(10);
+    }
+    match rest.parse::<u64>() {
+        Ok(n) if (1..=MAX_X_OPS).contains(&n) => Ok(n),
+        _ => Err(format!("usage: x [N] with N from 1 to {MAX_X_OPS}, not {rest:?}")),
+    }
+}
+
+/// Splits a leading `#TAG ` off a line: a tagged command runs concurrently and its
+/// answer carries `"tag"`, so a driver can keep several commands in flight.
+pub fn split_tag(line: &str) -> (Option<String>, &str) {
+    let trimmed = line.trim_start();
+    match trimmed.strip_prefix('#') {
+        Some(rest) => {
+            let (tag, cmd) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
+            (Some(tag.to_string()), cmd)
+        }
+        None => (None, line),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_commands() {
+        let w = parse("writePage P1 hello  world").unwrap().unwrap();
+        assert_eq!(w, Command::Write { page: "P1".into(), content: "hello  world".into() });
+        assert_eq!(parse("readPage P1").unwrap(), Some(Command::Read { page: "P1".into() }));
+        assert_eq!(parse("x").unwrap(), Some(Command::Random { n: 10 }));
+        assert_eq!(parse("x 25").unwrap(), Some(Command::Random { n: 25 }));
+        assert_eq!(parse("   ").unwrap(), None);
+        assert!(parse("x 0").is_err());
+        assert!(parse("x lots").is_err());
+        assert!(parse("read").is_err());
+        assert!(parse("read P1 P2").is_err());
+        assert!(parse("fly away").unwrap_err().contains("unknown command"));
+        assert!(parse("\u{1b}[A").unwrap_err().contains("control character"));
+        assert_eq!(split_tag("#7 read P1"), (Some("7".into()), "read P1"));
+        assert_eq!(split_tag("read P1"), (None, "read P1"));
+    }
+}

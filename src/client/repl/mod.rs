@@ -1,0 +1,202 @@
+//! The client's command loop: one command per stdin line, one answer per command.
+//!
+//! Commands: `write <page> <content...>` (alias `writePage`), `read <page>`
+//! (alias `readPage`), `print`, `x [N]`, `status`, `help`, `quit`. Each line is
+//! parsed once into a [`Command`]; each command gives one typed [`Answer`],
+//! printed as one JSON object per line with `--json` (the first line is the
+//! `ready` [`Event`]) and as text for a person otherwise. A line starting `#TAG `
+//! runs concurrently with the lines after it and its answer carries
+//! `"tag":"TAG"` (the chaos harness keeps several ops in flight). A line that is
+//! not valid UTF-8 or holds control characters (an arrow key's escape sequence)
+//! gets an error answer; the loop goes on.
+
+mod answer;
+mod command;
+
+use std::io::{IsTerminal, Write};
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt};
+use tokio::task::JoinSet;
+
+pub use answer::{Answer, Body, Event, OpAnswer, PageRow, RandomSummary};
+pub use command::{parse, split_tag, Command, HELP, MAX_X_OPS, X_PAGES};
+
+use super::Client;
+use crate::error::Error;
+use crate::protocol::{Hit, OpDone, RandomOp, RandomOps};
+
+/// Longest input line accepted, bytes (a page's content plus the command).
+const MAX_LINE: usize = 1024 * 1024;
+
+/// Where answers go: JSON lines or text.
+#[derive(Debug, Clone, Copy)]
+pub struct Output {
+    /// One JSON object per line.
+    pub json: bool,
+}
+
+impl Output {
+    /// Prints one answer.
+    pub fn answer(self, answer: &Answer) {
+        if self.json {
+            println!("{}", serde_json::to_string(answer).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}")));
+        } else {
+            println!("{answer}");
+        }
+    }
+
+    /// Prints one event.
+    pub fn event(self, event: &Event) {
+        if self.json {
+            println!("{}", serde_json::to_string(event).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}")));
+        } else {
+            println!("{event}");
+        }
+    }
+}
+
+/// Runs the command loop over `input` until `quit` or end of input.
+pub async fn run<R: AsyncBufRead + Unpin>(client: Client, mut input: R, out: Output) -> Result<(), Error> {
+    out.event(&Event::Ready { client: client.id(), listen: client.addr().to_string() });
+    let client = Arc::new(client);
+    let mut tagged = JoinSet::new();
+    // A person at a terminal gets a prompt; a script or --json gets only answers.
+    let prompt = !out.json && std::io::stdin().is_terminal();
+    let mut buf = Vec::new();
+    loop {
+        if prompt {
+            print!("> ");
+            let _ = std::io::stdout().flush();
+        }
+        buf.clear();
+        let read = (&mut input).take(MAX_LINE as u64 + 1).read_until(b'\n', &mut buf).await;
+        let read = read.map_err(|e| Error::Internal(format!("stdin: {e}")))?;
+        if read == 0 {
+            break;
+        }
+        let line = match std::str::from_utf8(&buf) {
+            Ok(line) if buf.len() <= MAX_LINE => line.trim_end_matches(['\n', '\r']),
+            Ok(_) => {
+                out.answer(&unknown(None, format!("the line is longer than {MAX_LINE} bytes")));
+                continue;
+            }
+            Err(_) => {
+                out.answer(&unknown(None, "the line is not valid UTF-8".into()));
+                continue;
+            }
+        };
+        let (tag, line) = split_tag(line);
+        let cmd = match parse(line) {
+            Ok(None) => continue,
+            Ok(Some(Command::Quit)) => break,
+            Ok(Some(cmd)) => cmd,
+            Err(err) => {
+                out.answer(&unknown(tag, err));
+                continue;
+            }
+        };
+        match tag {
+            // A tagged command runs concurrently with the ones after it.
+            Some(tag) => {
+                let client = client.clone();
+                tagged.spawn(async move { out.answer(&Answer { body: execute(&client, cmd).await, tag: Some(tag) }) });
+            }
+            None => out.answer(&Answer { body: execute(&client, cmd).await, tag: None }),
+        }
+    }
+    while tagged.join_next().await.is_some() {}
+    let left = match Arc::try_unwrap(client) {
+        Ok(client) => client.leave().await,
+        Err(_) => Err(Error::Internal("commands still running".into())),
+    };
+    let error = left.err().map(|e| e.to_string());
+    out.answer(&Answer { body: Body::Quit { ok: error.is_none(), error }, tag: None });
+    Ok(())
+}
+
+fn unknown(tag: Option<String>, error: String) -> Answer {
+    Answer { body: Body::Unknown { ok: false, error }, tag }
+}
+
+/// Executes one command and returns its answer.
+pub async fn execute(client: &Client, cmd: Command) -> Body {
+    let start = Instant::now();
+    match cmd {
+        Command::Write { page, content } => {
+            let done = client.write_at(&page, content.as_bytes()).await;
+            Body::Write(op_answer(page, done, start))
+        }
+        Command::Read { page } => {
+            let done = client.read_at(&page).await;
+            Body::Read(op_answer(page, done, start))
+        }
+        Command::Print => print(client),
+        Command::Random { n } => Body::X(random(client, n, start).await),
+        Command::Status => Body::Status { client: client.id(), report: client.cm().status().await },
+        Command::Help => Body::Help { ok: true, commands: HELP },
+        Command::Quit => Body::Quit { ok: true, error: None },
+    }
+}
+
+fn ms_since(start: Instant) -> f64 {
+    (start.elapsed().as_secs_f64() * 1e6).round() / 1e3
+}
+
+fn op_answer(page: String, done: Result<OpDone, Error>, start: Instant) -> OpAnswer {
+    let ms = ms_since(start);
+    match done {
+        Ok(d) => OpAnswer {
+            page,
+            ok: true,
+            value: d.value.map(|v| String::from_utf8_lossy(&v).into_owned()),
+            local: Some(d.hit == Hit::Local),
+            epoch: Some(d.epoch),
+            error: None,
+            ms,
+        },
+        Err(e) => OpAnswer { page, ok: false, value: None, local: None, epoch: None, error: Some(e.to_string()), ms },
+    }
+}
+
+fn print(client: &Client) -> Body {
+    let pages = client
+        .pages()
+        .into_iter()
+        .map(|(page, local)| PageRow {
+            page: page.to_string(),
+            access: local.access,
+            epoch: local.epoch,
+            value: local.content.as_deref().map(|v| String::from_utf8_lossy(v).into_owned()),
+        })
+        .collect();
+    Body::Print { ok: true, client: client.id(), pages }
+}
+
+/// `x N`: N reads or writes by coin flip on P1..P10, no sleeps.
+async fn random(client: &Client, n: u64, start: Instant) -> RandomSummary {
+    const SHOWN_ERRORS: usize = 3;
+    let (mut succeeded, mut failed, mut local) = (0u64, 0u64, 0u64);
+    let mut errors: Vec<String> = Vec::new();
+    let ops = RandomOps::new(rand::random(), X_PAGES, 0.5, format!("c{}", client.id()));
+    for op in ops.take(n as usize) {
+        let result = match &op {
+            RandomOp::Write { page, value } => client.write(page, value.as_bytes()).await,
+            RandomOp::Read { page } => client.read(page).await.map(|(_, hit)| hit),
+        };
+        match result {
+            Ok(hit) => {
+                succeeded += 1;
+                local += u64::from(hit == Hit::Local);
+            }
+            Err(e) => {
+                failed += 1;
+                if errors.len() < SHOWN_ERRORS {
+                    errors.push(e.to_string());
+                }
+            }
+        }
+    }
+    RandomSummary { n, ok: failed == 0, succeeded, failed, local, ms: ms_since(start), errors }
+}

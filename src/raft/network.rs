@@ -1,0 +1,152 @@
+//! openraft's RPCs over the `RaftTransport` gRPC service: the network factory
+//! (this node calling its peers) and the handler (peers calling this node).
+//! Requests and replies are openraft's own serde types, postcard-encoded; a reply
+//! carries `Result<response, RaftError>` so a remote Raft error reaches the
+//! caller's openraft as a remote error, not a network one.
+//!
+//! A call that gets no reply in time is reported to openraft as a *timeout*, not
+//! as *unreachable*: openraft backs off from an unreachable peer (500 ms by
+//! default), which under load turned one slow AppendEntries into a stalled
+//! follower and a spurious election.
+
+use std::collections::BTreeMap;
+
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
+};
+use openraft::{BasicNode, RaftTypeConfig};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::store::codec;
+use super::{Raft, TypeConfig};
+use crate::error::Error;
+use crate::rpc::{RaftApi, RaftCall, RaftCallError, RaftClient};
+
+type RpcResult<T, E = RaftError<u64>> = Result<T, RPCError<u64, BasicNode, E>>;
+
+/// Creates a [`PeerNetwork`] per target CM node, sharing one transport.
+/// Peers are reached at the address this node was configured with for their id
+/// (its `--peers`), else at the one stored in the Raft membership: each node may
+/// see its peers through different addresses (the chaos harness puts a proxy on
+/// every link), while the membership is shared.
+pub struct NetworkFactory {
+    transport: RaftClient,
+    peers: BTreeMap<u64, String>,
+}
+
+impl NetworkFactory {
+    /// A factory reaching `peers` through `transport`.
+    pub fn new(transport: RaftClient, peers: BTreeMap<u64, String>) -> Self {
+        NetworkFactory { transport, peers }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
+    type Network = PeerNetwork;
+
+    async fn new_client(&mut self, target: u64, node: &BasicNode) -> PeerNetwork {
+        PeerNetwork {
+            target,
+            addr: self.peers.get(&target).cloned().unwrap_or_else(|| node.addr.clone()),
+            transport: self.transport.clone(),
+        }
+    }
+}
+
+/// The connection from this CM node to one peer.
+pub struct PeerNetwork {
+    target: u64,
+    addr: String,
+    transport: RaftClient,
+}
+
+impl PeerNetwork {
+    async fn call<Req, Resp, E>(&self, call: RaftCall, req: &Req, option: &RPCOption) -> RpcResult<Resp, E>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let data = codec::encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let ttl = option.hard_ttl();
+        let reply = self.transport.call(&self.addr, call, data, ttl).await.map_err(|e| match e {
+            RaftCallError::Timeout { .. } => {
+                let action = match call {
+                    RaftCall::Append => openraft::network::RPCTypes::AppendEntries,
+                    RaftCall::Vote => openraft::network::RPCTypes::Vote,
+                    RaftCall::Snapshot => openraft::network::RPCTypes::InstallSnapshot,
+                };
+                RPCError::Timeout(Timeout { action, id: 0, target: self.target, timeout: ttl })
+            }
+            RaftCallError::Unreachable { .. } => RPCError::Unreachable(Unreachable::new(&e)),
+        })?;
+        let result: Result<Resp, E> = codec::decode(&reply).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerNetwork {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<u64>> {
+        self.call(RaftCall::Append, &rpc, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<InstallSnapshotResponse<u64>, RaftError<u64, InstallSnapshotError>> {
+        self.call(RaftCall::Snapshot, &rpc, &option).await
+    }
+
+    async fn vote(&mut self, rpc: VoteRequest<u64>, option: RPCOption) -> RpcResult<VoteResponse<u64>> {
+        self.call(RaftCall::Vote, &rpc, &option).await
+    }
+}
+
+/// Peers' calls to this node: decode, hand to the local Raft node, encode.
+pub struct TransportHandler {
+    raft: Raft,
+}
+
+impl TransportHandler {
+    /// Serves RPCs for `raft`.
+    pub fn new(raft: Raft) -> Self {
+        TransportHandler { raft }
+    }
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
+    codec::decode(bytes).map_err(|e| Error::Malformed(format!("raft payload: {e}")))
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, Error> {
+    codec::encode(value).map_err(|e| Error::Internal(format!("encode raft reply: {e}")))
+}
+
+#[tonic::async_trait]
+impl RaftApi for TransportHandler {
+    async fn handle(&self, call: RaftCall, request: Vec<u8>) -> Result<Vec<u8>, Error> {
+        match call {
+            RaftCall::Append => {
+                let rpc: AppendEntriesRequest<TypeConfig> = decode(&request)?;
+                encode(&self.raft.append_entries(rpc).await)
+            }
+            RaftCall::Vote => {
+                let rpc: VoteRequest<<TypeConfig as RaftTypeConfig>::NodeId> = decode(&request)?;
+                encode(&self.raft.vote(rpc).await)
+            }
+            RaftCall::Snapshot => {
+                let rpc: InstallSnapshotRequest<TypeConfig> = decode(&request)?;
+                encode(&self.raft.install_snapshot(rpc).await)
+            }
+        }
+    }
+}

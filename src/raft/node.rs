@@ -1,0 +1,153 @@
+//! Starting the Raft side of a CM node, and what the node asks of Raft while it
+//! serves: may I serve (the read barrier), and how do I stand (status).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use openraft::{BasicNode, ServerState};
+
+use super::network::NetworkFactory;
+use super::{leader_of, not_leader, raft_error, role, store, Proposer, Raft, RaftTimers};
+use crate::config::ReplicationMode;
+use crate::error::Error;
+use crate::protocol::SharedDirectory;
+use crate::rpc::RaftClient;
+use crate::status::NodeStatus;
+
+/// What the Raft side of a node needs to start.
+pub struct RaftStart<'a> {
+    /// This node's id.
+    pub id: u64,
+    /// Every CM node's id and the address this node reaches it at.
+    pub peers: &'a BTreeMap<u64, String>,
+    /// Where the sled store lives.
+    pub data_dir: &'a Path,
+    /// The timers.
+    pub timers: RaftTimers,
+    /// The transport to peers.
+    pub transport: RaftClient,
+}
+
+/// Opens the store, starts openraft and proposes the initial membership on
+/// first start; returns the replica and the directory it applies to.
+pub async fn start(s: RaftStart<'_>) -> Result<(RaftReplica, SharedDirectory), Error> {
+    let (log_store, state_machine) = store::open(s.data_dir)?;
+    let dir = state_machine.directory();
+    let network = NetworkFactory::new(s.transport, s.peers.clone());
+    let raft = Raft::new(s.id, s.timers.config()?, network, log_store, state_machine)
+        .await
+        .map_err(|e| Error::Internal(format!("raft start: {e}")))?;
+    initialize(&raft, s.peers).await?;
+    let proposer = Proposer::spawn(raft.clone());
+    tokio::spawn(log_role_changes(raft.clone()));
+    Ok((RaftReplica::new(raft, proposer, s.timers.commit_deadline()), dir))
+}
+
+/// Logs every change of this node's role or of the leader it knows, until shutdown.
+async fn log_role_changes(raft: Raft) {
+    let mut metrics = raft.metrics();
+    let mut seen = None;
+    loop {
+        let now = {
+            let m = metrics.borrow_and_update();
+            (m.state, m.current_leader, m.current_term)
+        };
+        if seen.map(|(s, l, _)| (s, l)) != Some((now.0, now.1)) {
+            let leader = now.1.map_or("none".to_string(), |l| l.to_string());
+            tracing::info!("role {}, term {}, leader {leader}", role(now.0), now.2);
+            seen = Some(now);
+        }
+        if now.0 == ServerState::Shutdown || metrics.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Proposes the initial membership if this node's store is empty.
+async fn initialize(raft: &Raft, peers: &BTreeMap<u64, String>) -> Result<(), Error> {
+    let fatal = |e: openraft::error::Fatal<u64>| Error::Internal(format!("raft: {e}"));
+    if raft.is_initialized().await.map_err(fatal)? {
+        return Ok(());
+    }
+    let members: BTreeMap<u64, BasicNode> =
+        peers.iter().map(|(id, addr)| (*id, BasicNode { addr: addr.clone() })).collect();
+    if let Err(err) = raft.initialize(members).await {
+        tracing::info!("initial membership not proposed by this node: {err}");
+    }
+    Ok(())
+}
+
+/// The Raft side of a running node: a proposer for commits and a once-per-term
+/// read barrier.
+pub struct RaftReplica {
+    raft: Raft,
+    proposer: Proposer,
+    deadline: Duration,
+    ready_term: AtomicU64,
+}
+
+impl RaftReplica {
+    fn new(raft: Raft, proposer: Proposer, deadline: Duration) -> Self {
+        RaftReplica { raft, proposer, deadline, ready_term: AtomicU64::new(0) }
+    }
+
+    /// The openraft handle.
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    /// The batching proposer.
+    pub fn proposer(&self) -> &Proposer {
+        &self.proposer
+    }
+
+    /// Fails with `NotLeader` unless this node leads; once per term, waits until
+    /// the directory reflects every commit of earlier terms.
+    pub async fn ensure_leader(&self) -> Result<(), Error> {
+        let (state, term) = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            (m.state, m.current_term)
+        };
+        if state != ServerState::Leader {
+            return Err(not_leader(&self.raft));
+        }
+        if self.ready_term.load(Ordering::Acquire) == term {
+            return Ok(());
+        }
+        match tokio::time::timeout(self.deadline, self.raft.ensure_linearizable()).await {
+            Ok(Ok(_)) => {
+                self.ready_term.store(term, Ordering::Release);
+                Ok(())
+            }
+            Ok(Err(err)) => Err(raft_error(&self.raft, err)),
+            Err(_) => Err(Error::NoQuorum(format!(
+                "leader could not reach a majority within {} ms",
+                self.deadline.as_millis()
+            ))),
+        }
+    }
+
+    /// This node's status (the directory counts are left at zero).
+    pub fn status(&self) -> NodeStatus {
+        let m = self.raft.metrics().borrow().clone();
+        NodeStatus {
+            id: m.id,
+            role: role(m.state),
+            serving: m.state == ServerState::Leader,
+            term: m.current_term,
+            last_log_index: m.last_log_index.unwrap_or(0),
+            applied_index: m.last_applied.map_or(0, |l| l.index),
+            leader: leader_of(&m),
+            mode: ReplicationMode::Raft,
+            ..Default::default()
+        }
+    }
+
+    /// Stops openraft (requests in flight fail fast instead of committing).
+    pub async fn shutdown(&self) {
+        let _ = self.raft.shutdown().await;
+    }
+}

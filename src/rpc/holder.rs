@@ -1,0 +1,183 @@
+//! The `PageHolder` service every client serves: its server adapter, its
+//! handler trait and its client (used by the manager and by owners sending pages).
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::convert::{access_mode, epoch, error_from_status, fault_kind, mode, page_name, reply, socket_addr};
+use super::net::{Channels, Server};
+use super::pb;
+use super::pb::page_holder_client::PageHolderClient as PbClient;
+use crate::error::Error;
+use crate::protocol::{ClientId, Epoch, Forward, Grant, PageName, Transfer};
+
+/// A client as others reach it: its id and its PageHolder address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HolderRef {
+    /// The client's id.
+    pub id: ClientId,
+    /// Its PageHolder address.
+    pub addr: String,
+}
+
+/// What a client does with the manager's and other clients' requests.
+#[tonic::async_trait]
+pub trait HolderApi: Send + Sync + 'static {
+    /// The manager asks this owner to send `page` at `fwd.epoch` to `requester`.
+    async fn forward(&self, page: PageName, fwd: Forward, requester: HolderRef) -> Result<(), Error>;
+    /// An owner sent bytes for this client's fault with request number `seq`.
+    async fn send_page(&self, page: PageName, copy: Transfer, seq: u64) -> Result<(), Error>;
+    /// Copies of `page` older than `epoch` are invalid.
+    async fn invalidate(&self, page: PageName, epoch: Epoch) -> Result<(), Error>;
+    /// The fault with request number `seq` on `page` is committed with `grant`.
+    async fn confirm(&self, page: PageName, grant: Grant, seq: u64) -> Result<(), Error>;
+    /// Heartbeat mode: faults now go to the CM at `addr` (CHANGE_CM).
+    async fn change_cm(&self, addr: String) -> Result<(), Error>;
+}
+
+/// Serves `api` as a client's PageHolder service on `listener`.
+pub fn holder_router(api: Arc<dyn HolderApi>, listener: tokio::net::TcpListener) -> Server {
+    let service = pb::page_holder_server::PageHolderServer::new(Adapter(api));
+    Server::spawn(tonic::transport::Server::builder().add_service(service), listener)
+}
+
+/// Converts requests, calls the handler, converts answers.
+struct Adapter(Arc<dyn HolderApi>);
+
+#[tonic::async_trait]
+impl pb::page_holder_server::PageHolder for Adapter {
+    async fn forward(&self, req: Request<pb::ForwardRequest>) -> Result<Response<pb::ForwardReply>, Status> {
+        let r = req.into_inner();
+        let forwarded = async {
+            let page = page_name(&r.page)?;
+            // The owner is this client: the handler knows itself.
+            let fwd =
+                Forward { owner: 0, epoch: epoch(r.epoch)?, kind: fault_kind(r.mode)?, seq: r.seq, created: r.created };
+            let requester = HolderRef { id: r.requester, addr: socket_addr("requester address", &r.requester_addr)? };
+            self.0.forward(page, fwd, requester).await
+        };
+        reply(forwarded.await.map(|()| pb::ForwardReply {}))
+    }
+
+    async fn send_page(&self, req: Request<pb::SendPageRequest>) -> Result<Response<pb::SendPageReply>, Status> {
+        let r = req.into_inner();
+        let sent = async {
+            let page = page_name(&r.page)?;
+            let copy = Transfer { epoch: epoch(r.epoch)?, access: fault_kind(r.mode)?.access(), content: r.content };
+            self.0.send_page(page, copy, r.seq).await
+        };
+        reply(sent.await.map(|()| pb::SendPageReply {}))
+    }
+
+    async fn invalidate(&self, req: Request<pb::InvalidateRequest>) -> Result<Response<pb::InvalidateReply>, Status> {
+        let r = req.into_inner();
+        let done = async { self.0.invalidate(page_name(&r.page)?, epoch(r.epoch)?).await };
+        reply(done.await.map(|()| pb::InvalidateReply {}))
+    }
+
+    async fn confirm(&self, req: Request<pb::ConfirmRequest>) -> Result<Response<pb::ConfirmReply>, Status> {
+        let r = req.into_inner();
+        let done = async {
+            let grant = Grant { epoch: epoch(r.epoch)?, created: r.created };
+            self.0.confirm(page_name(&r.page)?, grant, r.seq).await
+        };
+        reply(done.await.map(|()| pb::ConfirmReply {}))
+    }
+
+    async fn change_cm(&self, req: Request<pb::ChangeCmRequest>) -> Result<Response<pb::ChangeCmReply>, Status> {
+        let r = req.into_inner();
+        let done = async { self.0.change_cm(socket_addr("CM address", &r.addr)?).await };
+        reply(done.await.map(|()| pb::ChangeCmReply {}))
+    }
+}
+
+/// Calls to clients' PageHolder services, one connection per client.
+#[derive(Clone)]
+pub struct HolderClient {
+    channels: Channels,
+}
+
+impl HolderClient {
+    /// A client whose every call gives up after the channels' timeout.
+    pub fn new(channels: Channels) -> Self {
+        HolderClient { channels }
+    }
+
+    fn stub(&self, to: &HolderRef) -> Result<PbClient<tonic::transport::Channel>, Error> {
+        Ok(PbClient::new(self.channels.get(&to.addr)?))
+    }
+
+    /// Tells `to` that its copies of `page` older than `epoch` are invalid.
+    pub async fn invalidate(&self, to: &HolderRef, page: &PageName, epoch: Epoch) -> Result<(), Error> {
+        let req = pb::InvalidateRequest { page: page.to_string(), epoch };
+        self.stub(to)?.invalidate(req).await.map_err(|s| holder_error(to, &s))?;
+        Ok(())
+    }
+
+    /// Asks owner `to` to send `page` to `requester`, as `fwd` says.
+    pub async fn forward(
+        &self,
+        to: &HolderRef,
+        page: &PageName,
+        fwd: &Forward,
+        requester: &HolderRef,
+    ) -> Result<(), Error> {
+        let req = pb::ForwardRequest {
+            page: page.to_string(),
+            epoch: fwd.epoch,
+            requester: requester.id,
+            requester_addr: requester.addr.clone(),
+            mode: mode(fwd.kind),
+            seq: fwd.seq,
+            created: fwd.created,
+        };
+        self.stub(to)?.forward(req).await.map_err(|s| holder_error(to, &s))?;
+        Ok(())
+    }
+
+    /// Tells requester `to` that its fault `seq` on `page` is committed with `grant`.
+    pub async fn confirm(&self, to: &HolderRef, page: &PageName, grant: Grant, seq: u64) -> Result<(), Error> {
+        let req = pb::ConfirmRequest { page: page.to_string(), epoch: grant.epoch, created: grant.created, seq };
+        self.stub(to)?.confirm(req).await.map_err(|s| holder_error(to, &s))?;
+        Ok(())
+    }
+
+    /// Sends `copy` of `page` from client `from` to requester `to` for its request `seq`.
+    pub async fn send_page(
+        &self,
+        to: &HolderRef,
+        page: &PageName,
+        copy: Transfer,
+        from: ClientId,
+        seq: u64,
+    ) -> Result<(), Error> {
+        let req = pb::SendPageRequest {
+            page: page.to_string(),
+            epoch: copy.epoch,
+            mode: access_mode(copy.access),
+            content: copy.content,
+            from,
+            seq,
+        };
+        self.stub(to)?.send_page(req).await.map_err(|s| holder_error(to, &s))?;
+        Ok(())
+    }
+
+    /// CHANGE_CM: tells `to` to send its faults to the CM at `cm_addr`.
+    pub async fn change_cm(&self, to: &HolderRef, cm_addr: &str) -> Result<(), Error> {
+        let req = pb::ChangeCmRequest { addr: cm_addr.to_string() };
+        self.stub(to)?.change_cm(req).await.map_err(|s| holder_error(to, &s))?;
+        Ok(())
+    }
+}
+
+/// An ivy error the holder raised, or `ClientUnreachable` naming it.
+fn holder_error(to: &HolderRef, status: &Status) -> Error {
+    match error_from_status(status, &to.addr) {
+        Error::Unavailable(reason) | Error::Malformed(reason) => {
+            Error::ClientUnreachable { client: to.id, addr: to.addr.clone(), reason }
+        }
+        err => err,
+    }
+}

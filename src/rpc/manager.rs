@@ -1,0 +1,172 @@
+//! The client-facing `Manager` service: its server adapter, its handler trait
+//! and its client.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::convert::{error_from_status, page_name, positive, reply, socket_addr};
+use super::net::Channels;
+use super::pb;
+use super::pb::manager_client::ManagerClient as PbClient;
+use crate::config::ReplicationMode;
+use crate::error::Error;
+use crate::protocol::{ClientId, FaultKind, FaultRequest, Grant};
+use crate::status::{LeaderRef, NodeStatus, Role};
+
+/// What a CM node does with client requests, in domain types.
+#[tonic::async_trait]
+pub trait ManagerApi: Send + Sync + 'static {
+    /// Registers a client serving its pages at `addr`; a retry with the same
+    /// `nonce` gets the same id.
+    async fn register(&self, addr: String, nonce: u64) -> Result<ClientId, Error>;
+    /// Removes a client from the directory.
+    async fn unregister(&self, client: ClientId) -> Result<(), Error>;
+    /// Serves one fault.
+    async fn fault(&self, request: FaultRequest) -> Result<Grant, Error>;
+    /// This node's status.
+    async fn status(&self) -> Result<NodeStatus, Error>;
+}
+
+/// The tonic server for `api`.
+pub(super) fn server(api: Arc<dyn ManagerApi>) -> pb::manager_server::ManagerServer<Adapter> {
+    pb::manager_server::ManagerServer::new(Adapter(api))
+}
+
+/// Converts requests, calls the handler, converts answers.
+pub(super) struct Adapter(Arc<dyn ManagerApi>);
+
+impl Adapter {
+    async fn fault(&self, req: pb::FaultRequest, kind: FaultKind) -> Result<pb::FaultReply, Error> {
+        let request = FaultRequest {
+            client: positive("client id", req.client)?,
+            seq: positive("request seq", req.seq)?,
+            page: page_name(&req.page)?,
+            kind,
+        };
+        let grant = self.0.fault(request).await?;
+        Ok(pb::FaultReply { epoch: grant.epoch, created: grant.created })
+    }
+}
+
+#[tonic::async_trait]
+impl pb::manager_server::Manager for Adapter {
+    async fn register(&self, req: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterReply>, Status> {
+        let req = req.into_inner();
+        let registered = async {
+            let addr = socket_addr("client address", &req.addr)?;
+            let client = self.0.register(addr, req.nonce).await?;
+            Ok(pb::RegisterReply { client })
+        };
+        reply(registered.await)
+    }
+
+    async fn unregister(&self, req: Request<pb::UnregisterRequest>) -> Result<Response<pb::UnregisterReply>, Status> {
+        reply(self.0.unregister(req.into_inner().client).await.map(|()| pb::UnregisterReply {}))
+    }
+
+    async fn read_fault(&self, req: Request<pb::FaultRequest>) -> Result<Response<pb::FaultReply>, Status> {
+        reply(self.fault(req.into_inner(), FaultKind::Read).await)
+    }
+
+    async fn write_fault(&self, req: Request<pb::FaultRequest>) -> Result<Response<pb::FaultReply>, Status> {
+        reply(self.fault(req.into_inner(), FaultKind::Write).await)
+    }
+
+    async fn status(&self, _req: Request<pb::StatusRequest>) -> Result<Response<pb::StatusReply>, Status> {
+        reply(self.0.status().await.map(status_reply))
+    }
+}
+
+fn status_reply(st: NodeStatus) -> pb::StatusReply {
+    let (leader, leader_addr) = st.leader.map_or((0, String::new()), |l| (l.id, l.addr));
+    pb::StatusReply {
+        id: st.id,
+        role: st.role.name().to_string(),
+        term: st.term,
+        last_log_index: st.last_log_index,
+        applied_index: st.applied_index,
+        leader,
+        leader_addr,
+        pages: st.pages,
+        clients: st.clients,
+        mode: st.mode.name().to_string(),
+        serving: st.serving,
+        last_sync_ms: st.last_sync_ms.map_or(-1, |ms| ms as i64),
+    }
+}
+
+fn node_status(r: pb::StatusReply) -> Result<NodeStatus, Error> {
+    let role = Role::parse(&r.role).ok_or_else(|| Error::Malformed(format!("unknown role {:?}", r.role)))?;
+    let mode = match r.mode.as_str() {
+        "raft" => ReplicationMode::Raft,
+        "heartbeat" => ReplicationMode::Heartbeat,
+        other => return Err(Error::Malformed(format!("unknown replication mode {other:?}"))),
+    };
+    Ok(NodeStatus {
+        id: r.id,
+        role,
+        serving: r.serving,
+        term: r.term,
+        last_log_index: r.last_log_index,
+        applied_index: r.applied_index,
+        leader: (r.leader != 0).then_some(LeaderRef { id: r.leader, addr: r.leader_addr }),
+        mode,
+        last_sync_ms: u64::try_from(r.last_sync_ms).ok(),
+        pages: r.pages,
+        clients: r.clients,
+    })
+}
+
+/// Calls to the `Manager` service of any CM node, one connection per node.
+#[derive(Clone)]
+pub struct ManagerClient {
+    channels: Channels,
+}
+
+impl ManagerClient {
+    /// A client whose every call gives up after the channels' timeout.
+    pub fn new(channels: Channels) -> Self {
+        ManagerClient { channels }
+    }
+
+    fn stub(&self, addr: &str) -> Result<PbClient<tonic::transport::Channel>, Error> {
+        Ok(PbClient::new(self.channels.get(addr)?))
+    }
+
+    /// Registers a client serving at `client_addr` with the CM at `addr`.
+    pub async fn register(&self, addr: &str, client_addr: &str, nonce: u64) -> Result<ClientId, Error> {
+        let req = pb::RegisterRequest { addr: client_addr.to_string(), nonce };
+        let reply = self.stub(addr)?.register(req).await.map_err(|s| cm_error(&s, addr))?;
+        Ok(reply.into_inner().client)
+    }
+
+    /// Asks the CM at `addr` to forget `client`.
+    pub async fn unregister(&self, addr: &str, client: ClientId) -> Result<(), Error> {
+        let req = pb::UnregisterRequest { client };
+        self.stub(addr)?.unregister(req).await.map_err(|s| cm_error(&s, addr))?;
+        Ok(())
+    }
+
+    /// Sends one fault request to the CM at `addr`.
+    pub async fn fault(&self, addr: &str, request: &FaultRequest) -> Result<Grant, Error> {
+        let req = pb::FaultRequest { client: request.client, seq: request.seq, page: request.page.to_string() };
+        let mut stub = self.stub(addr)?;
+        let reply = match request.kind {
+            FaultKind::Read => stub.read_fault(req).await,
+            FaultKind::Write => stub.write_fault(req).await,
+        };
+        let reply = reply.map_err(|s| cm_error(&s, addr))?.into_inner();
+        Ok(Grant { epoch: reply.epoch, created: reply.created })
+    }
+
+    /// Asks the CM at `addr` for its status.
+    pub async fn status(&self, addr: &str) -> Result<NodeStatus, Error> {
+        let reply = self.stub(addr)?.status(pb::StatusRequest {}).await.map_err(|s| cm_error(&s, addr))?;
+        node_status(reply.into_inner())
+    }
+}
+
+fn cm_error(status: &Status, addr: &str) -> Error {
+    error_from_status(status, &format!("CM {addr}"))
+}

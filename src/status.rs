@@ -1,0 +1,174 @@
+//! What a CM node says about itself, and the `ivy status` report built from it.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::ReplicationMode;
+
+/// A CM node's role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// Raft leader: serves faults.
+    Leader,
+    /// Raft follower.
+    #[default]
+    Follower,
+    /// Raft candidate (an election is under way).
+    Candidate,
+    /// Raft learner (replicated to, not voting).
+    Learner,
+    /// Raft stopped.
+    Shutdown,
+    /// Heartbeat primary: serves faults.
+    Primary,
+    /// Heartbeat backup: copies the primary's directory every pulse.
+    Backup,
+    /// Heartbeat backup that took over after a missed pulse: serves faults.
+    ActingPrimary,
+}
+
+impl Role {
+    /// The role's name, as `ivy status` shows it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Leader => "leader",
+            Role::Follower => "follower",
+            Role::Candidate => "candidate",
+            Role::Learner => "learner",
+            Role::Shutdown => "shutdown",
+            Role::Primary => "primary",
+            Role::Backup => "backup",
+            Role::ActingPrimary => "acting-primary",
+        }
+    }
+
+    /// Parses a name given by [`Role::name`].
+    pub fn parse(name: &str) -> Option<Role> {
+        const ALL: [Role; 8] = [
+            Role::Leader,
+            Role::Follower,
+            Role::Candidate,
+            Role::Learner,
+            Role::Shutdown,
+            Role::Primary,
+            Role::Backup,
+            Role::ActingPrimary,
+        ];
+        ALL.into_iter().find(|r| r.name() == name)
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The leader a node knows of.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaderRef {
+    /// Its node id.
+    pub id: u64,
+    /// Its address, as this node's membership names it.
+    pub addr: String,
+}
+
+/// One CM node's view of itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// Node id.
+    pub id: u64,
+    /// Its role.
+    pub role: Role,
+    /// True when this node serves faults.
+    pub serving: bool,
+    /// Raft term (0 in heartbeat mode).
+    pub term: u64,
+    /// Last log index (heartbeat mode: directory version).
+    pub last_log_index: u64,
+    /// Applied index (heartbeat mode: directory version).
+    pub applied_index: u64,
+    /// The leader this node knows.
+    pub leader: Option<LeaderRef>,
+    /// How the directory is replicated.
+    pub mode: ReplicationMode,
+    /// Heartbeat backup: age of its last copy of the directory, ms.
+    pub last_sync_ms: Option<u64>,
+    /// Pages in the directory as this node has it.
+    pub pages: u64,
+    /// Registered clients as this node has it.
+    pub clients: u64,
+}
+
+impl NodeStatus {
+    /// Age of the backup's last copy, when it has one.
+    pub fn last_sync(&self) -> Option<Duration> {
+        self.last_sync_ms.map(Duration::from_millis)
+    }
+}
+
+/// One line of `ivy status`: a node that answered, or why it did not.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeReport {
+    /// The address asked.
+    pub addr: String,
+    /// True when the node answered.
+    pub reachable: bool,
+    /// Its answer.
+    #[serde(flatten)]
+    pub status: Option<NodeStatus>,
+    /// Why it did not answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The status of every CM node asked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusReport {
+    /// True when some node serves faults.
+    pub ok: bool,
+    /// One report per address, in the order asked.
+    pub cm: Vec<NodeReport>,
+}
+
+impl StatusReport {
+    /// A report from the nodes' answers.
+    pub fn new(cm: Vec<NodeReport>) -> Self {
+        let ok = cm.iter().any(|n| n.status.as_ref().is_some_and(|s| s.serving));
+        StatusReport { ok, cm }
+    }
+
+    /// The id of a node that says it serves faults.
+    pub fn serving(&self) -> Option<u64> {
+        self.cm.iter().filter_map(|n| n.status.as_ref()).find(|s| s.serving).map(|s| s.id)
+    }
+}
+
+impl fmt::Display for StatusReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let row = |cells: [&str; 8]| {
+            let [id, addr, role, term, last, applied, sync, reach] = cells;
+            format!("{id:<4} {addr:<22} {role:<15} {term:>6} {last:>9} {applied:>9} {sync:>9}  {reach}")
+        };
+        write!(f, "{}", row(["id", "address", "role", "term", "last_log", "applied", "last_sync", "reachable"]))?;
+        for n in &self.cm {
+            let line = match &n.status {
+                Some(s) => {
+                    let sync = s.last_sync_ms.map_or("-".to_string(), |ms| format!("{ms} ms"));
+                    let [id, term, last, applied] =
+                        [s.id, s.term, s.last_log_index, s.applied_index].map(|v| v.to_string());
+                    row([&id, &n.addr, s.role.name(), &term, &last, &applied, &sync, "yes"])
+                }
+                None => {
+                    let why = format!("no ({})", n.error.as_deref().unwrap_or("no answer"));
+                    row(["-", &n.addr, "-", "-", "-", "-", "-", &why])
+                }
+            };
+            write!(f, "\n{line}")?;
+        }
+        Ok(())
+    }
+}
