@@ -1,21 +1,18 @@
 //! An in-process 3-CM cluster on loopback: IVY semantics, failover, bad input.
 
+mod support;
+
+use support::client;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
 use ivy_harness::cluster::{Cluster, ClusterMode};
-use ivy_raft::client::{Client, ClientConfig, Hit};
+use ivy_raft::client::Hit;
 use ivy_raft::Error;
 use tokio::time::Instant;
-
-async fn client(cluster: &Cluster, op_timeout: Duration) -> Result<Client> {
-    let mut config = ClientConfig::new(cluster.addrs());
-    config.op_timeout = op_timeout;
-    config.record_grants = true;
-    Ok(Client::start(config).await?)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn reads_and_writes_across_clients() -> Result<()> {

@@ -2,11 +2,13 @@
 //! backup: same results as Raft without faults, takeover, reclaim, and the known
 //! loss of changes acknowledged after the backup's last copy.
 
+mod support;
+
 use std::time::Duration;
 
 use anyhow::{ensure, Result};
 use ivy_harness::cluster::{Cluster, ClusterMode};
-use ivy_raft::client::{Client, ClientConfig};
+use ivy_raft::client::Client;
 use ivy_raft::Error;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -20,9 +22,7 @@ fn heartbeat(pulse_ms: u64) -> ClusterMode {
 }
 
 async fn client(cluster: &Cluster) -> Result<Client> {
-    let mut config = ClientConfig::new(cluster.addrs());
-    config.op_timeout = Duration::from_secs(5);
-    Ok(Client::start(config).await?)
+    support::client(cluster, Duration::from_secs(5)).await
 }
 
 /// Waits until the backup's copy is as new as the primary's directory.

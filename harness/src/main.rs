@@ -99,6 +99,9 @@ struct CmArgs {
     listen: Option<String>,
     #[command(flatten)]
     mode: ModeArgs,
+    /// Announce readiness as one JSON line on stdout ({"event":"ready",...}).
+    #[arg(long, env = "IVY_JSON")]
+    json: bool,
     /// Testing only: skip invalidations so copies go stale (the chaos harness's
     /// broken build).
     #[arg(long, env = "IVY_UNSAFE_SKIP_INVALIDATION", hide = true)]
@@ -310,7 +313,13 @@ async fn run_cm(args: CmArgs) -> Result<()> {
     let listener =
         tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     let node = CmNode::start(config.clone(), listener).await?;
-    eprintln!("CM node {} serving on {} (data dir {})", config.id, node.addr, config.data_dir.display());
+    let data_dir = config.data_dir.display().to_string();
+    if args.json {
+        let ready = serde_json::json!({"event": "ready", "id": config.id, "listen": node.addr.to_string(), "data_dir": data_dir});
+        println!("{ready}");
+    } else {
+        println!("CM node {} serving on {} (data dir {data_dir})", config.id, node.addr);
+    }
     shutdown_signal().await;
     eprintln!("CM node {} stopping", config.id);
     node.shutdown().await;

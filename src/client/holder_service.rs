@@ -20,7 +20,7 @@ impl HolderService {
     }
 }
 
-#[tonic::async_trait]
+#[crate::rpc::async_trait]
 impl HolderApi for HolderService {
     async fn forward(&self, page: PageName, fwd: Forward, requester: HolderRef) -> Result<(), Error> {
         let copy = self.shared.table().forward(&page, fwd.epoch, fwd.kind, fwd.created)?;

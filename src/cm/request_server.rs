@@ -198,7 +198,7 @@ impl RequestServer {
 /// The client-facing API of a node, served by its request server.
 pub struct ManagerHandler(pub Arc<RequestServer>);
 
-#[tonic::async_trait]
+#[crate::rpc::async_trait]
 impl ManagerApi for ManagerHandler {
     async fn register(&self, addr: String, nonce: u64) -> Result<ClientId, Error> {
         match self.0.commit(DirCmd::Register { addr, nonce }).await? {

@@ -36,7 +36,7 @@ impl PulseHandler {
     }
 }
 
-#[tonic::async_trait]
+#[crate::rpc::async_trait]
 impl HeartbeatApi for PulseHandler {
     async fn pulse(&self, _from: u64) -> Result<Pulse, Error> {
         self.answer()

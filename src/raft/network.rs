@@ -131,7 +131,7 @@ fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, Error> {
     codec::encode(value).map_err(|e| Error::Internal(format!("encode raft reply: {e}")))
 }
 
-#[tonic::async_trait]
+#[crate::rpc::async_trait]
 impl RaftApi for TransportHandler {
     async fn handle(&self, call: RaftCall, request: Vec<u8>) -> Result<Vec<u8>, Error> {
         match call {

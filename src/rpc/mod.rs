@@ -32,6 +32,8 @@ pub use heartbeat::{HeartbeatApi, HeartbeatClient, Pulse};
 pub use holder::{holder_router, HolderApi, HolderClient, HolderRef};
 pub use manager::{ManagerApi, ManagerClient};
 pub use net::{Channels, Server};
+/// The attribute the handler traits are implemented with (async fns in a dyn-safe trait).
+pub use tonic::async_trait;
 
 pub use raft::{RaftApi, RaftCall, RaftCallError, RaftClient};
 
