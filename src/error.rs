@@ -23,12 +23,17 @@ pub enum Error {
     /// The client id is not in the directory's client registry.
     #[error("client {client} is not registered with the central manager")]
     UnknownClient { client: ClientId },
-    /// The page's owner left the cluster; its bytes left with it.
-    #[error("page {page} is lost: its owner, client {client}, has left")]
-    OwnerGone { page: String, client: ClientId },
+    /// The page's only copy left with a client that was removed (it left, or
+    /// its lease ran out); the next write creates the page afresh.
+    #[error("page {page} was lost with client {client} at epoch {epoch}")]
+    PageLost { page: String, client: ClientId, epoch: Epoch },
+    /// The client was evicted (its lease ran out, or an operator evicted it);
+    /// it must register again as a new client.
+    #[error("client {client} was evicted from the directory; it must register again")]
+    Evicted { client: ClientId },
     /// A client (owner or copy holder) did not answer the manager.
-    #[error("client {client} at {addr} did not answer: {reason}")]
-    ClientUnreachable { client: ClientId, addr: String, reason: String },
+    #[error("client {client} at {addr} did not answer: {reason}{}", eviction_hint(.evict_in_ms))]
+    ClientUnreachable { client: ClientId, addr: String, reason: String, evict_in_ms: Option<u64> },
     /// This CM node is not the leader; `leader` names the one it knows of.
     #[error("CM node is not the leader{}", leader_hint(.leader))]
     NotLeader { leader: Option<(u64, String)> },
@@ -65,6 +70,14 @@ pub enum Error {
     /// Something that should not happen did: a bug, or the process is shutting down.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+fn eviction_hint(evict_in_ms: &Option<u64>) -> String {
+    match evict_in_ms {
+        Some(0) => "; its lease has run out and it is being evicted".to_string(),
+        Some(ms) => format!("; it will be evicted in {:.1} s unless it renews its lease", *ms as f64 / 1000.0),
+        None => String::new(),
+    }
 }
 
 fn leader_hint(leader: &Option<(u64, String)>) -> String {

@@ -76,6 +76,17 @@ pub struct LeaderRef {
     pub addr: String,
 }
 
+/// A registered client as a CM node sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientLease {
+    /// The client's id.
+    pub id: u64,
+    /// Where it serves its pages.
+    pub addr: String,
+    /// Time since the leader last heard a keepalive from it, ms (leader only).
+    pub keepalive_age_ms: Option<u64>,
+}
+
 /// One CM node's view of itself.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeStatus {
@@ -101,6 +112,8 @@ pub struct NodeStatus {
     pub pages: u64,
     /// Registered clients as this node has it.
     pub clients: u64,
+    /// The registered clients, with their lease as the leader sees it.
+    pub client_list: Vec<ClientLease>,
 }
 
 impl NodeStatus {
@@ -169,6 +182,20 @@ impl fmt::Display for StatusReport {
             };
             write!(f, "\n{line}")?;
         }
-        Ok(())
+        write_clients(f, self)
     }
+}
+
+/// The serving node's client table, when one served.
+fn write_clients(f: &mut fmt::Formatter<'_>, report: &StatusReport) -> fmt::Result {
+    let serving = report.cm.iter().filter_map(|n| n.status.as_ref()).find(|s| s.serving);
+    let Some(leader) = serving.filter(|s| !s.client_list.is_empty()) else {
+        return Ok(());
+    };
+    write!(f, "\n\n{:<8} {:<22} {:>14}", "client", "address", "last keepalive")?;
+    for c in &leader.client_list {
+        let age = c.keepalive_age_ms.map_or("-".to_string(), |ms| format!("{ms} ms ago"));
+        write!(f, "\n{:<8} {:<22} {:>14}", c.id, c.addr, age)?;
+    }
+    Ok(())
 }

@@ -11,8 +11,8 @@ use ivy_harness::chaos::{self, ChaosConfig, Nemesis};
 use ivy_harness::cluster::ClusterMode;
 use ivy_harness::demo;
 use ivy_raft::client::repl::{self, Event, Output};
-use ivy_raft::client::{Client, ClientConfig};
-use ivy_raft::cm::{CmConfig, CmNode, DEFAULT_PULSE};
+use ivy_raft::client::{Client, ClientConfig, CmConn, CLIENT_RPC_TIMEOUT, DEFAULT_OP_TIMEOUT};
+use ivy_raft::cm::{CmConfig, CmNode, DEFAULT_CLIENT_LEASE, DEFAULT_PULSE};
 use ivy_raft::config::{parse_addrs, parse_peers, ReplicationMode, DEFAULT_CMS, DEFAULT_PEERS};
 use ivy_raft::protocol::DEFAULT_MAX_PAGE_BYTES;
 use ivy_raft::raft::RaftTimers;
@@ -31,8 +31,10 @@ enum Command {
     Cm(CmArgs),
     /// Run a client: serves its pages and reads commands from stdin (type `help`).
     Client(ClientArgs),
-    /// Show every CM node: id, address, role, term, last log index, applied index; exit 0 when a leader exists.
+    /// Show every CM node (id, address, role, term, log indexes) and the registered clients with their lease; exit 0 when a leader exists.
     Status(StatusArgs),
+    /// Evict a client known dead at once: each page it owned passes to a copy holder, or is lost without one.
+    Evict(EvictArgs),
     /// Run the original experiment on an embedded CM cluster, without and with a leader kill.
     Demo(DemoArgs),
     /// Run CM nodes and clients as processes, inject faults, and check the history.
@@ -99,6 +101,10 @@ struct CmArgs {
     listen: Option<String>,
     #[command(flatten)]
     mode: ModeArgs,
+    /// The lease each client holds after each keepalive, ms; a client silent for
+    /// the lease plus a quarter of it is evicted.
+    #[arg(long, env = "IVY_CLIENT_LEASE_MS", default_value_t = DEFAULT_CLIENT_LEASE.as_millis() as u64)]
+    client_lease_ms: u64,
     /// Announce readiness as one JSON line on stdout ({"event":"ready",...}).
     #[arg(long, env = "IVY_JSON")]
     json: bool,
@@ -125,6 +131,20 @@ struct ClientArgs {
     /// Deadline of one read or write, retries included, ms.
     #[arg(long, env = "IVY_TIMEOUT_MS", default_value_t = 5000)]
     timeout_ms: u64,
+    /// Testing only: serve local hits after the lease ran out (a broken build the
+    /// chaos checker must catch).
+    #[arg(long, env = "IVY_UNSAFE_IGNORE_LEASE", hide = true)]
+    unsafe_ignore_lease: bool,
+}
+
+#[derive(Args)]
+struct EvictArgs {
+    /// The client's id (see `ivy status`).
+    #[arg(long, env = "IVY_EVICT_CLIENT", value_parser = clap::value_parser!(u64).range(1..))]
+    client: u64,
+    /// CM node addresses, comma separated.
+    #[arg(long, env = "IVY_CM", default_value = DEFAULT_CMS)]
+    cm: String,
 }
 
 #[derive(Args)]
@@ -281,6 +301,7 @@ fn main() -> ExitCode {
             Command::Cm(args) => run_cm(args).await,
             Command::Client(args) => run_client(args).await,
             Command::Status(args) => run_status(args).await,
+            Command::Evict(args) => run_evict(args).await,
             Command::Demo(args) => run_demo(args).await,
             Command::Chaos(args) => run_chaos(args).await,
             Command::Bench(args) => run_bench(args).await,
@@ -307,6 +328,7 @@ async fn run_cm(args: CmArgs) -> Result<()> {
     config.mode = mode.mode;
     config.timers = mode.timers;
     config.pulse = mode.pulse;
+    config.client_lease = Duration::from_millis(args.client_lease_ms);
     config.unsafe_skip_invalidation = args.unsafe_skip_invalidation;
     config.validate()?;
     let listen = args.listen.unwrap_or_else(|| config.peers[&config.id].clone());
@@ -346,6 +368,7 @@ async fn run_client(args: ClientArgs) -> Result<()> {
             max_page_bytes: args.max_page_bytes,
             op_timeout: Duration::from_millis(args.timeout_ms),
             record_grants: false,
+            unsafe_ignore_lease: args.unsafe_ignore_lease,
         };
         Client::start(config).await
     };
@@ -375,6 +398,16 @@ async fn run_status(args: StatusArgs) -> Result<()> {
     if !report.ok {
         bail!("no CM node is the leader");
     }
+    Ok(())
+}
+
+async fn run_evict(args: EvictArgs) -> Result<()> {
+    let cm = CmConn::new(parse_addrs(&args.cm)?, CLIENT_RPC_TIMEOUT, DEFAULT_OP_TIMEOUT)?;
+    let removal = cm.evict(args.client).await?;
+    println!(
+        "evicted client {}: {} pages passed to a copy holder, {} lost",
+        args.client, removal.promoted, removal.lost
+    );
     Ok(())
 }
 

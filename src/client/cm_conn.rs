@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 use crate::error::Error;
 use crate::protocol::{ClientId, FaultRequest, Grant};
-use crate::rpc::{Channels, ManagerClient};
+use crate::rpc::{Channels, ManagerClient, Removal};
 use crate::status::{NodeReport, StatusReport};
 
 /// Pause before following a leader hint (bounds ping-pong during an election).
@@ -49,21 +49,32 @@ impl CmConn {
     }
 
     /// Registers a client serving at `addr`; the random nonce makes a retry
-    /// return the same id.
-    pub async fn register(&self, addr: &str) -> Result<ClientId, Error> {
+    /// return the same id. Returns the id and the lease it holds.
+    pub async fn register(&self, addr: &str) -> Result<(ClientId, Duration), Error> {
         let nonce = rand::random::<u64>();
         self.call("register", |cm| async move { self.rpc.register(&cm, addr, nonce).await }).await
     }
 
-    /// Asks the leader to forget `client`.
-    pub async fn unregister(&self, client: ClientId) -> Result<(), Error> {
+    /// Asks the leader to remove `client`, which leaves.
+    pub async fn unregister(&self, client: ClientId) -> Result<Removal, Error> {
         self.call("unregister", |cm| async move { self.rpc.unregister(&cm, client).await }).await
+    }
+
+    /// Renews `client`'s lease with the leader, giving up at `give_up`.
+    pub async fn keep_alive(&self, client: ClientId, give_up: Instant) -> Result<Duration, Error> {
+        self.call_until("keepalive", give_up, |cm| async move { self.rpc.keep_alive(&cm, client).await }).await
+    }
+
+    /// Asks the leader to evict `client` at once.
+    pub async fn evict(&self, client: ClientId) -> Result<Removal, Error> {
+        self.call("evict", |cm| async move { self.rpc.evict(&cm, client).await }).await
     }
 
     /// Sends one fault to the leader, retrying until granted or `give_up`.
     pub async fn fault(&self, request: &FaultRequest, give_up: Instant) -> Result<Grant, Error> {
         let what = format!("{} fault on {}", request.kind, request.page);
-        self.call_until(&what, give_up, |cm| async move { self.rpc.fault(&cm, request).await }).await
+        let wait = || give_up.saturating_duration_since(Instant::now());
+        self.call_until(&what, give_up, |cm| async move { self.rpc.fault(&cm, request, wait()).await }).await
     }
 
     /// Asks every CM node for its status, at most [`STATUS_TIMEOUT`] each.
@@ -104,15 +115,21 @@ impl CmConn {
                 Error::NotLeader { leader: Some(_) } => HINT_BACKOFF,
                 _ => ROUND_BACKOFF,
             };
-            last = Some(err);
+            last = Some(more_telling(last, err));
             tokio::time::sleep_until(give_up.min(Instant::now() + pause)).await;
         }
-        let last = last.map_or("no answer".to_string(), |e| e.to_string());
-        Err(Error::Unavailable(format!(
-            "{what}: no CM node served it within {} ms (tried {}); last error: {last}",
-            (give_up - started.min(give_up)).as_millis(),
-            self.addrs.join(", ")
-        )))
+        match last {
+            // A node's own answer (the leader's, say) names the cause: report it.
+            Some(err) if !is_weak(&err) => Err(err),
+            last => {
+                let last = last.map_or("no answer".to_string(), |e| e.to_string());
+                Err(Error::Unavailable(format!(
+                    "{what}: no CM node served it within {} ms (tried {}); last error: {last}",
+                    (give_up - started.min(give_up)).as_millis(),
+                    self.addrs.join(", ")
+                )))
+            }
+        }
     }
 
     fn current(&self) -> (usize, String) {
@@ -170,6 +187,20 @@ pub async fn status_of(rpc: &ManagerClient, addrs: &[String]) -> StatusReport {
     }
     reports.sort_by_key(|(i, _)| *i);
     StatusReport::new(reports.into_iter().map(|(_, r)| r).collect())
+}
+
+/// The error to report of two: a node's own answer (say, the leader's) over a
+/// mere "not the leader" or "no answer" from another node.
+fn more_telling(last: Option<Error>, new: Error) -> Error {
+    match last {
+        Some(last) if is_weak(&new) && !is_weak(&last) => last,
+        _ => new,
+    }
+}
+
+/// An error that says only that a node could not serve, not why the request failed.
+fn is_weak(err: &Error) -> bool {
+    matches!(err, Error::NotLeader { .. } | Error::Unavailable(_))
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -43,6 +43,11 @@ impl HolderApi for HolderService {
         Ok(())
     }
 
+    async fn release(&self, page: PageName, epoch: Epoch) -> Result<(), Error> {
+        self.shared.table().release(&page, epoch);
+        Ok(())
+    }
+
     async fn confirm(&self, page: PageName, grant: Grant, seq: u64) -> Result<(), Error> {
         self.shared.table().confirm(&page, grant.epoch, grant.created, seq)
     }

@@ -5,9 +5,15 @@
 //! waits for the turn, sends the fault through [`CmConn`] (which retries the same
 //! (client id, seq) across CM nodes until the op's deadline) and feeds the answer
 //! back. One fault runs at a time per client; local hits never wait for it.
+//!
+//! A background task renews the client's lease every third of it ([`lease`]);
+//! local hits are served only while the lease is valid. A client that learns it
+//! was evicted drops its copies, registers again and announces a
+//! [`ClientEvent::Evicted`].
 
 mod cm_conn;
 mod holder_service;
+pub mod lease;
 pub mod repl;
 
 use std::net::SocketAddr;
@@ -16,18 +22,21 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::sync::broadcast;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 pub use crate::protocol::Hit;
 pub use cm_conn::{status_of, CmConn, STATUS_TIMEOUT};
 use holder_service::HolderService;
+pub use lease::{ClientEvent, LeaseView};
 
 use crate::error::Error;
 use crate::protocol::{
     check_size, ClientId, ClientOp, Epoch, FaultKind, FaultRequest, Grant, LocalPage, OpDone, OpEvent, OpStep,
     PageName, PageTable, DEFAULT_MAX_PAGE_BYTES,
 };
-use crate::rpc::{holder_router, Channels, HolderClient, Server};
+use crate::rpc::{holder_router, Channels, HolderClient, Removal, Server};
 
 /// Deadline of one RPC from a client.
 pub const CLIENT_RPC_TIMEOUT: Duration = Duration::from_secs(3);
@@ -51,6 +60,9 @@ pub struct ClientConfig {
     pub op_timeout: Duration,
     /// Keep every write grant's epoch (for exactly-once checks; grows with use).
     pub record_grants: bool,
+    /// Testing only: serve local hits after the lease ran out (a broken build the
+    /// chaos checker must catch).
+    pub unsafe_ignore_lease: bool,
 }
 
 impl ClientConfig {
@@ -62,17 +74,26 @@ impl ClientConfig {
             max_page_bytes: DEFAULT_MAX_PAGE_BYTES,
             op_timeout: DEFAULT_OP_TIMEOUT,
             record_grants: false,
+            unsafe_ignore_lease: false,
         }
     }
 }
 
-/// State shared by the client and its PageHolder service.
+/// Most client events kept for a slow listener.
+const EVENT_BACKLOG: usize = 64;
+
+/// State shared by the client, its PageHolder service and its keepalive task.
 pub(crate) struct Shared {
     id: AtomicU64,
+    addr: SocketAddr,
     cm: CmConn,
     table: Mutex<PageTable>,
     peers: HolderClient,
     max_page_bytes: usize,
+    lease: LeaseView,
+    events: broadcast::Sender<ClientEvent>,
+    /// Held while the client registers again, so it happens once per eviction.
+    rejoining: tokio::sync::Mutex<()>,
 }
 
 impl Shared {
@@ -82,6 +103,54 @@ impl Shared {
 
     fn table(&self) -> MutexGuard<'_, PageTable> {
         self.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The CM no longer knows client `old` (evicted, or a baseline that lost its
+    /// directory): drop every copy and register again under a new id.
+    async fn rejoin(&self, old: ClientId) -> Result<(), Error> {
+        let _once = self.rejoining.lock().await;
+        if self.id() != old {
+            return Ok(());
+        }
+        self.lease.end();
+        self.table().clear();
+        let sent = Instant::now();
+        let (new, lease) = self.cm.register(&self.addr.to_string()).await?;
+        self.lease.extend(sent, lease);
+        self.id.store(new, Ordering::SeqCst);
+        self.table().set_me(new);
+        tracing::warn!(
+            old,
+            new,
+            "the CM evicted client {old}; dropped every copy and registered again as client {new}"
+        );
+        let _ = self.events.send(ClientEvent::Evicted { client: old, now: new });
+        Ok(())
+    }
+
+    /// Renews the lease every third of it until the task is aborted.
+    async fn keep_alive(self: Arc<Self>) {
+        loop {
+            let me = self.id();
+            let sent = Instant::now();
+            let lease = self.lease.remaining().unwrap_or(lease::RENEW_RETRY);
+            match self.cm.keep_alive(me, sent + lease.max(lease::RENEW_RETRY)).await {
+                Ok(lease) => {
+                    self.lease.extend(sent, lease);
+                    tokio::time::sleep(lease / lease::RENEWALS_PER_LEASE).await;
+                }
+                Err(Error::Evicted { client } | Error::UnknownClient { client }) if client == me => {
+                    if let Err(err) = self.rejoin(me).await {
+                        tracing::warn!("could not register again after eviction: {err}");
+                        tokio::time::sleep(lease::RENEW_RETRY).await;
+                    }
+                }
+                Err(err) => {
+                    tracing::debug!("keepalive of client {me}: {err}");
+                    tokio::time::sleep(lease::RENEW_RETRY).await;
+                }
+            }
+        }
     }
 }
 
@@ -94,6 +163,7 @@ pub struct Client {
     faulting: tokio::sync::Mutex<()>,
     grants: Option<Mutex<Vec<(PageName, Epoch)>>>,
     server: Server,
+    keepalive: JoinHandle<()>,
 }
 
 impl Client {
@@ -104,16 +174,23 @@ impl Client {
             .map_err(|e| Error::Unavailable(format!("cannot listen on {}: {e}", config.listen)))?;
         let addr = listener.local_addr().map_err(|e| Error::Internal(format!("listener: {e}")))?;
         let cm = CmConn::new(config.cms.clone(), CLIENT_RPC_TIMEOUT, config.op_timeout)?;
-        let id = cm.register(&addr.to_string()).await?;
+        let sent = Instant::now();
+        let (id, lease) = cm.register(&addr.to_string()).await?;
         let shared = Arc::new(Shared {
             id: AtomicU64::new(id),
+            addr,
             cm,
             table: Mutex::new(PageTable::new(id)),
             peers: HolderClient::new(Channels::new(PAGE_SEND_TIMEOUT)),
             max_page_bytes: config.max_page_bytes,
+            lease: LeaseView::new(config.unsafe_ignore_lease),
+            events: broadcast::channel(EVENT_BACKLOG).0,
+            rejoining: tokio::sync::Mutex::new(()),
         });
+        shared.lease.extend(sent, lease);
         let server = holder_router(Arc::new(HolderService::new(shared.clone())), listener);
-        tracing::info!(client = id, %addr, "client registered");
+        let keepalive = tokio::spawn(shared.clone().keep_alive());
+        tracing::info!(client = id, %addr, lease_ms = lease.as_millis() as u64, "client registered");
         Ok(Client {
             shared,
             addr,
@@ -122,6 +199,7 @@ impl Client {
             faulting: tokio::sync::Mutex::new(()),
             grants: config.record_grants.then(Mutex::default),
             server,
+            keepalive,
         })
     }
 
@@ -138,6 +216,16 @@ impl Client {
     /// The CM connection, for status queries.
     pub fn cm(&self) -> &CmConn {
         &self.shared.cm
+    }
+
+    /// Events this client announces on its own (eviction), from now on.
+    pub fn events(&self) -> broadcast::Receiver<ClientEvent> {
+        self.shared.events.subscribe()
+    }
+
+    /// Time left on this client's lease, if it has not run out.
+    pub fn lease_remaining(&self) -> Option<Duration> {
+        self.shared.lease.remaining()
     }
 
     /// The local page table, in page order.
@@ -177,7 +265,8 @@ impl Client {
 
     /// Steps one op to its end, doing each step's waiting and IO.
     async fn run(&self, mut op: ClientOp) -> Result<OpDone, Error> {
-        let mut step = op.start(&mut self.shared.table());
+        let lease = || self.shared.lease.valid();
+        let mut step = op.start(&mut self.shared.table(), lease());
         let give_up = Instant::now() + self.op_timeout;
         // Held from the turn until the op returns.
         let mut _turn = None;
@@ -186,11 +275,11 @@ impl Client {
                 OpStep::Done(result) => return result,
                 OpStep::WaitTurn => {
                     _turn = Some(self.wait_turn(op.page(), give_up).await?);
-                    op.on(&mut self.shared.table(), OpEvent::Turn)
+                    op.on(&mut self.shared.table(), OpEvent::Turn, lease())
                 }
                 OpStep::Fault(kind) => {
                     let event = self.fault(op.page(), kind, give_up).await;
-                    op.on(&mut self.shared.table(), event)
+                    op.on(&mut self.shared.table(), event, lease())
                 }
             };
         }
@@ -205,10 +294,19 @@ impl Client {
     /// One fault with a fresh seq, as an event for the op.
     async fn fault(&self, page: &PageName, kind: FaultKind, give_up: Instant) -> OpEvent {
         let result = match self.fault_once(page, kind, give_up).await {
-            Err(Error::UnknownClient { client }) if client == self.id() => match self.register_again().await {
+            // Only the heartbeat baseline, which can lose its directory, forgets a
+            // client without evicting it: register again and fault again.
+            Err(Error::UnknownClient { client }) if client == self.id() => match self.shared.rejoin(client).await {
                 Ok(()) => self.fault_once(page, kind, give_up).await,
                 Err(err) => Err(err),
             },
+            // An evicted client's op fails; the client registers again.
+            Err(Error::Evicted { client }) if client == self.id() => {
+                if let Err(err) = self.shared.rejoin(client).await {
+                    tracing::warn!("could not register again after eviction: {err}");
+                }
+                Err(Error::Evicted { client })
+            }
             other => other,
         };
         match result {
@@ -233,26 +331,24 @@ impl Client {
         }
     }
 
-    /// The directory no longer knows this client (only the heartbeat baseline,
-    /// which can lose its directory, gets here): register again under a new id.
-    async fn register_again(&self) -> Result<(), Error> {
-        let old = self.id();
-        let new = self.shared.cm.register(&self.addr.to_string()).await?;
-        self.shared.id.store(new, Ordering::SeqCst);
-        self.shared.table().set_me(new);
-        tracing::warn!("the CM forgot client {old} (its directory was lost); registered again as client {new}");
-        Ok(())
-    }
-
-    /// Leaves the cluster: the directory forgets this client, then the server stops.
-    pub async fn leave(mut self) -> Result<(), Error> {
+    /// Leaves the cluster: the directory removes this client (each page it owns
+    /// passes to a copy holder, or is lost without one), then the server stops.
+    pub async fn leave(mut self) -> Result<Removal, Error> {
+        self.keepalive.abort();
         let left = self.shared.cm.unregister(self.id()).await;
         self.server.stop().await;
         left
     }
 
-    /// Stops serving without telling the CM, as a crashed client would.
+    /// Stops serving and renewing without telling the CM, as a crashed client would.
     pub async fn crash(mut self) {
+        self.keepalive.abort();
         self.server.stop().await;
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.keepalive.abort();
     }
 }

@@ -8,9 +8,11 @@
 //! `Heartbeat`: the backup polls the primary every pulse and takes over when a
 //! pulse is missed; a restarted primary reclaims the title first.
 //!
-//! [`RequestServer`] serves registrations and faults on the leader; [`Replica`]
-//! is the one place the two modes differ.
+//! [`RequestServer`] serves registrations, keepalives and faults on the leader
+//! and evicts clients whose lease ran out ([`Leases`]); [`Replica`] is the one
+//! place the two modes differ.
 
+mod leases;
 mod replica;
 mod request_server;
 
@@ -22,6 +24,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+pub use leases::{Leases, DEFAULT_CLIENT_LEASE, LEASE_MARGIN_SHARE};
 pub use replica::Replica;
 pub use request_server::{ManagerHandler, RequestServer, FAULT_REPLY_DEADLINE};
 
@@ -41,6 +44,10 @@ pub const HOLDER_RPC_TIMEOUT: Duration = Duration::from_secs(1);
 /// Default heartbeat-mode pulse: the original design's 1 s.
 pub const DEFAULT_PULSE: Duration = Duration::from_secs(1);
 
+/// Shortest client lease accepted (a keepalive every third of it must fit
+/// several round trips).
+pub const MIN_CLIENT_LEASE: Duration = Duration::from_millis(300);
+
 /// What a CM node needs to start.
 #[derive(Debug, Clone)]
 pub struct CmConfig {
@@ -56,6 +63,8 @@ pub struct CmConfig {
     pub timers: RaftTimers,
     /// Heartbeat mode: how often the backup polls the primary.
     pub pulse: Duration,
+    /// The lease each client holds after each keepalive.
+    pub client_lease: Duration,
     /// Testing only: skip invalidations, breaking coherence on purpose so the
     /// chaos harness can show it catches a broken build.
     pub unsafe_skip_invalidation: bool,
@@ -71,6 +80,7 @@ impl CmConfig {
             mode: ReplicationMode::Raft,
             timers: RaftTimers::default(),
             pulse: DEFAULT_PULSE,
+            client_lease: DEFAULT_CLIENT_LEASE,
             unsafe_skip_invalidation: false,
         }
     }
@@ -86,6 +96,13 @@ impl CmConfig {
             if addr.parse::<std::net::SocketAddr>().is_err() {
                 return Err(Error::InvalidConfig(format!("peer {id} address {addr:?} is not host:port")));
             }
+        }
+        if self.client_lease < MIN_CLIENT_LEASE {
+            return Err(Error::InvalidConfig(format!(
+                "the client lease must be at least {} ms, not {} ms",
+                MIN_CLIENT_LEASE.as_millis(),
+                self.client_lease.as_millis()
+            )));
         }
         match self.mode {
             ReplicationMode::Raft => self.timers.config().map(|_| ()),
@@ -103,6 +120,7 @@ pub struct CmNode {
     pub addr: std::net::SocketAddr,
     server: Arc<RequestServer>,
     poller: Option<JoinHandle<()>>,
+    lease_watch: JoinHandle<()>,
     grpc: Server,
 }
 
@@ -114,6 +132,7 @@ impl CmNode {
         let channels = Channels::new(HOLDER_RPC_TIMEOUT);
         let holders = HolderClient::new(channels.clone());
         let skip = config.unsafe_skip_invalidation;
+        let leases = || Leases::new(config.client_lease);
         let (server, peers, poller) = match config.mode {
             ReplicationMode::Raft => {
                 let start = RaftStart {
@@ -125,7 +144,7 @@ impl CmNode {
                 };
                 let (replica, dir) = crate::raft::node::start(start).await?;
                 let peers = PeerService::Raft(Arc::new(TransportHandler::new(replica.raft().clone())));
-                (RequestServer::new(Replica::Raft(replica), dir, holders, skip), peers, None)
+                (RequestServer::new(Replica::Raft(replica), dir, holders, leases(), skip), peers, None)
             }
             ReplicationMode::Heartbeat => {
                 let replica = Arc::new(HeartbeatReplica::new(config.id, &config.peers)?);
@@ -138,13 +157,14 @@ impl CmNode {
                     .then(|| tokio::spawn(poll_primary(replica.clone(), my_addr, config.pulse, links)));
                 let peers = PeerService::Heartbeat(Arc::new(PulseHandler::new(replica.clone())));
                 let dir = replica.directory();
-                (RequestServer::new(Replica::Heartbeat(replica), dir, holders, skip), peers, poller)
+                (RequestServer::new(Replica::Heartbeat(replica), dir, holders, leases(), skip), peers, poller)
             }
         };
         let server = Arc::new(server);
+        let lease_watch = tokio::spawn(server.clone().watch_leases());
         let grpc = crate::rpc::serve_cm(Arc::new(ManagerHandler(server.clone())), peers, listener);
         tracing::info!(id = config.id, %addr, mode = %config.mode, "CM node started");
-        Ok(CmNode { addr, server, poller, grpc })
+        Ok(CmNode { addr, server, poller, lease_watch, grpc })
     }
 
     /// This node's status (role, term, indexes, leader).
@@ -155,6 +175,7 @@ impl CmNode {
     /// Stops serving and shuts replication down, releasing the sled store.
     pub async fn shutdown(mut self) {
         // Replication first, so requests still in flight fail fast instead of committing.
+        self.lease_watch.abort();
         self.server.replica().shutdown().await;
         if let Some(poller) = self.poller.take() {
             poller.abort();
@@ -165,6 +186,7 @@ impl CmNode {
 
 impl Drop for CmNode {
     fn drop(&mut self) {
+        self.lease_watch.abort();
         if let Some(poller) = self.poller.take() {
             poller.abort();
         }

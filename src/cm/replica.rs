@@ -37,6 +37,24 @@ impl Replica {
         }
     }
 
+    /// A number that changes whenever this node starts leading, while it leads
+    /// (the Raft term; heartbeat: a count of claims).
+    pub fn leader_term(&self) -> Option<u64> {
+        match self {
+            Replica::Raft(r) => r.leader_term(),
+            Replica::Heartbeat(h) => h.leader_term(),
+        }
+    }
+
+    /// Returns once this node's leadership is confirmed by a majority since
+    /// `since` (Raft); the heartbeat baseline has no such check.
+    pub async fn confirm_leadership(&self, since: tokio::time::Instant) -> Result<(), Error> {
+        match self {
+            Replica::Raft(r) => r.confirm_leadership(since).await,
+            Replica::Heartbeat(h) => h.ensure_leader(),
+        }
+    }
+
     /// This node's status (the directory counts are left at zero).
     pub fn status(&self) -> NodeStatus {
         match self {

@@ -7,43 +7,76 @@
 //! parallel, the forward, the commit through the [`Replica`], the best-effort
 //! release, the confirmation. The run decides the order; this file only does the
 //! IO and holds the lock until the run is done.
+//!
+//! A holder that does not answer holds the fault up until it answers again or its
+//! lease runs out; then the fault evicts it and plans again without it. The
+//! server also renews leases (`keep_alive`) and evicts, in the background, every
+//! client whose lease ran out (`watch_leases`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 
+use super::leases::Leases;
 use super::replica::Replica;
 use crate::error::Error;
 use crate::protocol::{
     Applied, ClientId, DirCmd, Directory, Epoch, FaultEvent, FaultRequest, FaultRun, FaultStep, Forward, Grant,
     PageName, SharedDirectory,
 };
-use crate::rpc::{HolderClient, HolderRef, ManagerApi};
-use crate::status::NodeStatus;
+use crate::rpc::{HolderClient, HolderRef, ManagerApi, Removal};
+use crate::status::{ClientLease, NodeStatus};
 
 /// How long a caller waits for its fault before it is told the outcome is
 /// unknown; below the client's per-RPC timeout, so the client hears why.
 pub const FAULT_REPLY_DEADLINE: Duration = Duration::from_millis(2500);
+
+/// How long before the caller's own deadline a slow fault answers why it is slow.
+const REPLY_MARGIN: Duration = Duration::from_millis(50);
+
+/// How often a fault held up by a silent holder plans again (the holder may be
+/// back, or evicted).
+const HOLDER_RETRY: Duration = Duration::from_millis(100);
+
+/// How long past a holder's eviction time a fault keeps waiting on it before it
+/// gives up (the eviction itself may have to wait for a quorum).
+const HOLDER_PATIENCE_EXTRA: Duration = Duration::from_secs(1);
+
+/// How often the leader looks for leases that ran out, as a share of the lease.
+const LEASE_CHECKS_PER_LEASE: u32 = 8;
 
 /// The leader's request server.
 pub struct RequestServer {
     replica: Replica,
     dir: SharedDirectory,
     holders: HolderClient,
+    leases: Leases,
     skip_invalidation: bool,
     locks: Mutex<HashMap<PageName, Arc<tokio::sync::Mutex<()>>>>,
 }
 
+/// What a running fault last waited on, for the answer its caller gets when the
+/// reply deadline passes first.
+type Waiting = Arc<Mutex<Option<Error>>>;
+
 impl RequestServer {
-    /// A server committing through `replica`, reading `dir` and calling holders
-    /// through `holders`; `skip_invalidation` breaks coherence (testing only).
-    pub fn new(replica: Replica, dir: SharedDirectory, holders: HolderClient, skip_invalidation: bool) -> Self {
+    /// A server committing through `replica`, reading `dir`, calling holders
+    /// through `holders` and keeping their `leases`; `skip_invalidation` breaks
+    /// coherence (testing only).
+    pub fn new(
+        replica: Replica,
+        dir: SharedDirectory,
+        holders: HolderClient,
+        leases: Leases,
+        skip_invalidation: bool,
+    ) -> Self {
         if skip_invalidation {
             tracing::warn!("UNSAFE: invalidations are skipped; copies will go stale");
         }
-        RequestServer { replica, dir, holders, skip_invalidation, locks: Mutex::default() }
+        RequestServer { replica, dir, holders, leases, skip_invalidation, locks: Mutex::default() }
     }
 
     /// The replication this server commits through.
@@ -62,35 +95,47 @@ impl RequestServer {
     /// run is done, even when the caller gives up or its RPC is cancelled:
     /// releasing the lock while a commit may still land would let the next fault
     /// plan from a directory about to change under it.
-    pub async fn serve_fault(self: &Arc<Self>, request: FaultRequest) -> Result<Grant, Error> {
+    pub async fn serve_fault(
+        self: &Arc<Self>,
+        request: FaultRequest,
+        reply_within: Option<Duration>,
+    ) -> Result<Grant, Error> {
         self.replica.ensure_leader().await?;
+        let deadline =
+            reply_within.map_or(FAULT_REPLY_DEADLINE, |w| w.saturating_sub(REPLY_MARGIN).min(FAULT_REPLY_DEADLINE));
         let page = request.page.clone();
-        let this = self.clone();
-        let task = tokio::spawn(async move { this.fault_locked(request).await });
-        match tokio::time::timeout(FAULT_REPLY_DEADLINE, task).await {
+        let (this, waiting) = (self.clone(), Waiting::default());
+        let task = {
+            let waiting = waiting.clone();
+            tokio::spawn(async move { this.fault_locked(request, &waiting).await })
+        };
+        match tokio::time::timeout(deadline, task).await {
             Ok(Ok(served)) => served,
             Ok(Err(err)) => Err(Error::Internal(format!("fault task on {page}: {err}"))),
-            Err(_) => Err(Error::NoQuorum(format!(
-                "the fault on {page} did not complete within {} ms; it may still commit",
-                FAULT_REPLY_DEADLINE.as_millis()
-            ))),
+            Err(_) => Err(waiting.lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or_else(|| {
+                Error::NoQuorum(format!(
+                    "the fault on {page} did not complete within {} ms; it may still commit",
+                    deadline.as_millis()
+                ))
+            })),
         }
     }
 
-    async fn fault_locked(&self, request: FaultRequest) -> Result<Grant, Error> {
+    async fn fault_locked(&self, request: FaultRequest, waiting: &Waiting) -> Result<Grant, Error> {
         let page = request.page.clone();
         let lock = self.page_lock(&page);
         let served = {
             let _serialised = lock.lock().await;
-            self.run(request).await
+            self.run(request, waiting).await
         };
         self.drop_lock_if_idle(&page, lock);
         served
     }
 
     /// Steps one [`FaultRun`] to its end, doing each step's IO.
-    async fn run(&self, request: FaultRequest) -> Result<Grant, Error> {
+    async fn run(&self, request: FaultRequest, waiting: &Waiting) -> Result<Grant, Error> {
         let (client, seq, page) = (request.client, request.seq, request.page.clone());
+        let started = Instant::now();
         let (mut run, mut step) = self.read(|d| FaultRun::start(request, d));
         loop {
             step = match step {
@@ -99,9 +144,13 @@ impl RequestServer {
                 }
                 FaultStep::Forward(fwd) => run.on(FaultEvent::Forwarded(self.forward(client, &page, &fwd).await)),
                 FaultStep::Commit(cmd) => run.on(FaultEvent::Committed(self.replica.commit(cmd).await)),
-                FaultStep::Release { owner, epoch } => {
-                    self.release(owner, &page, epoch);
+                FaultStep::Release { holders, epoch } => {
+                    self.release(&holders, &page, epoch);
                     run.on(FaultEvent::Released)
+                }
+                FaultStep::HolderDown { client, error } => {
+                    let waited = self.await_holder(client, error, started, waiting).await;
+                    run.on(waited.map_or_else(FaultEvent::HolderGaveUp, |()| FaultEvent::HolderAwaited))
                 }
                 FaultStep::Confirm(grant) => {
                     run.on(FaultEvent::Confirmed(self.confirm(client, &page, grant, seq).await))
@@ -150,15 +199,86 @@ impl RequestServer {
         confirmed
     }
 
-    /// Tells an old owner, best effort and without waiting, that its kept bytes may go.
-    fn release(&self, owner: ClientId, page: &PageName, epoch: Epoch) {
-        let Ok(holder) = self.holder(owner) else { return };
-        let (rpc, page) = (self.holders.clone(), page.clone());
-        tokio::spawn(async move {
-            if let Err(err) = rpc.invalidate(&holder, &page, epoch).await {
-                tracing::debug!("release of {page} at client {}: {err}", holder.id);
+    /// Tells holders, best effort and without waiting, that their kept bytes may go.
+    fn release(&self, holders: &[ClientId], page: &PageName, epoch: Epoch) {
+        if self.skip_invalidation {
+            return;
+        }
+        for holder in holders.iter().filter_map(|id| self.holder(*id).ok()) {
+            let (rpc, page) = (self.holders.clone(), page.clone());
+            tokio::spawn(async move {
+                if let Err(err) = rpc.release(&holder, &page, epoch).await {
+                    tracing::debug!("release of {page} at client {}: {err}", holder.id);
+                }
+            });
+        }
+    }
+
+    /// A holder did not answer: evict it once its lease has run out, or wait a
+    /// little for it; `Err` (naming when it will be evicted) once the fault has
+    /// waited past the holder's eviction time. While it waits, `waiting` says why.
+    async fn await_holder(
+        &self,
+        client: ClientId,
+        error: Error,
+        started: Instant,
+        waiting: &Waiting,
+    ) -> Result<(), Error> {
+        let Some(term) = self.replica.leader_term() else { return Err(error) };
+        let remaining = self.leases.remaining(term, client, Instant::now());
+        let why = with_eviction_time(error, remaining);
+        *waiting.lock().unwrap_or_else(|e| e.into_inner()) = Some(why.clone());
+        if remaining.is_zero() {
+            return self.evict(client, "it did not answer and its lease ran out").await.map(|_| ());
+        }
+        if started.elapsed() > self.leases.eviction_delay() + HOLDER_PATIENCE_EXTRA {
+            return Err(why);
+        }
+        tracing::debug!("{why}");
+        tokio::time::sleep(remaining.min(HOLDER_RETRY)).await;
+        Ok(())
+    }
+
+    /// Commits the eviction of `client` (no-op when already gone) and forgets its lease.
+    pub async fn evict(&self, client: ClientId, why: &str) -> Result<Removal, Error> {
+        let addr = self.read(|d| d.client(client).map(|c| c.addr.clone()));
+        let Some(addr) = addr else { return Ok(Removal::default()) };
+        let removal = match self.commit(DirCmd::Evict { client }).await? {
+            Applied::Removed { promoted, lost } => Removal { promoted: promoted as u64, lost: lost as u64 },
+            other => return Err(Error::Internal(format!("eviction gave {other:?}"))),
+        };
+        self.leases.forget(client);
+        tracing::warn!(
+            client,
+            %addr,
+            pages_promoted = removal.promoted,
+            pages_lost = removal.lost,
+            "evicted client {client} at {addr}: {why}; {} pages passed to a copy holder, {} lost",
+            removal.promoted,
+            removal.lost
+        );
+        Ok(removal)
+    }
+
+    /// The background task that evicts every client whose lease ran out while
+    /// this node leads; runs until the server is dropped.
+    pub async fn watch_leases(self: Arc<Self>) {
+        let every = (self.leases.lease() / LEASE_CHECKS_PER_LEASE).max(Duration::from_millis(20));
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            if Arc::strong_count(&self) == 1 {
+                return;
             }
-        });
+            let Some(term) = self.replica.leader_term() else { continue };
+            let registered: Vec<ClientId> = self.read(|d| d.clients().map(|(id, _)| *id).collect());
+            for client in self.leases.expired(term, registered.into_iter(), Instant::now()) {
+                if let Err(err) = self.evict(client, "its lease ran out").await {
+                    tracing::warn!("eviction of client {client}: {err}");
+                }
+            }
+        }
     }
 
     fn holder(&self, id: ClientId) -> Result<HolderRef, Error> {
@@ -195,29 +315,88 @@ impl RequestServer {
     }
 }
 
+/// The error of a holder that did not answer, saying when it will be evicted.
+fn with_eviction_time(error: Error, remaining: Duration) -> Error {
+    match error {
+        Error::ClientUnreachable { client, addr, reason, .. } => {
+            Error::ClientUnreachable { client, addr, reason, evict_in_ms: Some(remaining.as_millis() as u64) }
+        }
+        other => other,
+    }
+}
+
 /// The client-facing API of a node, served by its request server.
 pub struct ManagerHandler(pub Arc<RequestServer>);
 
 #[crate::rpc::async_trait]
 impl ManagerApi for ManagerHandler {
-    async fn register(&self, addr: String, nonce: u64) -> Result<ClientId, Error> {
-        match self.0.commit(DirCmd::Register { addr, nonce }).await? {
-            Applied::Registered { client } => Ok(client),
-            other => Err(Error::Internal(format!("registration gave {other:?}"))),
+    async fn register(&self, addr: String, nonce: u64) -> Result<(ClientId, Duration), Error> {
+        let received = Instant::now();
+        let client = match self.0.commit(DirCmd::Register { addr, nonce }).await? {
+            Applied::Registered { client } => client,
+            other => return Err(Error::Internal(format!("registration gave {other:?}"))),
+        };
+        // The commit proves this node led after `received`: the registration is
+        // the client's first renewal.
+        if let Some(term) = self.0.replica.leader_term() {
+            self.0.leases.renew(term, client, received);
         }
+        Ok((client, self.0.leases.lease()))
     }
 
-    async fn unregister(&self, client: ClientId) -> Result<(), Error> {
-        self.0.commit(DirCmd::Unregister { client }).await.map(|_| ())
+    async fn unregister(&self, client: ClientId) -> Result<Removal, Error> {
+        let removal = match self.0.commit(DirCmd::Unregister { client }).await? {
+            Applied::Removed { promoted, lost } => Removal { promoted: promoted as u64, lost: lost as u64 },
+            other => return Err(Error::Internal(format!("removal gave {other:?}"))),
+        };
+        self.0.leases.forget(client);
+        Ok(removal)
     }
 
-    async fn fault(&self, request: FaultRequest) -> Result<Grant, Error> {
-        self.0.serve_fault(request).await
+    async fn keep_alive(&self, client: ClientId) -> Result<Duration, Error> {
+        let received = Instant::now();
+        self.0.replica.ensure_leader().await?;
+        let term = self.0.replica.leader_term().ok_or_else(|| Error::NoQuorum("leadership lost".into()))?;
+        if let Some(err) = self.0.read(|d| d.client(client).is_none().then(|| d.unknown_client(client))) {
+            return Err(err);
+        }
+        // Acknowledge only once a majority confirmed this node's leadership after
+        // the request arrived: a deposed leader must not extend a lease the new
+        // leader never saw.
+        self.0.replica.confirm_leadership(received).await?;
+        if self.0.replica.leader_term() == Some(term) {
+            self.0.leases.renew(term, client, received);
+        }
+        Ok(self.0.leases.lease())
+    }
+
+    async fn evict(&self, client: ClientId) -> Result<Removal, Error> {
+        if self.0.read(|d| d.client(client).is_none()) {
+            return Err(Error::UnknownClient { client });
+        }
+        self.0.evict(client, "an operator evicted it").await
+    }
+
+    async fn fault(&self, request: FaultRequest, reply_within: Option<Duration>) -> Result<Grant, Error> {
+        self.0.serve_fault(request, reply_within).await
     }
 
     async fn status(&self) -> Result<NodeStatus, Error> {
         let mut status = self.0.replica.status();
-        (status.pages, status.clients) = self.0.read(|d| (d.pages().count() as u64, d.client_count() as u64));
+        let term = self.0.replica.leader_term();
+        let now = Instant::now();
+        let clients: Vec<(ClientId, String)> = self.0.read(|d| {
+            status.pages = d.pages().count() as u64;
+            d.clients().map(|(id, c)| (*id, c.addr.clone())).collect()
+        });
+        status.clients = clients.len() as u64;
+        status.client_list = clients
+            .into_iter()
+            .map(|(id, addr)| {
+                let age = term.map(|t| self.0.leases.age(t, id, now).as_millis() as u64);
+                ClientLease { id, addr, keepalive_age_ms: age }
+            })
+            .collect();
         Ok(status)
     }
 }

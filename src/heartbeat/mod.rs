@@ -26,6 +26,8 @@ struct State {
     role: Role,
     version: u64,
     last_sync: Option<Instant>,
+    /// Grows each time this node starts serving (claim or takeover).
+    claims: u64,
 }
 
 /// One node of the primary/backup pair.
@@ -49,7 +51,7 @@ impl HeartbeatReplica {
             )));
         }
         let role = if Some(&id) == pair.keys().next() { Role::Primary } else { Role::Backup };
-        let state = State { role, version: 0, last_sync: None };
+        let state = State { role, version: 0, last_sync: None, claims: 0 };
         Ok(HeartbeatReplica {
             id,
             peers: pair,
@@ -151,10 +153,18 @@ impl HeartbeatReplica {
         Ok(())
     }
 
+    /// A number that changes each time this node starts serving, while it
+    /// serves (the heartbeat mode's counterpart of a Raft leader's term).
+    pub fn leader_term(&self) -> Option<u64> {
+        let state = self.state();
+        (state.role != Role::Backup).then_some(state.claims)
+    }
+
     /// The backup takes over after a missed pulse; returns the age of its copy.
     pub fn take_over(&self) -> Option<Duration> {
         let mut state = self.state();
         state.role = Role::ActingPrimary;
+        state.claims += 1;
         state.last_sync.map(|t| t.elapsed())
     }
 
@@ -165,7 +175,9 @@ impl HeartbeatReplica {
 
     /// The primary (re)claims the title.
     pub fn claim(&self) {
-        self.state().role = Role::Primary;
+        let mut state = self.state();
+        state.role = Role::Primary;
+        state.claims += 1;
     }
 
     fn state(&self) -> MutexGuard<'_, State> {

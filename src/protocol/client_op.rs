@@ -6,7 +6,9 @@
 //!
 //! The order:
 //!
-//! 1. A valid local copy (read) or write access (write) answers at once.
+//! 1. A valid local copy (read) or write access (write) answers at once, but
+//!    only while the client's lease is valid: a client whose lease ran out may
+//!    have been evicted, and its copies superseded, without its knowing.
 //! 2. Otherwise the op waits for its turn (one fault per page at a time), looks
 //!    again (another op may have brought the page meanwhile), records what it
 //!    intends (a write's value) and takes a fault.
@@ -83,17 +85,18 @@ pub struct ClientOp {
     page: PageName,
     want: Want,
     rounds: usize,
+    lease_valid: bool,
 }
 
 impl ClientOp {
     /// A read of `page`.
     pub fn read(page: PageName) -> Self {
-        ClientOp { page, want: Want::Read, rounds: 0 }
+        ClientOp { page, want: Want::Read, rounds: 0, lease_valid: false }
     }
 
     /// A write of `content` to `page` (size already checked).
     pub fn write(page: PageName, content: Vec<u8>) -> Self {
-        ClientOp { page, want: Want::Write(content), rounds: 0 }
+        ClientOp { page, want: Want::Write(content), rounds: 0, lease_valid: false }
     }
 
     /// The page the op is on.
@@ -101,16 +104,20 @@ impl ClientOp {
         &self.page
     }
 
-    /// The first step: a local hit, or a wait for the turn to fault.
-    pub fn start(&mut self, table: &mut PageTable) -> OpStep {
+    /// The first step: a local hit (only while `lease_valid`), or a wait for the
+    /// turn to fault.
+    pub fn start(&mut self, table: &mut PageTable, lease_valid: bool) -> OpStep {
+        self.lease_valid = lease_valid;
         match self.local(table, Hit::Local) {
             Some(done) => OpStep::Done(Ok(done)),
             None => OpStep::WaitTurn,
         }
     }
 
-    /// Takes the answer to the last step and returns the next one.
-    pub fn on(&mut self, table: &mut PageTable, event: OpEvent) -> OpStep {
+    /// Takes the answer to the last step (and whether the client's lease is
+    /// valid now) and returns the next one.
+    pub fn on(&mut self, table: &mut PageTable, event: OpEvent, lease_valid: bool) -> OpStep {
+        self.lease_valid = lease_valid;
         match event {
             OpEvent::Turn => self.round(table),
             OpEvent::Granted { grant, seq } => self.granted(table, grant, seq),
@@ -118,8 +125,11 @@ impl ClientOp {
         }
     }
 
-    /// Serves the op from the table when access allows.
+    /// Serves the op from the table when the lease and the access allow.
     fn local(&self, table: &mut PageTable, hit: Hit) -> Option<OpDone> {
+        if !self.lease_valid {
+            return None;
+        }
         match &self.want {
             Want::Read => {
                 let (value, epoch) = table.read_at(&self.page)?;

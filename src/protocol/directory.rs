@@ -6,6 +6,13 @@
 //! command that checks the page is still at the epoch it saw and records the new
 //! owner and copy set. The session table answers a retried request (same client id
 //! and seq) with its first result, so nothing is applied twice.
+//!
+//! Removing a client (it left, or its lease ran out and the leader evicted it)
+//! takes it out of every copy set and hands each page it owned to the copy holder
+//! with the smallest id (promotion), at the same epoch: once a page has a copy,
+//! its owner holds it read-only, so every copy at that epoch has the same bytes and
+//! no transfer is needed. A page with no copy is *lost*: reads fail naming the
+//! client and the epoch, and the next write creates the page afresh.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock};
@@ -19,12 +26,27 @@ use crate::error::Error;
 /// leader's request server); never hold its lock across an `.await`.
 pub type SharedDirectory = Arc<RwLock<Directory>>;
 
+/// Who holds a page's authoritative bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PageState {
+    /// The owner holds them.
+    Owned {
+        /// The owning client.
+        owner: ClientId,
+    },
+    /// They left with this client, which was removed holding the only copy.
+    Lost {
+        /// The client the page was lost with.
+        with: ClientId,
+    },
+}
+
 /// What the directory knows of one page.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PageEntry {
-    /// The client holding the page's authoritative bytes.
-    pub owner: ClientId,
-    /// Clients holding read-only copies (never contains the owner).
+    /// Who holds the authoritative bytes.
+    pub state: PageState,
+    /// Clients holding read-only copies (never the owner; empty when lost).
     pub copy_set: BTreeSet<ClientId>,
     /// Grows by one on every ownership change.
     pub epoch: Epoch,
@@ -69,8 +91,12 @@ pub struct Grant {
 pub enum DirCmd {
     /// Add a client to the registry.
     Register { addr: String, nonce: u64 },
-    /// Remove a client: it leaves every copy set; pages it owns are lost.
+    /// Remove a client that left: it leaves every copy set; each page it owned
+    /// passes to a copy holder, or is lost when it had none.
     Unregister { client: ClientId },
+    /// Remove a client whose lease ran out (or that an operator evicted), with
+    /// the same promotion as `Unregister`; later requests under its id are refused.
+    Evict { client: ClientId },
     /// Commit a fault whose transfer is done; `seen` is the epoch the manager
     /// acted on (`None` for a write fault that creates the page).
     Fault { client: ClientId, seq: u64, page: PageName, kind: FaultKind, seen: Option<Epoch> },
@@ -81,8 +107,9 @@ pub enum DirCmd {
 pub enum Applied {
     /// The client's id.
     Registered { client: ClientId },
-    /// The client was removed (or was not there).
-    Unregistered,
+    /// The client was removed (or was not there): pages promoted to a copy
+    /// holder, and pages lost.
+    Removed { promoted: usize, lost: usize },
     /// The fault is committed.
     Granted(Grant),
     /// The command changed nothing.
@@ -96,6 +123,18 @@ pub struct Directory {
     clients: BTreeMap<ClientId, ClientInfo>,
     sessions: BTreeMap<ClientId, Session>,
     next_client: ClientId,
+    /// Clients removed by eviction, so their later requests get a clear answer.
+    evicted: BTreeSet<ClientId>,
+}
+
+impl PageEntry {
+    /// The owner, unless the page is lost.
+    pub fn owner(&self) -> Option<ClientId> {
+        match self.state {
+            PageState::Owned { owner } => Some(owner),
+            PageState::Lost { .. } => None,
+        }
+    }
 }
 
 impl Directory {
@@ -103,7 +142,11 @@ impl Directory {
     pub fn apply(&mut self, cmd: &DirCmd) -> Applied {
         match cmd {
             DirCmd::Register { addr, nonce } => self.register(addr, *nonce),
-            DirCmd::Unregister { client } => self.unregister(*client),
+            DirCmd::Unregister { client } => self.remove_client(*client),
+            DirCmd::Evict { client } => {
+                self.evicted.insert(*client);
+                self.remove_client(*client)
+            }
             DirCmd::Fault { client, seq, page, kind, seen } => self.fault(*client, *seq, page, *kind, *seen),
         }
     }
@@ -162,13 +205,43 @@ impl Directory {
         Applied::Registered { client }
     }
 
-    fn unregister(&mut self, client: ClientId) -> Applied {
+    /// True when `client` was evicted (its id will not come back).
+    pub fn was_evicted(&self, client: ClientId) -> bool {
+        self.evicted.contains(&client)
+    }
+
+    /// The error for a request from an unregistered client.
+    pub fn unknown_client(&self, client: ClientId) -> Error {
+        if self.was_evicted(client) {
+            return Error::Evicted { client };
+        }
+        Error::UnknownClient { client }
+    }
+
+    /// Takes `client` out of the directory: out of every copy set, and each page
+    /// it owned promoted to a copy holder or lost.
+    fn remove_client(&mut self, client: ClientId) -> Applied {
         self.clients.remove(&client);
         self.sessions.remove(&client);
+        let (mut promoted, mut lost) = (0, 0);
         for entry in self.pages.values_mut() {
             entry.copy_set.remove(&client);
+            if entry.owner() != Some(client) {
+                continue;
+            }
+            match entry.copy_set.pop_first() {
+                Some(holder) => {
+                    entry.state = PageState::Owned { owner: holder };
+                    entry.created = false;
+                    promoted += 1;
+                }
+                None => {
+                    entry.state = PageState::Lost { with: client };
+                    lost += 1;
+                }
+            }
         }
-        Applied::Unregistered
+        Applied::Removed { promoted, lost }
     }
 
     fn fault(&mut self, client: ClientId, seq: u64, page: &PageName, kind: FaultKind, seen: Option<Epoch>) -> Applied {
@@ -176,7 +249,7 @@ impl Directory {
             return answer;
         }
         if !self.clients.contains_key(&client) {
-            return Applied::Rejected(Error::UnknownClient { client });
+            return Applied::Rejected(self.unknown_client(client));
         }
         let granted = match kind {
             FaultKind::Read => self.grant_read(client, page, seen),
@@ -196,7 +269,11 @@ impl Directory {
         if Some(entry.epoch) != seen {
             return Err(Error::EpochMoved { page: page.to_string(), epoch: entry.epoch });
         }
-        if entry.owner != client {
+        let owner = match entry.state {
+            PageState::Owned { owner } => owner,
+            PageState::Lost { with } => return Err(lost(page, with, entry.epoch)),
+        };
+        if owner != client {
             entry.copy_set.insert(client);
         }
         Ok(Grant { epoch: entry.epoch, created: false })
@@ -207,21 +284,26 @@ impl Directory {
             if seen.is_some() {
                 return Err(not_found(page));
             }
-            let entry = PageEntry { owner: client, copy_set: BTreeSet::new(), epoch: 1, created: true };
+            let state = PageState::Owned { owner: client };
+            let entry = PageEntry { state, copy_set: BTreeSet::new(), epoch: 1, created: true };
             self.pages.insert(page.clone(), entry);
             return Ok(Grant { epoch: 1, created: true });
         };
         if Some(entry.epoch) != seen {
             return Err(Error::EpochMoved { page: page.to_string(), epoch: entry.epoch });
         }
-        // An owner that left took the bytes: the page starts afresh.
-        let created = !self.clients.contains_key(&entry.owner);
-        entry.owner = client;
+        // A page lost with its owner starts afresh.
+        let created = matches!(entry.state, PageState::Lost { .. });
+        entry.state = PageState::Owned { owner: client };
         entry.copy_set.clear();
         entry.epoch += 1;
         entry.created = created;
         Ok(Grant { epoch: entry.epoch, created })
     }
+}
+
+fn lost(page: &PageName, with: ClientId, epoch: Epoch) -> Error {
+    Error::PageLost { page: page.to_string(), client: with, epoch }
 }
 
 fn not_found(page: &PageName) -> Error {

@@ -11,7 +11,8 @@
 //! 1. `Invalidate` every copy holder a write fault must remove (new epoch);
 //! 2. `Forward`: the owner sends the page to the requester, who keeps it pending;
 //! 3. `Commit` the fault command (nothing is promised to anyone before it lands);
-//! 4. `Release` the old owner's kept bytes (best effort, not awaited);
+//! 4. `Release` the kept bytes of the old owner and of the invalidated copy
+//!    holders (best effort, not awaited);
 //! 5. `Confirm` the grant to the requester, still under the page's lock, so its
 //!    copy is installed (and a write applied) before the next fault on the page;
 //! 6. `Done`.
@@ -19,6 +20,10 @@
 //! A commit that finds the page moved (`EpochMoved`) or an owner that does not
 //! hold the epoch the plan named (`NotHeld`) makes the run plan again from the
 //! directory (`Replan`), with the same (client, seq), a bounded number of times.
+//! A holder that does not answer (`ClientUnreachable`) makes the run wait on it
+//! (`HolderDown`): the executor evicts it once its lease has run out, or waits a
+//! little, and the run plans again; the directory then no longer names an evicted
+//! holder, so the fault goes on without it.
 //! A request granted before is answered from the session table: the run goes
 //! straight to `Confirm`.
 
@@ -62,12 +67,21 @@ pub enum FaultStep {
     Forward(Forward),
     /// Commit this command through replication.
     Commit(DirCmd),
-    /// Tell the old owner, without waiting, that its kept bytes may go.
+    /// Tell these holders, without waiting, that their kept bytes may go.
     Release {
-        /// The old owner.
-        owner: ClientId,
-        /// Copies older than this epoch are invalid.
+        /// The old owner and the invalidated copy holders.
+        holders: Vec<ClientId>,
+        /// Copies older than this epoch may be dropped.
         epoch: Epoch,
+    },
+    /// A holder did not answer: evict it if its lease has run out, or wait a
+    /// little, then feed [`FaultEvent::HolderAwaited`]; or give up with
+    /// [`FaultEvent::HolderGaveUp`].
+    HolderDown {
+        /// The client that did not answer.
+        client: ClientId,
+        /// What the call said.
+        error: Error,
     },
     /// Tell the requester its fault is committed with this grant.
     Confirm(Grant),
@@ -91,6 +105,10 @@ pub enum FaultEvent {
     Committed(Result<Applied, Error>),
     /// The `Release` was handed off.
     Released,
+    /// The holder of a `HolderDown` was evicted or waited for: plan again.
+    HolderAwaited,
+    /// The holder of a `HolderDown` stayed down past the executor's patience.
+    HolderGaveUp(Error),
     /// The `Confirm` was answered (best effort: a failure changes nothing).
     Confirmed(Result<(), Error>),
 }
@@ -103,6 +121,7 @@ enum Stage {
     Committing(FaultPlan),
     Releasing(Grant),
     Confirming(Grant),
+    AwaitingHolder,
     Finished,
 }
 
@@ -142,6 +161,8 @@ impl FaultRun {
             | (Stage::Forwarding(_), FaultEvent::Forwarded(Err(err))) => self.failed(err),
             (Stage::Committing(plan), FaultEvent::Committed(result)) => self.committed(plan, result),
             (Stage::Releasing(grant), FaultEvent::Released) => self.confirm(grant),
+            (Stage::AwaitingHolder, FaultEvent::HolderAwaited) => FaultStep::Replan { backoff: Duration::ZERO },
+            (Stage::AwaitingHolder, FaultEvent::HolderGaveUp(err)) => FaultStep::Done(Err(err)),
             (Stage::Confirming(grant), FaultEvent::Confirmed(_)) => FaultStep::Done(Ok(grant)),
             (stage, event) => {
                 let what = format!("fault run got {event:?} while {stage:?}");
@@ -189,13 +210,11 @@ impl FaultRun {
             Ok(other) => return FaultStep::Done(Err(Error::Internal(format!("fault commit gave {other:?}")))),
             Err(err) => return FaultStep::Done(Err(err)),
         };
-        match plan.release {
-            Some(owner) => {
-                self.stage = Stage::Releasing(grant);
-                FaultStep::Release { owner, epoch: grant.epoch }
-            }
-            None => self.confirm(grant),
+        if plan.release.is_empty() {
+            return self.confirm(grant);
         }
+        self.stage = Stage::Releasing(grant);
+        FaultStep::Release { holders: plan.release, epoch: grant.epoch }
     }
 
     fn confirm(&mut self, grant: Grant) -> FaultStep {
@@ -203,8 +222,13 @@ impl FaultRun {
         FaultStep::Confirm(grant)
     }
 
-    /// A step failed: plan again when the directory may have moved under it.
+    /// A step failed: wait on a holder that did not answer, plan again when the
+    /// directory may have moved under it.
     fn failed(&mut self, err: Error) -> FaultStep {
+        if let Error::ClientUnreachable { client, .. } = err {
+            self.stage = Stage::AwaitingHolder;
+            return FaultStep::HolderDown { client, error: err };
+        }
         let moved = matches!(err, Error::EpochMoved { .. } | Error::NotHeld { .. });
         if !moved || self.replans >= MAX_REPLANS {
             return FaultStep::Done(Err(err));

@@ -6,7 +6,8 @@
 //! pending copies too, so a grant that arrives after a later invalidation cannot
 //! install a stale copy (the client faults again instead). A copy is accepted only
 //! for an epoch newer than the one the client holds, so a delayed duplicate of a
-//! transfer can never overwrite newer bytes.
+//! transfer can never overwrite newer bytes. An invalidated copy keeps its bytes,
+//! with no access, until a committed later epoch releases it.
 //!
 //! The manager *confirms* a committed fault to the requester while it still holds
 //! the page's lock (Li & Hudak's confirmation step), so the copy is installed, and
@@ -111,13 +112,35 @@ impl PageTable {
         self.pages.iter()
     }
 
-    /// The manager invalidates copies older than `epoch`.
+    /// The manager invalidates copies older than `epoch`: they lose their access
+    /// but keep their bytes until released (a holder may be promoted to owner when
+    /// the owner is removed, and an invalidation may come from a fault that never
+    /// commits).
     pub fn invalidate(&mut self, page: &PageName, epoch: Epoch) {
-        if self.pending.get(page).is_some_and(|p| p.epoch < epoch) {
-            self.pending.remove(page);
+        self.drop_pending_older(page, epoch);
+        if let Some(local) = self.pages.get_mut(page).filter(|l| l.epoch < epoch) {
+            local.access = Access::Invalid;
         }
+    }
+
+    /// A fault at `epoch` is committed: copies older than it, kept or not, go.
+    pub fn release(&mut self, page: &PageName, epoch: Epoch) {
+        self.drop_pending_older(page, epoch);
         if self.pages.get(page).is_some_and(|l| l.epoch < epoch) {
             self.pages.remove(page);
+        }
+    }
+
+    /// Forgets every copy, kept bytes, pending transfer and intent (the client
+    /// was evicted and starts again under a new id).
+    pub fn clear(&mut self) {
+        let me = self.me;
+        *self = PageTable::new(me);
+    }
+
+    fn drop_pending_older(&mut self, page: &PageName, epoch: Epoch) {
+        if self.pending.get(page).is_some_and(|p| p.epoch < epoch) {
+            self.pending.remove(page);
         }
     }
 

@@ -2,11 +2,11 @@
 //!
 //! `Directory::plan_fault` turns a request into a [`Plan`]: either the cached grant
 //! of a retried request, or the invalidations and the forward to run (IO done by
-//! the caller, in this order), then the command to commit, then the old owner to
-//! release once the commit names a new one. Every step carries the page epoch and
+//! the caller, in this order), then the command to commit, then the holders to
+//! release (their kept bytes may go) once the commit names a new owner. Every step carries the page epoch and
 //! is idempotent, so a new leader may redo a plan an old leader left unfinished.
 
-use super::directory::{Applied, DirCmd, Directory, Grant};
+use super::directory::{Applied, DirCmd, Directory, Grant, PageState};
 use super::types::{ClientId, Epoch, FaultKind, PageName};
 use crate::error::{Error, Result};
 
@@ -37,8 +37,9 @@ pub struct FaultPlan {
     pub forward: Option<Forward>,
     /// The command that commits the fault.
     pub commit: DirCmd,
-    /// An old owner whose kept bytes may go once the commit is applied.
-    pub release: Option<ClientId>,
+    /// Holders whose kept bytes may go once the commit is applied: the old
+    /// owner and the invalidated copy holders of a write fault.
+    pub release: Vec<ClientId>,
 }
 
 /// What the manager does for a fault request.
@@ -59,7 +60,7 @@ impl Directory {
             _ => {}
         }
         if self.client(client).is_none() {
-            return Err(Error::UnknownClient { client });
+            return Err(self.unknown_client(client));
         }
         let commit = |seen| DirCmd::Fault { client, seq, page: page.clone(), kind, seen };
         let Some(entry) = self.page(page) else {
@@ -70,40 +71,51 @@ impl Directory {
                     invalidate_epoch: 0,
                     forward: None,
                     commit: commit(None),
-                    release: None,
+                    release: Vec::new(),
                 })),
             };
         };
-        if self.client(entry.owner).is_none() {
-            // The bytes left with the owner: a read is an error; a write starts the
-            // page afresh (its copies invalidated first), as the first write would.
-            if kind == FaultKind::Read {
-                return Err(Error::OwnerGone { page: page.to_string(), client: entry.owner });
+        let owner = match entry.state {
+            PageState::Owned { owner } => owner,
+            // The bytes left with a removed client: a read is an error; a write
+            // starts the page afresh, as the first write would.
+            PageState::Lost { with } if kind == FaultKind::Read => {
+                return Err(Error::PageLost { page: page.to_string(), client: with, epoch: entry.epoch });
             }
-            return Ok(Plan::Run(FaultPlan {
-                invalidate: entry.copy_set.iter().copied().filter(|c| *c != client).collect(),
-                invalidate_epoch: entry.epoch + 1,
-                forward: None,
-                commit: commit(Some(entry.epoch)),
-                release: None,
-            }));
-        }
-        let forward = Some(Forward { owner: entry.owner, epoch: entry.epoch, kind, seq, created: entry.created });
+            PageState::Lost { .. } => {
+                return Ok(Plan::Run(FaultPlan {
+                    invalidate: Vec::new(),
+                    invalidate_epoch: entry.epoch + 1,
+                    forward: None,
+                    commit: commit(Some(entry.epoch)),
+                    release: Vec::new(),
+                }))
+            }
+        };
+        let forward = Some(Forward { owner, epoch: entry.epoch, kind, seq, created: entry.created });
         let plan = match kind {
             FaultKind::Read => FaultPlan {
                 invalidate: Vec::new(),
                 invalidate_epoch: 0,
                 forward,
                 commit: commit(Some(entry.epoch)),
-                release: None,
+                release: Vec::new(),
             },
-            FaultKind::Write => FaultPlan {
-                invalidate: entry.copy_set.iter().copied().filter(|c| *c != client && *c != entry.owner).collect(),
-                invalidate_epoch: entry.epoch + 1,
-                forward,
-                commit: commit(Some(entry.epoch)),
-                release: (entry.owner != client).then_some(entry.owner),
-            },
+            FaultKind::Write => {
+                let invalidate: Vec<ClientId> =
+                    entry.copy_set.iter().copied().filter(|c| *c != client && *c != owner).collect();
+                let mut release = invalidate.clone();
+                if owner != client {
+                    release.push(owner);
+                }
+                FaultPlan {
+                    invalidate,
+                    invalidate_epoch: entry.epoch + 1,
+                    forward,
+                    commit: commit(Some(entry.epoch)),
+                    release,
+                }
+            }
         };
         Ok(Plan::Run(plan))
     }

@@ -17,7 +17,10 @@
 //! `taken C PAGE EPOCH` (a write op's client-side steps one at a time; SEQ defaults
 //! to 1); `send C PAGE EPOCH read|write VALUE [SEQ]`; `unregister C`; `table C`;
 //! `dir PAGE`; `confirms lost|delivered` (drop the manager's confirmations, so the
-//! requester installs from the fault's reply).
+//! requester installs from the fault's reply); `crash C` (the client stops
+//! answering; a fault that needs it evicts it, as the leader does once its lease
+//! runs out); `evict C` (commit an eviction now); `release C PAGE EPOCH`;
+//! `lease C expired|valid` (the client's own view of its lease).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -35,6 +38,10 @@ struct World {
     /// An op whose fault the manager left unfinished (`partial`), by client.
     inflight: BTreeMap<ClientId, ClientOp>,
     confirms_lost: bool,
+    /// Clients that stopped answering.
+    crashed: std::collections::BTreeSet<ClientId>,
+    /// Clients whose own lease ran out (they serve no local hits).
+    expired: std::collections::BTreeSet<ClientId>,
 }
 
 type Out = Result<String, Error>;
@@ -68,6 +75,23 @@ impl World {
                 self.op(id(c), ClientOp::write(name(p)?, v.as_bytes().to_vec()), Manager::CrashBeforeCommit)
             }
             ["retry", c] => self.retry(id(c)),
+            ["crash", c] => {
+                self.crashed.insert(id(c));
+                Ok("ok".into())
+            }
+            ["lease", c, "expired"] => {
+                self.expired.insert(id(c));
+                Ok("ok".into())
+            }
+            ["lease", c, "valid"] => {
+                self.expired.remove(&id(c));
+                Ok("ok".into())
+            }
+            ["evict", c] => Ok(format!("{:?}", self.dir.apply(&DirCmd::Evict { client: id(c) }))),
+            ["release", c, p, e] => {
+                self.table(id(c)).release(&name(p)?, num(e));
+                Ok("ok".into())
+            }
             ["commit", c, s, k, p, e] => self.commit(id(c), num(s), kind(k), &name(p)?, num(e)),
             ["invalidate", c, p, e] => {
                 self.table(id(c)).invalidate(&name(p)?, num(e));
@@ -130,18 +154,19 @@ impl World {
     /// Runs one client op, as the client's executor does, to its end or to a
     /// manager crash that leaves it in flight.
     fn op(&mut self, c: ClientId, mut op: ClientOp, manager: Manager) -> Out {
-        let mut step = op.start(self.table(c));
+        let lease = !self.expired.contains(&c);
+        let mut step = op.start(self.table(c), lease);
         loop {
             step = match step {
                 OpStep::Done(result) => return show_done(result, "fault"),
-                OpStep::WaitTurn => op.on(self.table(c), OpEvent::Turn),
+                OpStep::WaitTurn => op.on(self.table(c), OpEvent::Turn, lease),
                 OpStep::Fault(k) => {
                     let seq = self.seqs.entry(c).or_default();
                     *seq += 1;
                     let request = FaultRequest { client: c, seq: *seq, page: op.page().clone(), kind: k };
                     self.last.insert(c, request.clone());
                     match self.serve(request, manager) {
-                        Some(event) => op.on(self.table(c), event),
+                        Some(event) => op.on(self.table(c), event, lease),
                         None => {
                             self.inflight.insert(c, op);
                             return Ok("transferred, not committed".into());
@@ -162,7 +187,8 @@ impl World {
             FaultKind::Write => ClientOp::write(request.page.clone(), Vec::new()),
         });
         let event = self.serve(request, Manager::Whole).expect("a whole run answers");
-        match op.on(self.table(c), event) {
+        let lease = !self.expired.contains(&c);
+        match op.on(self.table(c), event, lease) {
             OpStep::Done(result) => show_done(result, how),
             other => panic!("a retried op took another step: {other:?}"),
         }
@@ -176,15 +202,32 @@ impl World {
         loop {
             step = match step {
                 FaultStep::Invalidate { holders, epoch } => {
-                    holders.iter().for_each(|h| self.table(*h).invalidate(&page, epoch));
-                    run.on(FaultEvent::Invalidated(Ok(())))
+                    let answered = holders.iter().try_for_each(|h| {
+                        self.reach(*h)?;
+                        self.table(*h).invalidate(&page, epoch);
+                        Ok(())
+                    });
+                    run.on(FaultEvent::Invalidated(answered))
                 }
                 FaultStep::Forward(fwd) => run.on(FaultEvent::Forwarded(self.forward(c, &page, &fwd))),
                 FaultStep::Commit(_) if manager == Manager::CrashBeforeCommit => return None,
                 FaultStep::Commit(cmd) => run.on(FaultEvent::Committed(Ok(self.dir.apply(&cmd)))),
-                FaultStep::Release { owner, epoch } => {
-                    self.table(owner).invalidate(&page, epoch);
+                FaultStep::Release { holders, epoch } => {
+                    let reachable: Vec<ClientId> = holders.into_iter().filter(|h| !self.crashed.contains(h)).collect();
+                    for h in reachable {
+                        self.table(h).release(&page, epoch);
+                    }
                     run.on(FaultEvent::Released)
+                }
+                FaultStep::HolderDown { client, error } => {
+                    // The leader evicts a client that stopped answering once its
+                    // lease runs out; a script's crashed client has run out.
+                    if self.crashed.contains(&client) && self.dir.client(client).is_some() {
+                        self.dir.apply(&DirCmd::Evict { client });
+                        run.on(FaultEvent::HolderAwaited)
+                    } else {
+                        run.on(FaultEvent::HolderGaveUp(error))
+                    }
                 }
                 FaultStep::Confirm(grant) => {
                     let confirmed = if self.confirms_lost {
@@ -201,8 +244,18 @@ impl World {
         }
     }
 
+    /// Fails like an RPC to a client that stopped answering.
+    fn reach(&self, c: ClientId) -> Result<(), Error> {
+        if self.crashed.contains(&c) {
+            let reason = "connection refused".to_string();
+            return Err(Error::ClientUnreachable { client: c, addr: format!("c{c}"), reason, evict_in_ms: None });
+        }
+        Ok(())
+    }
+
     /// The owner's side of a forward: it sends the page straight to the requester.
     fn forward(&mut self, requester: ClientId, page: &PageName, fwd: &Forward) -> Result<(), Error> {
+        self.reach(fwd.owner)?;
         let t = self.table(fwd.owner).forward(page, fwd.epoch, fwd.kind, fwd.created)?;
         self.table(requester).receive(page, t.epoch, t.access, t.content, fwd.seq);
         Ok(())
@@ -230,7 +283,10 @@ impl World {
     fn show_dir(&self, page: &PageName) -> String {
         match self.dir.page(page) {
             None => "absent".into(),
-            Some(e) => format!("owner={} copy_set={:?} epoch={}", e.owner, e.copy_set, e.epoch),
+            Some(e) => match e.state {
+                PageState::Owned { owner } => format!("owner={owner} copy_set={:?} epoch={}", e.copy_set, e.epoch),
+                PageState::Lost { with } => format!("lost with={with} epoch={}", e.epoch),
+            },
         }
     }
 }

@@ -6,6 +6,8 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use openraft::{BasicNode, ServerState};
 
 use super::network::NetworkFactory;
@@ -42,7 +44,8 @@ pub async fn start(s: RaftStart<'_>) -> Result<(RaftReplica, SharedDirectory), E
     initialize(&raft, s.peers).await?;
     let proposer = Proposer::spawn(raft.clone());
     tokio::spawn(log_role_changes(raft.clone()));
-    Ok((RaftReplica::new(raft, proposer, s.timers.commit_deadline()), dir))
+    let fresh = Duration::from_millis(s.timers.election_max_ms);
+    Ok((RaftReplica::new(raft, proposer, s.timers.commit_deadline(), fresh), dir))
 }
 
 /// Logs every change of this node's role or of the leader it knows, until shutdown.
@@ -79,18 +82,96 @@ async fn initialize(raft: &Raft, peers: &BTreeMap<u64, String>) -> Result<(), Er
     Ok(())
 }
 
-/// The Raft side of a running node: a proposer for commits and a once-per-term
-/// read barrier.
+/// How long a leadership confirmation round may take before the node reports
+/// that it could not reach a majority.
+pub const CONFIRM_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// The Raft side of a running node: a proposer for commits, a once-per-term read
+/// barrier, and leadership confirmations shared by concurrent callers.
 pub struct RaftReplica {
     raft: Raft,
     proposer: Proposer,
     deadline: Duration,
     ready_term: AtomicU64,
+    /// When the last successful confirmation round started; one round at a time.
+    confirmed: tokio::sync::Mutex<Option<Instant>>,
+    /// A leader that has not heard from a majority for this long is not leading.
+    fresh: Duration,
+    period: std::sync::Mutex<Period>,
+}
+
+/// A stretch of leadership with a majority behind it: a term, split wherever the
+/// leader lost touch with its majority.
+#[derive(Debug, Default)]
+struct Period {
+    term: u64,
+    count: u64,
+    with_quorum: bool,
 }
 
 impl RaftReplica {
-    fn new(raft: Raft, proposer: Proposer, deadline: Duration) -> Self {
-        RaftReplica { raft, proposer, deadline, ready_term: AtomicU64::new(0) }
+    fn new(raft: Raft, proposer: Proposer, deadline: Duration, fresh: Duration) -> Self {
+        RaftReplica {
+            raft,
+            proposer,
+            deadline,
+            ready_term: AtomicU64::new(0),
+            confirmed: Default::default(),
+            fresh,
+            period: Default::default(),
+        }
+    }
+
+    /// While this node leads with a majority that acknowledged it within an
+    /// election timeout, a token of the current stretch of leadership: it changes
+    /// with the term and whenever the leader regains its majority after losing it
+    /// (lease timers start afresh then: clients could not renew meanwhile).
+    pub fn leader_term(&self) -> Option<u64> {
+        let (state, term, acked_ms) = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            (m.state, m.current_term, m.millis_since_quorum_ack)
+        };
+        if state != ServerState::Leader {
+            return None;
+        }
+        let fresh = acked_ms.is_some_and(|ms| u128::from(ms) <= self.fresh.as_millis());
+        let mut period = self.period.lock().unwrap_or_else(|e| e.into_inner());
+        if period.term != term {
+            *period = Period { term, count: 0, with_quorum: true };
+        }
+        if !fresh {
+            period.with_quorum = false;
+            return None;
+        }
+        if !period.with_quorum {
+            period.with_quorum = true;
+            period.count += 1;
+        }
+        Some(term << 20 | (period.count & 0xF_FFFF))
+    }
+
+    /// Returns once a majority has acknowledged this node's leadership in a
+    /// round that started at or after `since` (a read-index round: openraft's
+    /// `get_read_log_id` sends a heartbeat and waits for a quorum). Concurrent callers
+    /// share rounds: a round that started after a caller's `since` serves it too.
+    pub async fn confirm_leadership(&self, since: Instant) -> Result<(), Error> {
+        let mut confirmed = self.confirmed.lock().await;
+        if confirmed.is_some_and(|t| t >= since) {
+            return Ok(());
+        }
+        let started = Instant::now();
+        match tokio::time::timeout(CONFIRM_TIMEOUT, self.raft.get_read_log_id()).await {
+            Ok(Ok(_)) => {
+                *confirmed = Some(started);
+                Ok(())
+            }
+            Ok(Err(err)) => Err(raft_error(&self.raft, err)),
+            Err(_) => Err(Error::NoQuorum(format!(
+                "the leader could not confirm its leadership with a majority within {} ms",
+                CONFIRM_TIMEOUT.as_millis()
+            ))),
+        }
     }
 
     /// The openraft handle.

@@ -64,7 +64,9 @@ pub fn status_from_error(err: &Error) -> Status {
             Code::InvalidArgument
         }
         Error::PageNotFound { .. } => Code::NotFound,
-        Error::UnknownClient { .. } | Error::OwnerGone { .. } | Error::StaleRequest { .. } => Code::FailedPrecondition,
+        Error::UnknownClient { .. } | Error::Evicted { .. } | Error::PageLost { .. } | Error::StaleRequest { .. } => {
+            Code::FailedPrecondition
+        }
         Error::NotLeader { .. } | Error::NoQuorum(_) | Error::Unavailable(_) => Code::Unavailable,
         Error::ClientUnreachable { .. } => Code::Unavailable,
         Error::EpochMoved { .. } | Error::NotHeld { .. } | Error::TransferLost { .. } => Code::Aborted,
@@ -104,7 +106,12 @@ mod tests {
         let errs = [
             Error::NotLeader { leader: Some((2, "127.0.0.1:7102".into())) },
             Error::PageNotFound { page: "P9".into() },
-            Error::ClientUnreachable { client: 3, addr: "127.0.0.1:1".into(), reason: "refused".into() },
+            Error::ClientUnreachable {
+                client: 3,
+                addr: "127.0.0.1:1".into(),
+                reason: "refused".into(),
+                evict_in_ms: Some(1200),
+            },
             Error::DataDirInUse { path: "data/cm-1".into() },
         ];
         for err in errs {

@@ -28,8 +28,10 @@ pub trait HolderApi: Send + Sync + 'static {
     async fn forward(&self, page: PageName, fwd: Forward, requester: HolderRef) -> Result<(), Error>;
     /// An owner sent bytes for this client's fault with request number `seq`.
     async fn send_page(&self, page: PageName, copy: Transfer, seq: u64) -> Result<(), Error>;
-    /// Copies of `page` older than `epoch` are invalid.
+    /// Copies of `page` older than `epoch` are invalid (their bytes are kept).
     async fn invalidate(&self, page: PageName, epoch: Epoch) -> Result<(), Error>;
+    /// A later epoch of `page` is committed: copies older than `epoch` may go.
+    async fn release(&self, page: PageName, epoch: Epoch) -> Result<(), Error>;
     /// The fault with request number `seq` on `page` is committed with `grant`.
     async fn confirm(&self, page: PageName, grant: Grant, seq: u64) -> Result<(), Error>;
     /// Heartbeat mode: faults now go to the CM at `addr` (CHANGE_CM).
@@ -76,6 +78,12 @@ impl pb::page_holder_server::PageHolder for Adapter {
         reply(done.await.map(|()| pb::InvalidateReply {}))
     }
 
+    async fn release(&self, req: Request<pb::InvalidateRequest>) -> Result<Response<pb::InvalidateReply>, Status> {
+        let r = req.into_inner();
+        let done = async { self.0.release(page_name(&r.page)?, epoch(r.epoch)?).await };
+        reply(done.await.map(|()| pb::InvalidateReply {}))
+    }
+
     async fn confirm(&self, req: Request<pb::ConfirmRequest>) -> Result<Response<pb::ConfirmReply>, Status> {
         let r = req.into_inner();
         let done = async {
@@ -112,6 +120,13 @@ impl HolderClient {
     pub async fn invalidate(&self, to: &HolderRef, page: &PageName, epoch: Epoch) -> Result<(), Error> {
         let req = pb::InvalidateRequest { page: page.to_string(), epoch };
         self.stub(to)?.invalidate(req).await.map_err(|s| holder_error(to, &s))?;
+        Ok(())
+    }
+
+    /// Tells `to` that copies of `page` older than `epoch`, kept bytes included, may go.
+    pub async fn release(&self, to: &HolderRef, page: &PageName, epoch: Epoch) -> Result<(), Error> {
+        let req = pb::InvalidateRequest { page: page.to_string(), epoch };
+        self.stub(to)?.release(req).await.map_err(|s| holder_error(to, &s))?;
         Ok(())
     }
 
@@ -176,7 +191,7 @@ impl HolderClient {
 fn holder_error(to: &HolderRef, status: &Status) -> Error {
     match error_from_status(status, &to.addr) {
         Error::Unavailable(reason) | Error::Malformed(reason) => {
-            Error::ClientUnreachable { client: to.id, addr: to.addr.clone(), reason }
+            Error::ClientUnreachable { client: to.id, addr: to.addr.clone(), reason, evict_in_ms: None }
         }
         err => err,
     }

@@ -2,6 +2,7 @@
 //! and its client.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tonic::{Request, Response, Status};
 
@@ -12,18 +13,32 @@ use super::pb::manager_client::ManagerClient as PbClient;
 use crate::config::ReplicationMode;
 use crate::error::Error;
 use crate::protocol::{ClientId, FaultKind, FaultRequest, Grant};
-use crate::status::{LeaderRef, NodeStatus, Role};
+use crate::status::{ClientLease, LeaderRef, NodeStatus, Role};
+
+/// What removing a client did to the pages it owned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Removal {
+    /// Pages handed to a copy holder.
+    pub promoted: u64,
+    /// Pages lost (no copy existed).
+    pub lost: u64,
+}
 
 /// What a CM node does with client requests, in domain types.
 #[tonic::async_trait]
 pub trait ManagerApi: Send + Sync + 'static {
     /// Registers a client serving its pages at `addr`; a retry with the same
-    /// `nonce` gets the same id.
-    async fn register(&self, addr: String, nonce: u64) -> Result<ClientId, Error>;
-    /// Removes a client from the directory.
-    async fn unregister(&self, client: ClientId) -> Result<(), Error>;
-    /// Serves one fault.
-    async fn fault(&self, request: FaultRequest) -> Result<Grant, Error>;
+    /// `nonce` gets the same id. Returns the id and the lease it holds from now.
+    async fn register(&self, addr: String, nonce: u64) -> Result<(ClientId, Duration), Error>;
+    /// Removes a client that leaves.
+    async fn unregister(&self, client: ClientId) -> Result<Removal, Error>;
+    /// Renews a client's lease; returns the lease, counted from when it was sent.
+    async fn keep_alive(&self, client: ClientId) -> Result<Duration, Error>;
+    /// Evicts a client at once (operator override).
+    async fn evict(&self, client: ClientId) -> Result<Removal, Error>;
+    /// Serves one fault; the caller waits at most `reply_within` for the answer
+    /// (so an answer that names why the fault is slow should come before it).
+    async fn fault(&self, request: FaultRequest, reply_within: Option<Duration>) -> Result<Grant, Error>;
     /// This node's status.
     async fn status(&self) -> Result<NodeStatus, Error>;
 }
@@ -37,14 +52,16 @@ pub(super) fn server(api: Arc<dyn ManagerApi>) -> pb::manager_server::ManagerSer
 pub(super) struct Adapter(Arc<dyn ManagerApi>);
 
 impl Adapter {
-    async fn fault(&self, req: pb::FaultRequest, kind: FaultKind) -> Result<pb::FaultReply, Error> {
+    async fn fault(&self, req: Request<pb::FaultRequest>, kind: FaultKind) -> Result<pb::FaultReply, Error> {
+        let reply_within = grpc_timeout(req.metadata());
+        let req = req.into_inner();
         let request = FaultRequest {
             client: positive("client id", req.client)?,
             seq: positive("request seq", req.seq)?,
             page: page_name(&req.page)?,
             kind,
         };
-        let grant = self.0.fault(request).await?;
+        let grant = self.0.fault(request, reply_within).await?;
         Ok(pb::FaultReply { epoch: grant.epoch, created: grant.created })
     }
 }
@@ -55,27 +72,55 @@ impl pb::manager_server::Manager for Adapter {
         let req = req.into_inner();
         let registered = async {
             let addr = socket_addr("client address", &req.addr)?;
-            let client = self.0.register(addr, req.nonce).await?;
-            Ok(pb::RegisterReply { client })
+            let (client, lease) = self.0.register(addr, req.nonce).await?;
+            Ok(pb::RegisterReply { client, lease_ms: lease.as_millis() as u64 })
         };
         reply(registered.await)
     }
 
     async fn unregister(&self, req: Request<pb::UnregisterRequest>) -> Result<Response<pb::UnregisterReply>, Status> {
-        reply(self.0.unregister(req.into_inner().client).await.map(|()| pb::UnregisterReply {}))
+        let removed = self.0.unregister(req.into_inner().client).await;
+        reply(removed.map(|r| pb::UnregisterReply { promoted: r.promoted, lost: r.lost }))
+    }
+
+    async fn keep_alive(&self, req: Request<pb::KeepAliveRequest>) -> Result<Response<pb::KeepAliveReply>, Status> {
+        let renewed = async { self.0.keep_alive(positive("client id", req.into_inner().client)?).await };
+        reply(renewed.await.map(|lease| pb::KeepAliveReply { lease_ms: lease.as_millis() as u64 }))
+    }
+
+    async fn evict(&self, req: Request<pb::EvictRequest>) -> Result<Response<pb::EvictReply>, Status> {
+        let evicted = async { self.0.evict(positive("client id", req.into_inner().client)?).await };
+        reply(evicted.await.map(|r| pb::EvictReply { promoted: r.promoted, lost: r.lost }))
     }
 
     async fn read_fault(&self, req: Request<pb::FaultRequest>) -> Result<Response<pb::FaultReply>, Status> {
-        reply(self.fault(req.into_inner(), FaultKind::Read).await)
+        reply(self.fault(req, FaultKind::Read).await)
     }
 
     async fn write_fault(&self, req: Request<pb::FaultRequest>) -> Result<Response<pb::FaultReply>, Status> {
-        reply(self.fault(req.into_inner(), FaultKind::Write).await)
+        reply(self.fault(req, FaultKind::Write).await)
     }
 
     async fn status(&self, _req: Request<pb::StatusRequest>) -> Result<Response<pb::StatusReply>, Status> {
         reply(self.0.status().await.map(status_reply))
     }
+}
+
+/// The caller's deadline, from the standard `grpc-timeout` header (an integer
+/// and a unit: H, M, S, m, u, n).
+fn grpc_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
+    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
 }
 
 fn status_reply(st: NodeStatus) -> pb::StatusReply {
@@ -93,6 +138,15 @@ fn status_reply(st: NodeStatus) -> pb::StatusReply {
         mode: st.mode.name().to_string(),
         serving: st.serving,
         last_sync_ms: st.last_sync_ms.map_or(-1, |ms| ms as i64),
+        client_list: st
+            .client_list
+            .into_iter()
+            .map(|c| pb::ClientEntry {
+                id: c.id,
+                addr: c.addr,
+                keepalive_age_ms: c.keepalive_age_ms.map_or(-1, |ms| ms as i64),
+            })
+            .collect(),
     }
 }
 
@@ -115,6 +169,11 @@ fn node_status(r: pb::StatusReply) -> Result<NodeStatus, Error> {
         last_sync_ms: u64::try_from(r.last_sync_ms).ok(),
         pages: r.pages,
         clients: r.clients,
+        client_list: r
+            .client_list
+            .into_iter()
+            .map(|c| ClientLease { id: c.id, addr: c.addr, keepalive_age_ms: u64::try_from(c.keepalive_age_ms).ok() })
+            .collect(),
     })
 }
 
@@ -134,23 +193,40 @@ impl ManagerClient {
         Ok(PbClient::new(self.channels.get(addr)?))
     }
 
-    /// Registers a client serving at `client_addr` with the CM at `addr`.
-    pub async fn register(&self, addr: &str, client_addr: &str, nonce: u64) -> Result<ClientId, Error> {
+    /// Registers a client serving at `client_addr` with the CM at `addr`;
+    /// returns its id and its lease.
+    pub async fn register(&self, addr: &str, client_addr: &str, nonce: u64) -> Result<(ClientId, Duration), Error> {
         let req = pb::RegisterRequest { addr: client_addr.to_string(), nonce };
-        let reply = self.stub(addr)?.register(req).await.map_err(|s| cm_error(&s, addr))?;
-        Ok(reply.into_inner().client)
+        let reply = self.stub(addr)?.register(req).await.map_err(|s| cm_error(&s, addr))?.into_inner();
+        Ok((reply.client, Duration::from_millis(reply.lease_ms)))
     }
 
-    /// Asks the CM at `addr` to forget `client`.
-    pub async fn unregister(&self, addr: &str, client: ClientId) -> Result<(), Error> {
+    /// Asks the CM at `addr` to remove `client`, which leaves.
+    pub async fn unregister(&self, addr: &str, client: ClientId) -> Result<Removal, Error> {
         let req = pb::UnregisterRequest { client };
-        self.stub(addr)?.unregister(req).await.map_err(|s| cm_error(&s, addr))?;
-        Ok(())
+        let reply = self.stub(addr)?.unregister(req).await.map_err(|s| cm_error(&s, addr))?.into_inner();
+        Ok(Removal { promoted: reply.promoted, lost: reply.lost })
     }
 
-    /// Sends one fault request to the CM at `addr`.
-    pub async fn fault(&self, addr: &str, request: &FaultRequest) -> Result<Grant, Error> {
+    /// Renews `client`'s lease with the CM at `addr`; returns the lease.
+    pub async fn keep_alive(&self, addr: &str, client: ClientId) -> Result<Duration, Error> {
+        let reply = self.stub(addr)?.keep_alive(pb::KeepAliveRequest { client }).await;
+        Ok(Duration::from_millis(reply.map_err(|s| cm_error(&s, addr))?.into_inner().lease_ms))
+    }
+
+    /// Asks the CM at `addr` to evict `client` at once.
+    pub async fn evict(&self, addr: &str, client: ClientId) -> Result<Removal, Error> {
+        let reply = self.stub(addr)?.evict(pb::EvictRequest { client }).await;
+        let reply = reply.map_err(|s| cm_error(&s, addr))?.into_inner();
+        Ok(Removal { promoted: reply.promoted, lost: reply.lost })
+    }
+
+    /// Sends one fault request to the CM at `addr`, telling it the caller waits
+    /// at most `wait` (so it can answer why before then).
+    pub async fn fault(&self, addr: &str, request: &FaultRequest, wait: Duration) -> Result<Grant, Error> {
         let req = pb::FaultRequest { client: request.client, seq: request.seq, page: request.page.to_string() };
+        let mut req = Request::new(req);
+        req.set_timeout(wait);
         let mut stub = self.stub(addr)?;
         let reply = match request.kind {
             FaultKind::Read => stub.read_fault(req).await,

@@ -30,7 +30,7 @@ pub(crate) mod pb {
 pub use convert::{error_from_status, status_from_error};
 pub use heartbeat::{HeartbeatApi, HeartbeatClient, Pulse};
 pub use holder::{holder_router, HolderApi, HolderClient, HolderRef};
-pub use manager::{ManagerApi, ManagerClient};
+pub use manager::{ManagerApi, ManagerClient, Removal};
 pub use net::{Channels, Server};
 /// The attribute the handler traits are implemented with (async fns in a dyn-safe trait).
 pub use tonic::async_trait;

@@ -8,7 +8,9 @@
 //! runs concurrently with the lines after it and its answer carries
 //! `"tag":"TAG"` (the chaos harness keeps several ops in flight). A line that is
 //! not valid UTF-8 or holds control characters (an arrow key's escape sequence)
-//! gets an error answer; the loop goes on.
+//! gets an error answer; the loop goes on. What the client does on its own (an
+//! eviction) is printed as an event line. `quit`, end of input, Ctrl-C and SIGTERM
+//! all leave the cluster before the process exits.
 
 mod answer;
 mod command;
@@ -23,7 +25,7 @@ use tokio::task::JoinSet;
 pub use answer::{Answer, Body, Event, OpAnswer, PageRow, RandomSummary};
 pub use command::{parse, split_tag, Command, HELP, MAX_X_OPS, X_PAGES};
 
-use super::Client;
+use super::{Client, ClientEvent};
 use crate::error::Error;
 use crate::protocol::{Hit, OpDone, RandomOp, RandomOps};
 
@@ -55,11 +57,48 @@ impl Output {
             println!("{event}");
         }
     }
+
+    /// Prints something the client did on its own.
+    pub fn client_event(self, event: &ClientEvent) {
+        if self.json {
+            println!("{}", serde_json::to_string(event).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}")));
+            return;
+        }
+        match event {
+            ClientEvent::Evicted { client, now } => println!(
+                "evicted: the CM evicted client {client} (its lease ran out); dropped every copy and registered again as client {now}"
+            ),
+        }
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn stop_signal() {
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
+    match term {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }
 
 /// Runs the command loop over `input` until `quit` or end of input.
 pub async fn run<R: AsyncBufRead + Unpin>(client: Client, mut input: R, out: Output) -> Result<(), Error> {
     out.event(&Event::Ready { client: client.id(), listen: client.addr().to_string() });
+    let mut events = client.events();
+    let announcer = tokio::spawn(async move {
+        while let Ok(event) = events.recv().await {
+            out.client_event(&event);
+        }
+    });
+    let stop = stop_signal();
+    tokio::pin!(stop);
     let client = Arc::new(client);
     let mut tagged = JoinSet::new();
     // A person at a terminal gets a prompt; a script or --json gets only answers.
@@ -71,7 +110,11 @@ pub async fn run<R: AsyncBufRead + Unpin>(client: Client, mut input: R, out: Out
             let _ = std::io::stdout().flush();
         }
         buf.clear();
-        let read = (&mut input).take(MAX_LINE as u64 + 1).read_until(b'\n', &mut buf).await;
+        let mut limited = (&mut input).take(MAX_LINE as u64 + 1);
+        let read = tokio::select! {
+            read = limited.read_until(b'\n', &mut buf) => read,
+            () = &mut stop => break,
+        };
         let read = read.map_err(|e| Error::Internal(format!("stdin: {e}")))?;
         if read == 0 {
             break;
@@ -107,11 +150,15 @@ pub async fn run<R: AsyncBufRead + Unpin>(client: Client, mut input: R, out: Out
         }
     }
     while tagged.join_next().await.is_some() {}
+    let id = client.id();
     let left = match Arc::try_unwrap(client) {
         Ok(client) => client.leave().await,
         Err(_) => Err(Error::Internal("commands still running".into())),
     };
-    let error = left.err().map(|e| e.to_string());
+    announcer.abort();
+    let error = left
+        .err()
+        .map(|e| format!("could not leave the cluster ({e}); the CM will evict client {id} when its lease runs out"));
     out.answer(&Answer { body: Body::Quit { ok: error.is_none(), error }, tag: None });
     Ok(())
 }
