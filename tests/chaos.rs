@@ -1,5 +1,5 @@
 //! The chaos harness on real processes: a short run with every kind of fault
-//! must be clean, and a deliberately broken build must be caught.
+//! must be clean, and deliberately broken builds must be caught.
 
 use std::time::Duration;
 
@@ -16,17 +16,25 @@ fn config(out: &std::path::Path, duration: Duration) -> ChaosConfig {
         clients: 4,
         workers: 2,
         pages: 16,
+        read_ratio: 0.5,
         faults: Nemesis::all(),
+        fault_gap_ms: (3000, 5000),
         out: out.to_path_buf(),
         pulse_ms: 1000,
+        client_lease_ms: 2000,
+        client_timeout_ms: chaos::CLIENT_OP_TIMEOUT_MS,
         unsafe_skip_invalidation: false,
+        unsafe_ignore_lease: false,
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn smoke_run_with_every_fault_kind_is_clean() -> Result<()> {
     let out = tempfile::tempdir()?;
-    let report = chaos::run(&config(out.path(), Duration::from_secs(30))).await?;
+    // Faults start 2-3 s apart, so every kind comes up within the run.
+    let mut cfg = config(out.path(), Duration::from_secs(40));
+    cfg.fault_gap_ms = (2000, 3000);
+    let report = chaos::run(&cfg).await?;
     println!("{report}");
     for kind in Nemesis::all() {
         assert!(report.faults.get(&kind.name()).is_some_and(|n| *n > 0), "no {} fault injected", kind.name());
@@ -48,5 +56,29 @@ async fn broken_build_is_caught() -> Result<()> {
     println!("{report}");
     assert!(!report.clean, "skipping invalidations must be caught");
     assert!(!report.verdict.not_linearizable.is_empty(), "{:?}", report.verdict);
+    Ok(())
+}
+
+/// The lease's broken build: clients that keep serving local hits after their
+/// lease ran out. A client cut off from everyone past its lease is evicted while
+/// the others move its pages on; it must not serve its superseded copies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn broken_lease_build_is_caught() -> Result<()> {
+    let out = tempfile::tempdir()?;
+    let mut cfg = config(out.path(), Duration::from_secs(14));
+    cfg.faults = vec![Nemesis::ClientIsolate];
+    cfg.clients = 3;
+    cfg.pages = 2;
+    cfg.read_ratio = 0.9;
+    // A short deadline frees the cut-off client's workers from the faults they
+    // cannot finish, so they read again while the others move the pages on.
+    cfg.client_timeout_ms = 700;
+    cfg.unsafe_ignore_lease = true;
+    let report = chaos::run(&cfg).await?;
+    println!("{report}");
+    assert!(report.faults.get("client-isolate").is_some_and(|n| *n > 0), "a client was cut off");
+    assert!(!report.clean, "serving local hits past the lease must be caught");
+    let v = &report.verdict;
+    assert!(!v.not_linearizable.is_empty() || v.epoch_regressions > 0, "{v:?}");
     Ok(())
 }

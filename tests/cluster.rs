@@ -232,3 +232,79 @@ async fn concurrent_writers_of_one_page_serialise() -> Result<()> {
     cluster.shutdown().await;
     Ok(())
 }
+
+/// A client killed while holding a copy holds writes up only until its lease
+/// runs out: the leader evicts it and the write goes on without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dead_copy_holder_is_evicted_and_writes_go_on() -> Result<()> {
+    let cluster = Cluster::start(ClusterMode::raft()).await?;
+    let owner = client(&cluster, Duration::from_secs(10)).await?;
+    let reader = client(&cluster, Duration::from_secs(10)).await?;
+    owner.write("P1", b"v1").await?;
+    assert_eq!(reader.read("P1").await?.0, b"v1");
+    let dead = reader.id();
+    reader.crash().await;
+
+    let start = Instant::now();
+    owner.write("P1", b"v2").await?;
+    println!("write after the copy holder died: {:?}", start.elapsed());
+    let status = owner.cm().status().await;
+    let leader = status.cm.iter().find_map(|n| n.status.as_ref().filter(|s| s.serving)).expect("a leader");
+    assert!(leader.client_list.iter().all(|c| c.id != dead), "client {dead} was evicted: {:?}", leader.client_list);
+    cluster.shutdown().await;
+    Ok(())
+}
+
+/// An owner killed while another client holds a copy: the copy holder is
+/// promoted and the last acknowledged value is read back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dead_owners_page_passes_to_a_copy_holder() -> Result<()> {
+    let cluster = Cluster::start(ClusterMode::raft()).await?;
+    let owner = client(&cluster, Duration::from_secs(10)).await?;
+    let holder = client(&cluster, Duration::from_secs(10)).await?;
+    let later = client(&cluster, Duration::from_secs(10)).await?;
+    owner.write("P1", b"last").await?;
+    owner.write("P2", b"only here").await?;
+    assert_eq!(holder.read("P1").await?.0, b"last");
+    let dead = owner.id();
+    owner.crash().await;
+
+    assert_eq!(later.read("P1").await?.0, b"last", "the copy holder serves the page");
+    // A page nobody else held is lost with its owner; a write starts it afresh.
+    let err = later.read("P2").await.expect_err("lost");
+    assert!(err.to_string().starts_with(&format!("page P2 was lost with client {dead} at epoch")), "{err}");
+    assert!(later.write("P2", b"again").await.is_ok());
+    assert_eq!(holder.read("P2").await?.0, b"again");
+    cluster.shutdown().await;
+    Ok(())
+}
+
+/// A fault held up by a silent owner says which client, and when it will be
+/// evicted; an operator can evict it at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_silent_holder_is_named_and_can_be_evicted_at_once() -> Result<()> {
+    let cluster = Cluster::start(ClusterMode::raft()).await?;
+    let owner = client(&cluster, Duration::from_secs(5)).await?;
+    let other = client(&cluster, Duration::from_millis(800)).await?;
+    owner.write("P1", b"v").await?;
+    let (dead, addr) = (owner.id(), owner.addr());
+    owner.crash().await;
+
+    let err = other.write("P1", b"w").await.expect_err("the owner does not answer yet");
+    match &err {
+        Error::ClientUnreachable { client, evict_in_ms: Some(_), .. } if *client == dead => {}
+        other => panic!("expected the silent owner named with its eviction time, got {other:?}"),
+    }
+    let text = err.to_string();
+    assert!(text.contains(&format!("client {dead} at {addr}")) && text.contains("evicted in"), "{text}");
+
+    let removal = other.cm().evict(dead).await?;
+    assert_eq!((removal.promoted, removal.lost), (0, 1));
+    // The write that timed out had an unknown outcome: its fault went on at the
+    // leader and, once the owner was evicted, created the lost page afresh.
+    assert_eq!(other.read("P1").await?.0, b"w");
+    let err = other.cm().evict(dead).await.expect_err("already gone");
+    assert!(matches!(err, Error::UnknownClient { client } if client == dead), "{err:?}");
+    cluster.shutdown().await;
+    Ok(())
+}

@@ -116,3 +116,55 @@ fn cli_rejects_bad_flags_with_clear_errors() -> Result<()> {
     assert!(String::from_utf8_lossy(&out.stdout).contains("no ("), "{}", String::from_utf8_lossy(&out.stdout));
     Ok(())
 }
+
+/// Client failure on real processes: a client killed with -9 holds writes up
+/// only until its lease runs out; a client stopped (SIGSTOP) for longer than its
+/// lease comes back evicted, serves no stale copy, says so and registers again;
+/// SIGTERM makes a client leave the cluster and hand its pages on.
+#[test]
+fn dead_paused_and_stopped_clients() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let mut cms = CmSet::new(tmp.path());
+    for id in 1..=3 {
+        cms.start(id)?;
+    }
+    cms.wait_leader(Duration::from_secs(20))?;
+    let (mut a, _) = ClientProc::start(&cms.cms)?;
+    let (mut b, _) = ClientProc::start(&cms.cms)?;
+    let (mut c, c_ready) = ClientProc::start(&cms.cms)?;
+
+    // kill -9 a copy holder: the owner's next write waits for its eviction only.
+    a.write("K1", "one")?;
+    assert_eq!(c.read("K1")?, "one");
+    drop(c);
+    let start = Instant::now();
+    a.write("K1", "two")?;
+    println!("write after kill -9 of the copy holder: {:?}", start.elapsed());
+
+    // SIGSTOP a copy holder past its lease; meanwhile the page moves on.
+    assert_eq!(b.read("K1")?, "two");
+    support::signal(b.pid(), "STOP")?;
+    a.write("K1", "three")?;
+    support::signal(b.pid(), "CONT")?;
+    assert_eq!(b.read("K1")?, "three", "no stale read after the pause");
+    // The eviction notice arrives once the resumed client renews its lease.
+    let give_up = Instant::now() + Duration::from_secs(10);
+    while !b.events.iter().any(|e| e["event"] == "evicted") {
+        anyhow::ensure!(Instant::now() < give_up, "no eviction event: {:?}", b.events);
+        b.cmd("print")?;
+    }
+
+    // SIGTERM: the client leaves, and its page passes to the copy holder.
+    a.write("K2", "kept")?;
+    assert_eq!(b.read("K2")?, "kept");
+    support::signal(a.pid(), "TERM")?;
+    let quit = a.next()?;
+    assert_eq!((&quit["op"], &quit["ok"]), (&"quit".into(), &true.into()), "{quit}");
+    let (mut d, _) = ClientProc::start(&cms.cms)?;
+    assert_eq!(d.read("K2")?, "kept");
+    let status = Command::new(IVY).args(["status", "--json", "--cm", &cms.cms]).output()?;
+    let text = String::from_utf8_lossy(&status.stdout);
+    let c_id = c_ready["client"].as_u64().expect("id");
+    assert!(!text.contains(&format!("\"id\":{c_id},\"addr\"")), "the killed client is gone: {text}");
+    Ok(())
+}

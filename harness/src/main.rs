@@ -122,6 +122,10 @@ struct ClientArgs {
     /// Address to serve this client's pages on (port 0: any free port).
     #[arg(long, env = "IVY_LISTEN", default_value = "127.0.0.1:0")]
     listen: String,
+    /// Address the CM and other clients reach this client at [default: the bound
+    /// listen address]; needed when listening on 0.0.0.0 or behind NAT.
+    #[arg(long, env = "IVY_ADVERTISE")]
+    advertise: Option<String>,
     /// Print one JSON object per line instead of text.
     #[arg(long, env = "IVY_JSON")]
     json: bool,
@@ -189,10 +193,16 @@ struct ChaosArgs {
     /// Pages P1..Pn.
     #[arg(long, env = "IVY_CHAOS_PAGES", default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pages: u64,
+    /// Probability that an operation is a read.
+    #[arg(long, env = "IVY_CHAOS_READ_RATIO", default_value_t = 0.5, value_parser = parse_ratio)]
+    read_ratio: f64,
     /// Fault kinds, comma separated; none for a run without faults.
     #[arg(long, env = "IVY_CHAOS_FAULTS", value_enum, value_delimiter = ',', num_args = 0..,
-          default_value = "kill,pause,partition,restart-all,client-pause")]
+          default_value = "kill,pause,partition,restart-all,client-pause,client-kill,client-isolate")]
     faults: Vec<Nemesis>,
+    /// Time from one fault's start to the next one's, ms: MIN-MAX.
+    #[arg(long, env = "IVY_CHAOS_FAULT_GAP_MS", default_value = "3000-5000", value_parser = parse_range)]
+    fault_gap_ms: (u64, u64),
     /// Run without injecting any fault (overrides --faults).
     #[arg(long, env = "IVY_CHAOS_NO_FAULTS")]
     no_faults: bool,
@@ -202,9 +212,19 @@ struct ChaosArgs {
     /// Heartbeat mode: the backup's pulse, ms.
     #[arg(long, env = "IVY_PULSE_MS", default_value_t = DEFAULT_PULSE.as_millis() as u64)]
     pulse_ms: u64,
+    /// The clients' lease on the CM nodes, ms.
+    #[arg(long, env = "IVY_CLIENT_LEASE_MS", default_value_t = DEFAULT_CLIENT_LEASE.as_millis() as u64)]
+    client_lease_ms: u64,
+    /// Each client's own deadline for one operation, ms.
+    #[arg(long, env = "IVY_CHAOS_CLIENT_TIMEOUT_MS", default_value_t = chaos::CLIENT_OP_TIMEOUT_MS)]
+    client_timeout_ms: u64,
     /// Testing only: CM nodes skip invalidations (a broken build the checker must catch).
     #[arg(long, env = "IVY_UNSAFE_SKIP_INVALIDATION", hide = true)]
     unsafe_skip_invalidation: bool,
+    /// Testing only: clients serve local hits after their lease ran out (a broken
+    /// build the checker must catch).
+    #[arg(long, env = "IVY_UNSAFE_IGNORE_LEASE", hide = true)]
+    unsafe_ignore_lease: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -267,6 +287,16 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         "m" => Ok(Duration::from_secs(n * 60)),
         _ => Err(format!("{s:?} is not a duration like 60s, 500ms or 2m")),
     }
+}
+
+fn parse_range(s: &str) -> Result<(u64, u64), String> {
+    let bad = || format!("{s:?} is not a range like 3000-5000");
+    let (lo, hi) = s.split_once('-').ok_or_else(bad)?;
+    let (lo, hi) = (lo.trim().parse::<u64>().map_err(|_| bad())?, hi.trim().parse::<u64>().map_err(|_| bad())?);
+    if lo == 0 || hi < lo {
+        return Err(bad());
+    }
+    Ok((lo, hi))
 }
 
 fn parse_ratio(s: &str) -> Result<f64, String> {
@@ -365,6 +395,7 @@ async fn run_client(args: ClientArgs) -> Result<()> {
         let config = ClientConfig {
             cms: parse_addrs(&args.cm)?,
             listen: args.listen,
+            advertise: args.advertise,
             max_page_bytes: args.max_page_bytes,
             op_timeout: Duration::from_millis(args.timeout_ms),
             record_grants: false,
@@ -441,10 +472,15 @@ async fn run_chaos(args: ChaosArgs) -> Result<()> {
         clients: args.clients as usize,
         workers: args.workers as usize,
         pages: args.pages as usize,
+        read_ratio: args.read_ratio,
         faults: if args.no_faults { Vec::new() } else { args.faults },
+        fault_gap_ms: args.fault_gap_ms,
         out: args.out,
         pulse_ms: args.pulse_ms,
+        client_lease_ms: args.client_lease_ms,
+        client_timeout_ms: args.client_timeout_ms,
         unsafe_skip_invalidation: args.unsafe_skip_invalidation,
+        unsafe_ignore_lease: args.unsafe_ignore_lease,
     };
     let report = chaos::run(&config).await?;
     println!("{report}");

@@ -22,6 +22,10 @@ impl HolderService {
 
 #[crate::rpc::async_trait]
 impl HolderApi for HolderService {
+    fn me(&self) -> crate::protocol::ClientId {
+        self.shared.id()
+    }
+
     async fn forward(&self, page: PageName, fwd: Forward, requester: HolderRef) -> Result<(), Error> {
         let copy = self.shared.table().forward(&page, fwd.epoch, fwd.kind, fwd.created)?;
         if requester.id == self.shared.id() {

@@ -54,6 +54,9 @@ pub struct ClientConfig {
     pub cms: Vec<String>,
     /// Where to serve the PageHolder service (port 0: any free port).
     pub listen: String,
+    /// The address the CM and other clients reach the PageHolder service at
+    /// (default: the bound listen address; set it behind NAT or a proxy).
+    pub advertise: Option<String>,
     /// Largest page content accepted.
     pub max_page_bytes: usize,
     /// Deadline of one read or write, retries included.
@@ -71,6 +74,7 @@ impl ClientConfig {
         ClientConfig {
             cms,
             listen: "127.0.0.1:0".into(),
+            advertise: None,
             max_page_bytes: DEFAULT_MAX_PAGE_BYTES,
             op_timeout: DEFAULT_OP_TIMEOUT,
             record_grants: false,
@@ -79,13 +83,29 @@ impl ClientConfig {
     }
 }
 
+/// The address to register: `advertise` when given, else the bound address;
+/// never an unspecified address (0.0.0.0 or [::]), which others cannot dial.
+fn advertised_addr(advertise: Option<&str>, bound: SocketAddr) -> Result<String, Error> {
+    let addr: SocketAddr = match advertise {
+        Some(a) => a.parse().map_err(|_| Error::InvalidConfig(format!("--advertise {a:?} is not host:port")))?,
+        None => bound,
+    };
+    if addr.ip().is_unspecified() || addr.port() == 0 {
+        return Err(Error::InvalidConfig(format!(
+            "this client would register {addr}, which others cannot dial; give --advertise HOST:PORT"
+        )));
+    }
+    Ok(addr.to_string())
+}
+
 /// Most client events kept for a slow listener.
 const EVENT_BACKLOG: usize = 64;
 
 /// State shared by the client, its PageHolder service and its keepalive task.
 pub(crate) struct Shared {
     id: AtomicU64,
-    addr: SocketAddr,
+    /// The address others reach this client at.
+    advertised: String,
     cm: CmConn,
     table: Mutex<PageTable>,
     peers: HolderClient,
@@ -115,7 +135,7 @@ impl Shared {
         self.lease.end();
         self.table().clear();
         let sent = Instant::now();
-        let (new, lease) = self.cm.register(&self.addr.to_string()).await?;
+        let (new, lease) = self.cm.register(&self.advertised).await?;
         self.lease.extend(sent, lease);
         self.id.store(new, Ordering::SeqCst);
         self.table().set_me(new);
@@ -173,12 +193,13 @@ impl Client {
             .await
             .map_err(|e| Error::Unavailable(format!("cannot listen on {}: {e}", config.listen)))?;
         let addr = listener.local_addr().map_err(|e| Error::Internal(format!("listener: {e}")))?;
+        let advertised = advertised_addr(config.advertise.as_deref(), addr)?;
         let cm = CmConn::new(config.cms.clone(), CLIENT_RPC_TIMEOUT, config.op_timeout)?;
         let sent = Instant::now();
-        let (id, lease) = cm.register(&addr.to_string()).await?;
+        let (id, lease) = cm.register(&advertised).await?;
         let shared = Arc::new(Shared {
             id: AtomicU64::new(id),
-            addr,
+            advertised,
             cm,
             table: Mutex::new(PageTable::new(id)),
             peers: HolderClient::new(Channels::new(PAGE_SEND_TIMEOUT)),
@@ -300,13 +321,14 @@ impl Client {
                 Ok(()) => self.fault_once(page, kind, give_up).await,
                 Err(err) => Err(err),
             },
-            // An evicted client's op fails; the client registers again.
-            Err(Error::Evicted { client }) if client == self.id() => {
-                if let Err(err) = self.shared.rejoin(client).await {
-                    tracing::warn!("could not register again after eviction: {err}");
-                }
-                Err(Error::Evicted { client })
-            }
+            // An evicted client registers again. A read is asked again under the
+            // new id; a write fails, its outcome unknown (an earlier attempt may
+            // have committed before the eviction).
+            Err(Error::Evicted { client }) if client == self.id() => match self.shared.rejoin(client).await {
+                Ok(()) if kind == FaultKind::Read => self.fault_once(page, kind, give_up).await,
+                Ok(()) => Err(Error::Evicted { client }),
+                Err(err) => Err(err),
+            },
             other => other,
         };
         match result {

@@ -24,6 +24,8 @@ pub struct HolderRef {
 /// What a client does with the manager's and other clients' requests.
 #[tonic::async_trait]
 pub trait HolderApi: Send + Sync + 'static {
+    /// This client's id: requests addressed to another client are refused.
+    fn me(&self) -> ClientId;
     /// The manager asks this owner to send `page` at `fwd.epoch` to `requester`.
     async fn forward(&self, page: PageName, fwd: Forward, requester: HolderRef) -> Result<(), Error>;
     /// An owner sent bytes for this client's fault with request number `seq`.
@@ -47,11 +49,23 @@ pub fn holder_router(api: Arc<dyn HolderApi>, listener: tokio::net::TcpListener)
 /// Converts requests, calls the handler, converts answers.
 struct Adapter(Arc<dyn HolderApi>);
 
+impl Adapter {
+    /// Refuses a request meant for another client (0: unaddressed).
+    fn addressed(&self, to: ClientId) -> Result<(), Error> {
+        let me = self.0.me();
+        if to != 0 && to != me {
+            return Err(Error::Unavailable(format!("client {to} is not here (client {me} serves this address)")));
+        }
+        Ok(())
+    }
+}
+
 #[tonic::async_trait]
 impl pb::page_holder_server::PageHolder for Adapter {
     async fn forward(&self, req: Request<pb::ForwardRequest>) -> Result<Response<pb::ForwardReply>, Status> {
         let r = req.into_inner();
         let forwarded = async {
+            self.addressed(r.to)?;
             let page = page_name(&r.page)?;
             // The owner is this client: the handler knows itself.
             let fwd =
@@ -65,6 +79,7 @@ impl pb::page_holder_server::PageHolder for Adapter {
     async fn send_page(&self, req: Request<pb::SendPageRequest>) -> Result<Response<pb::SendPageReply>, Status> {
         let r = req.into_inner();
         let sent = async {
+            self.addressed(r.to)?;
             let page = page_name(&r.page)?;
             let copy = Transfer { epoch: epoch(r.epoch)?, access: fault_kind(r.mode)?.access(), content: r.content };
             self.0.send_page(page, copy, r.seq).await
@@ -74,19 +89,26 @@ impl pb::page_holder_server::PageHolder for Adapter {
 
     async fn invalidate(&self, req: Request<pb::InvalidateRequest>) -> Result<Response<pb::InvalidateReply>, Status> {
         let r = req.into_inner();
-        let done = async { self.0.invalidate(page_name(&r.page)?, epoch(r.epoch)?).await };
+        let done = async {
+            self.addressed(r.to)?;
+            self.0.invalidate(page_name(&r.page)?, epoch(r.epoch)?).await
+        };
         reply(done.await.map(|()| pb::InvalidateReply {}))
     }
 
     async fn release(&self, req: Request<pb::InvalidateRequest>) -> Result<Response<pb::InvalidateReply>, Status> {
         let r = req.into_inner();
-        let done = async { self.0.release(page_name(&r.page)?, epoch(r.epoch)?).await };
+        let done = async {
+            self.addressed(r.to)?;
+            self.0.release(page_name(&r.page)?, epoch(r.epoch)?).await
+        };
         reply(done.await.map(|()| pb::InvalidateReply {}))
     }
 
     async fn confirm(&self, req: Request<pb::ConfirmRequest>) -> Result<Response<pb::ConfirmReply>, Status> {
         let r = req.into_inner();
         let done = async {
+            self.addressed(r.to)?;
             let grant = Grant { epoch: epoch(r.epoch)?, created: r.created };
             self.0.confirm(page_name(&r.page)?, grant, r.seq).await
         };
@@ -118,14 +140,14 @@ impl HolderClient {
 
     /// Tells `to` that its copies of `page` older than `epoch` are invalid.
     pub async fn invalidate(&self, to: &HolderRef, page: &PageName, epoch: Epoch) -> Result<(), Error> {
-        let req = pb::InvalidateRequest { page: page.to_string(), epoch };
+        let req = pb::InvalidateRequest { page: page.to_string(), epoch, to: to.id };
         self.stub(to)?.invalidate(req).await.map_err(|s| holder_error(to, &s))?;
         Ok(())
     }
 
     /// Tells `to` that copies of `page` older than `epoch`, kept bytes included, may go.
     pub async fn release(&self, to: &HolderRef, page: &PageName, epoch: Epoch) -> Result<(), Error> {
-        let req = pb::InvalidateRequest { page: page.to_string(), epoch };
+        let req = pb::InvalidateRequest { page: page.to_string(), epoch, to: to.id };
         self.stub(to)?.release(req).await.map_err(|s| holder_error(to, &s))?;
         Ok(())
     }
@@ -146,6 +168,7 @@ impl HolderClient {
             mode: mode(fwd.kind),
             seq: fwd.seq,
             created: fwd.created,
+            to: to.id,
         };
         self.stub(to)?.forward(req).await.map_err(|s| holder_error(to, &s))?;
         Ok(())
@@ -153,7 +176,8 @@ impl HolderClient {
 
     /// Tells requester `to` that its fault `seq` on `page` is committed with `grant`.
     pub async fn confirm(&self, to: &HolderRef, page: &PageName, grant: Grant, seq: u64) -> Result<(), Error> {
-        let req = pb::ConfirmRequest { page: page.to_string(), epoch: grant.epoch, created: grant.created, seq };
+        let req =
+            pb::ConfirmRequest { page: page.to_string(), epoch: grant.epoch, created: grant.created, seq, to: to.id };
         self.stub(to)?.confirm(req).await.map_err(|s| holder_error(to, &s))?;
         Ok(())
     }
@@ -174,6 +198,7 @@ impl HolderClient {
             content: copy.content,
             from,
             seq,
+            to: to.id,
         };
         self.stub(to)?.send_page(req).await.map_err(|s| holder_error(to, &s))?;
         Ok(())

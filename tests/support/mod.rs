@@ -92,6 +92,8 @@ pub struct ClientProc {
     pub proc: Proc,
     stdin: ChildStdin,
     lines: mpsc::Receiver<String>,
+    /// Event lines (`{"event":...}`) seen while waiting for answers.
+    pub events: Vec<Value>,
 }
 
 impl ClientProc {
@@ -112,7 +114,7 @@ impl ClientProc {
                 }
             }
         });
-        let mut c = ClientProc { proc: Proc(child), stdin, lines };
+        let mut c = ClientProc { proc: Proc(child), stdin, lines, events: Vec::new() };
         let ready = c.next()?;
         assert_eq!(ready["event"], "ready", "{ready}");
         Ok((c, ready))
@@ -123,10 +125,22 @@ impl ClientProc {
         serde_json::from_str(&line).with_context(|| format!("not JSON: {line}"))
     }
 
+    /// Sends one command and returns its answer, keeping event lines aside.
     pub fn cmd(&mut self, line: &str) -> Result<Value> {
         writeln!(self.stdin, "{line}")?;
         self.stdin.flush()?;
-        self.next()
+        loop {
+            let v = self.next()?;
+            if v.get("event").is_none() {
+                return Ok(v);
+            }
+            self.events.push(v);
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.proc.0.id()
     }
 
     pub fn write(&mut self, page: &str, value: &str) -> Result<()> {
@@ -161,4 +175,11 @@ pub fn read_json_line(stdout: std::process::ChildStdout) -> Result<Value> {
     });
     let line = rx.recv_timeout(ANSWER_TIMEOUT).context("no line on stdout")?;
     serde_json::from_str(&line).with_context(|| format!("not JSON: {line:?}"))
+}
+
+/// Sends `sig` (e.g. "STOP", "CONT", "TERM") to process `pid`.
+pub fn signal(pid: u32, sig: &str) -> Result<()> {
+    let status = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status()?;
+    anyhow::ensure!(status.success(), "kill -{sig} {pid} failed");
+    Ok(())
 }

@@ -296,6 +296,8 @@ fn latency(us: impl Iterator<Item = u64>) -> Latency {
 fn lost_writes(all: &[&Rec], finals: &[Rec]) -> usize {
     let op = |r: &Rec, last: bool| Op {
         client: r.client,
+        process: r.client as u64,
+        lost_with: None,
         kind: if r.write { OpKind::Write } else { OpKind::Read },
         page: r.page.clone(),
         value: r.value.clone(),

@@ -10,12 +10,25 @@
 //! values (a read of a value nobody wrote), duplicate applications (a value seen
 //! again after another value replaced it) and epoch regressions (a later operation
 //! using an older copy than an earlier one).
+//!
+//! A page may be *lost*: its only copy left with a client that was removed
+//! (killed, or evicted after its lease ran out). A read that finds it lost reads
+//! the value "lost with client X"; a write of that value, by X, may take effect at
+//! any time after X registered (the search places it where the reads need it).
+//! Whether the loss itself was allowed is checked directly: X must have been
+//! removed, and no client that was never removed may have held the page's
+//! latest value when it was lost (it would have been promoted to owner).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::Serialize;
 
-use super::history::{Op, OpKind, Outcome};
+use super::history::{History, LifeEvent, LifeKind, Op, OpKind, Outcome};
+
+/// How long after its invocation a write that failed or got no answer may still
+/// take effect (a fault goes on at the leader after its caller gave up, bounded
+/// by the leader's patience with silent holders and its commit deadline).
+pub const LATE_EFFECT_NS: u64 = 10_000_000_000;
 
 /// Search steps allowed per page before the page is reported undecided.
 pub const SEARCH_BUDGET: u64 = 5_000_000;
@@ -40,6 +53,8 @@ pub struct Verdict {
     pub duplicate_applications: usize,
     /// Operations that used an older copy than an operation before them.
     pub epoch_regressions: usize,
+    /// Pages reported lost although a client that was never removed held them.
+    pub lost_with_survivors: usize,
     /// The first violations, in words.
     pub details: Vec<String>,
 }
@@ -53,6 +68,7 @@ impl Verdict {
             && self.phantom_values == 0
             && self.duplicate_applications == 0
             && self.epoch_regressions == 0
+            && self.lost_with_survivors == 0
     }
 
     fn note(&mut self, text: String) {
@@ -62,12 +78,114 @@ impl Verdict {
     }
 }
 
-/// Checks a whole history.
-pub fn check(ops: &[Op]) -> Verdict {
+/// Checks a whole run: its operations, with lost pages explained by the clients
+/// the history says were removed.
+pub fn check_history(h: &History) -> Verdict {
+    let removed = removed_clients(&h.lives);
+    let registered: HashMap<u64, u64> =
+        h.lives.iter().filter(|l| matches!(l.kind, LifeKind::Registered { .. })).map(|l| (l.client, l.at_ns)).collect();
+    let mut ops: Vec<Op> = h.ops.iter().map(as_register_read).collect();
+    ops.extend(loss_writes(&h.ops, &registered));
+    let mut v = check(&ops);
+    for (page, page_ops) in by_page(&h.ops) {
+        lost_with_survivors(page, &page_ops, &removed, &mut v);
+    }
+    v
+}
+
+/// The value a read of a page lost with `client` returns.
+fn lost_value(client: u64) -> String {
+    format!("<lost with client {client}>")
+}
+
+/// A read that found its page lost reads the lost value.
+fn as_register_read(op: &Op) -> Op {
+    let mut op = op.clone();
+    if let Some(client) = op.lost_with {
+        op.value = Some(lost_value(client));
+    }
+    op
+}
+
+/// For every (page, client) a read found lost: a write of the lost value that
+/// may take effect any time after the client registered, or never.
+fn loss_writes(ops: &[Op], registered: &HashMap<u64, u64>) -> Vec<Op> {
+    let lost: HashSet<(&str, u64)> = ops.iter().filter_map(|o| Some((o.page.as_str(), o.lost_with?))).collect();
+    lost.into_iter()
+        .map(|(page, client)| Op {
+            client: usize::MAX,
+            process: client,
+            kind: OpKind::Write,
+            page: page.to_string(),
+            value: Some(lost_value(client)),
+            invoke_ns: registered.get(&client).copied().unwrap_or(0),
+            return_ns: None,
+            outcome: Outcome::Unknown,
+            epoch: None,
+            error: None,
+            last: false,
+            lost_with: None,
+        })
+        .collect()
+}
+
+/// Directory clients the history says were removed: killed, or evicted (the
+/// client registered again under a new id).
+fn removed_clients(lives: &[LifeEvent]) -> HashSet<u64> {
+    lives
+        .iter()
+        .filter_map(|l| match l.kind {
+            LifeKind::Killed => Some(l.client),
+            LifeKind::Registered { was } => was,
+            LifeKind::Stopped => None,
+        })
+        .collect()
+}
+
+/// A page found lost with X must have lost it with a removed X, and no client
+/// that was never removed may have read it after every write of it settled
+/// and before the loss was seen: that client held a copy and would have been
+/// promoted to owner.
+fn lost_with_survivors(page: &str, ops: &[&Op], removed: &HashSet<u64>, v: &mut Verdict) {
+    let Some(seen) = ops.iter().filter(|o| o.lost_with.is_some()).min_by_key(|o| o.invoke_ns) else { return };
+    let with = seen.lost_with.unwrap_or(0);
+    if !removed.contains(&with) {
+        v.lost_with_survivors += 1;
+        v.note(format!("{page}: read as lost with client {with}, which was never removed"));
+        return;
+    }
+    let writes: Vec<&&Op> = ops.iter().filter(|o| o.kind == OpKind::Write && o.invoke_ns < seen.invoke_ns).collect();
+    let settled_by = |o: &Op| match (o.outcome, o.return_ns) {
+        (Outcome::Ok, Some(ret)) => ret,
+        _ => o.invoke_ns.saturating_add(LATE_EFFECT_NS),
+    };
+    let settled = writes.iter().map(|w| settled_by(w)).max().unwrap_or(0);
+    let holder = ops.iter().find(|o| {
+        let read_ok = o.kind == OpKind::Read && o.outcome == Outcome::Ok && o.lost_with.is_none();
+        let returned_before = o.return_ns.is_some_and(|r| r < seen.invoke_ns);
+        read_ok && o.invoke_ns >= settled && returned_before && !removed.contains(&o.process) && o.process != with
+    });
+    if let Some(h) = holder {
+        v.lost_with_survivors += 1;
+        v.note(format!(
+            "{page}: lost with client {with} although client {} (never removed) read it at {} ms",
+            h.process,
+            h.invoke_ns / 1_000_000
+        ));
+    }
+}
+
+fn by_page(ops: &[Op]) -> BTreeMap<&str, Vec<&Op>> {
     let mut by_page: BTreeMap<&str, Vec<&Op>> = BTreeMap::new();
     for op in ops {
         by_page.entry(op.page.as_str()).or_default().push(op);
     }
+    by_page
+}
+
+/// Checks a whole history of operations.
+pub fn check(ops: &[Op]) -> Verdict {
+    let by_page = by_page(ops);
     let mut verdict = Verdict { pages: by_page.len(), ..Default::default() };
     for (page, ops) in by_page {
         check_page(page, &ops, &mut verdict);

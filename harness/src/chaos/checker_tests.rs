@@ -6,6 +6,8 @@ use super::history::{Op, OpKind, Outcome};
 fn op(kind: OpKind, value: Option<&str>, invoke: u64, ret: Option<u64>) -> Op {
     Op {
         client: 1,
+        process: 1,
+        lost_with: None,
         kind,
         page: "P1".into(),
         value: value.map(str::to_string),

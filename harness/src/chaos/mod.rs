@@ -15,6 +15,7 @@
 pub mod checker;
 #[cfg(test)]
 mod checker_tests;
+pub mod client_proc;
 pub mod history;
 pub mod procs;
 mod proxy;
@@ -47,14 +48,26 @@ pub struct ChaosConfig {
     pub workers: usize,
     /// Pages P1..=Pn.
     pub pages: usize,
+    /// Probability that an operation is a read.
+    pub read_ratio: f64,
     /// Fault kinds to draw from (empty: no faults).
     pub faults: Vec<Nemesis>,
+    /// The time from one fault's start to the next one's, drawn from this range
+    /// in ms (a fault that lasts longer delays the next).
+    pub fault_gap_ms: (u64, u64),
     /// Where the logs, data dirs, history and report go.
     pub out: PathBuf,
     /// Heartbeat pulse, ms.
     pub pulse_ms: u64,
+    /// The clients' lease on the CM nodes, ms.
+    pub client_lease_ms: u64,
+    /// Each client's own deadline for one operation, ms.
+    pub client_timeout_ms: u64,
     /// Testing only: CM nodes skip invalidations (a broken build the checker must catch).
     pub unsafe_skip_invalidation: bool,
+    /// Testing only: clients serve local hits after their lease ran out (a broken
+    /// build the checker must catch).
+    pub unsafe_ignore_lease: bool,
 }
 
-pub use workload::run;
+pub use workload::{run, CLIENT_OP_TIMEOUT_MS};

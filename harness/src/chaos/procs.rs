@@ -1,23 +1,16 @@
-//! The processes of a chaos run: CM nodes and clients, each a child process of
-//! the built `ivy` binary, killed when dropped.
+//! The CM node processes of a chaos run (and of the bench), each a child process
+//! of the built `ivy` binary, killed when dropped.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
-use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, ChildStdin, Command};
-use tokio::sync::oneshot;
+use tokio::process::{Child, Command};
 
 use anyhow::{anyhow, Result};
 use ivy_raft::rpc::{Channels, ManagerClient};
-
-/// How long a client may take to say it is ready.
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn spawn_error(what: &str, e: std::io::Error) -> anyhow::Error {
     anyhow!("cannot start {what}: {e}")
@@ -162,90 +155,6 @@ impl CmSet {
             if let Err(err) = cm.start() {
                 tracing::warn!("restart of CM {id}: {err}");
             }
-        }
-    }
-}
-
-type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Value>>>>;
-
-/// One `ivy client --json` process, driven by tagged commands so several can be
-/// in flight at once.
-pub struct ClientProc {
-    /// The client's index in the run.
-    pub index: usize,
-    /// Its id in the directory.
-    pub id: u64,
-    child: Child,
-    stdin: tokio::sync::Mutex<ChildStdin>,
-    pending: Pending,
-    next_tag: AtomicU64,
-}
-
-impl ClientProc {
-    /// Starts a client of the CM addresses `cms` and waits until it is ready.
-    pub async fn start(bin: &Path, index: usize, cms: &str, timeout_ms: u64, log: &Path) -> Result<ClientProc> {
-        let log = std::fs::File::create(log).map_err(|e| spawn_error("client log", e))?;
-        let mut child = Command::new(bin)
-            .args(["client", "--json", "--cm", cms, "--timeout-ms", &timeout_ms.to_string()])
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| spawn_error("client", e))?;
-        let stdin = child.stdin.take().ok_or_else(|| anyhow!("client stdin"))?;
-        let stdout = child.stdout.take().ok_or_else(|| anyhow!("client stdout"))?;
-        let mut lines = BufReader::new(stdout).lines();
-        let ready = tokio::time::timeout(READY_TIMEOUT, lines.next_line()).await;
-        let ready: Value = match ready {
-            Ok(Ok(Some(line))) => serde_json::from_str(&line).unwrap_or(Value::Null),
-            _ => return Err(anyhow!("client {index} did not get ready")),
-        };
-        let id = ready["client"].as_u64().ok_or_else(|| anyhow!("client {index}: {ready}"))?;
-        let pending: Pending = Arc::default();
-        tokio::spawn(route_answers(lines, pending.clone()));
-        Ok(ClientProc { index, id, child, stdin: tokio::sync::Mutex::new(stdin), pending, next_tag: AtomicU64::new(0) })
-    }
-
-    /// Sends one command and waits up to `timeout` for its answer (`None`: no answer).
-    pub async fn call(&self, command: &str, timeout: Duration) -> Option<Value> {
-        let tag = self.next_tag.fetch_add(1, Ordering::Relaxed).to_string();
-        let (tx, rx) = oneshot::channel();
-        self.pending.lock().unwrap_or_else(|e| e.into_inner()).insert(tag.clone(), tx);
-        let line = format!("#{tag} {command}\n");
-        let sent = tokio::time::timeout(timeout, async {
-            let mut stdin = self.stdin.lock().await;
-            stdin.write_all(line.as_bytes()).await.and(stdin.flush().await)
-        });
-        let answer = match sent.await {
-            Ok(Ok(())) => tokio::time::timeout(timeout, rx).await.ok().and_then(Result::ok),
-            _ => None,
-        };
-        self.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&tag);
-        answer
-    }
-
-    /// The process id.
-    pub fn pid(&self) -> Option<u32> {
-        self.child.id()
-    }
-
-    /// Asks the client to leave, then makes sure it is gone.
-    pub async fn quit(mut self) {
-        let _ = self.stdin.lock().await.write_all(b"quit\n").await;
-        if tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await.is_err() {
-            let _ = self.child.kill().await;
-        }
-    }
-}
-
-async fn route_answers(mut lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>, pending: Pending) {
-    while let Ok(Some(line)) = lines.next_line().await {
-        let Ok(answer) = serde_json::from_str::<Value>(&line) else { continue };
-        let Some(tag) = answer["tag"].as_str().map(str::to_string) else { continue };
-        if let Some(tx) = pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&tag) {
-            let _ = tx.send(answer);
         }
     }
 }

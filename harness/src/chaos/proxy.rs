@@ -38,17 +38,32 @@ pub struct Proxy {
     /// The address to dial instead of the target.
     pub addr: String,
     state: watch::Sender<LinkState>,
+    target: watch::Sender<Option<String>>,
     task: JoinHandle<()>,
 }
 
 impl Proxy {
     /// Starts a proxy to `target` on an ephemeral loopback port.
     pub async fn start(target: &str) -> Result<Proxy> {
+        let proxy = Proxy::start_pending().await?;
+        proxy.set_target(target);
+        Ok(proxy)
+    }
+
+    /// Starts a proxy whose target is not known yet: connections wait for
+    /// [`Proxy::set_target`].
+    pub async fn start_pending() -> Result<Proxy> {
         let listener = TcpListener::bind("127.0.0.1:0").await.map_err(|e| anyhow!("proxy bind: {e}"))?;
         let addr = listener.local_addr().map_err(|e| anyhow!("proxy: {e}"))?.to_string();
         let (state, _) = watch::channel(LinkState::Pass);
-        let task = tokio::spawn(accept(listener, target.to_string(), state.clone()));
-        Ok(Proxy { addr, state, task })
+        let (target, _) = watch::channel(None);
+        let task = tokio::spawn(accept(listener, target.clone(), state.clone()));
+        Ok(Proxy { addr, state, target, task })
+    }
+
+    /// Forwards new connections to `target` from now on.
+    pub fn set_target(&self, target: &str) {
+        self.target.send_replace(Some(target.to_string()));
     }
 
     /// Changes what the link does, at once for open connections too.
@@ -63,17 +78,18 @@ impl Drop for Proxy {
     }
 }
 
-async fn accept(listener: TcpListener, target: String, state: watch::Sender<LinkState>) {
+async fn accept(listener: TcpListener, target: watch::Sender<Option<String>>, state: watch::Sender<LinkState>) {
     let mut conns = tokio::task::JoinSet::new();
     while let Ok((inbound, _)) = listener.accept().await {
         let _ = inbound.set_nodelay(true);
-        conns.spawn(relay(inbound, target.clone(), state.subscribe()));
+        conns.spawn(relay(inbound, target.subscribe(), state.subscribe()));
         while conns.try_join_next().is_some() {}
     }
 }
 
 /// Relays one connection until either side closes or the link is cut.
-async fn relay(inbound: TcpStream, target: String, mut state: watch::Receiver<LinkState>) {
+async fn relay(inbound: TcpStream, mut target: watch::Receiver<Option<String>>, mut state: watch::Receiver<LinkState>) {
+    let Ok(target) = target.wait_for(Option::is_some).await.map(|t| t.clone().unwrap_or_default()) else { return };
     loop {
         match *state.borrow_and_update() {
             LinkState::Cut => return,

@@ -6,7 +6,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use super::checker::Verdict;
-use super::history::{FaultEvent, Op, Outcome};
+use super::history::{History, Op, Outcome};
 use super::ChaosConfig;
 use anyhow::{anyhow, Result};
 
@@ -49,7 +49,8 @@ pub struct Report {
 
 impl Report {
     /// Summarises a run.
-    pub fn new(cfg: &ChaosConfig, ops: &[Op], faults: &[FaultEvent], verdict: Verdict, recovered: bool) -> Self {
+    pub fn new(cfg: &ChaosConfig, history: &History, verdict: Verdict, recovered: bool) -> Self {
+        let (ops, faults) = (&history.ops, &history.faults);
         let work: Vec<&Op> = ops.iter().filter(|o| !o.last).collect();
         let count = |o: Outcome| work.iter().filter(|op| op.outcome == o).count();
         let finals: Vec<&Op> = ops.iter().filter(|o| o.last).collect();
@@ -60,7 +61,7 @@ impl Report {
         }
         let clean = recovered && final_ok == finals.len() && verdict.clean();
         Report {
-            mode: format!("{:?}", cfg.mode).to_lowercase(),
+            mode: cfg.mode.name().to_string(),
             seed: cfg.seed,
             duration_s: cfg.duration.as_secs(),
             clients: cfg.clients,
@@ -122,8 +123,8 @@ impl std::fmt::Display for Report {
         )?;
         writeln!(
             f,
-            "  checks: {} pages; not linearizable {}; undecided {}; lost acknowledged writes {}; phantom values {}; duplicate applications {}; epoch regressions {}",
-            v.pages, v.not_linearizable.len(), v.undecided.len(), v.lost_acknowledged_writes, v.phantom_values, v.duplicate_applications, v.epoch_regressions
+            "  checks: {} pages; not linearizable {}; undecided {}; lost acknowledged writes {}; phantom values {}; duplicate applications {}; epoch regressions {}; lost with a survivor {}",
+            v.pages, v.not_linearizable.len(), v.undecided.len(), v.lost_acknowledged_writes, v.phantom_values, v.duplicate_applications, v.epoch_regressions, v.lost_with_survivors
         )?;
         for d in &v.details {
             writeln!(f, "    {d}")?;

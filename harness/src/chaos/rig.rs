@@ -1,5 +1,5 @@
-//! The rig: CM processes, client processes and the proxies between them, with
-//! the fault injections the schedule draws from.
+//! The rig: CM processes, client slots and the proxies between them, with the
+//! fault injections the schedule draws from.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -8,7 +8,9 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::Rng;
 
-use super::procs::{signal, ClientProc, CmProc, CmSet};
+use super::client_proc::ClientSlot;
+use super::history::LifeKind;
+use super::procs::{signal, CmProc, CmSet};
 use super::proxy::{LinkState, Proxy};
 
 /// The kinds of fault the harness injects (`--faults`).
@@ -22,8 +24,14 @@ pub enum Nemesis {
     Partition,
     /// kill -9 every CM node, restart them all.
     RestartAll,
-    /// SIGSTOP a client for 1-3 s.
+    /// SIGSTOP a client: half the time briefly (0.5-1.5 s), half the time for
+    /// longer than its lease, so it is evicted and comes back.
     ClientPause,
+    /// kill -9 a client and start a fresh one in its place.
+    ClientKill,
+    /// Cut a client off from everyone (its links to the CM nodes, and the CM
+    /// nodes' and other clients' links to it) for 1.5-3.5 s longer than its lease.
+    ClientIsolate,
 }
 
 impl Nemesis {
@@ -42,12 +50,16 @@ impl Nemesis {
 pub struct Rig {
     /// CM nodes by id.
     pub cms: CmSet,
-    /// Clients, by index.
-    pub clients: Vec<ClientProc>,
+    /// Client slots, by index.
+    pub clients: Vec<ClientSlot>,
     /// Links between CM nodes: (from, to) -> proxy.
     pub cm_links: BTreeMap<(u64, u64), Proxy>,
     /// Links from clients to CM nodes: (client index, CM id) -> proxy.
     pub client_links: BTreeMap<(usize, u64), Proxy>,
+    /// The clients' lease, which long client faults outlast.
+    pub lease: Duration,
+    /// How long the harness waits for a client's answer.
+    pub op_timeout: Duration,
 }
 
 impl Rig {
@@ -71,8 +83,9 @@ impl Rig {
         }
     }
 
-    /// Injects one fault of `kind`, holds it, heals it; returns what it did.
-    pub async fn inject(&self, kind: Nemesis, rng: &mut StdRng) -> String {
+    /// Injects one fault of `kind`, holds it, heals it; returns what it did, and
+    /// what it did to a client process.
+    pub async fn inject(&self, kind: Nemesis, rng: &mut StdRng, on_client: impl Fn(usize, u64, LifeKind)) -> String {
         match kind {
             Nemesis::Kill => {
                 let id = self.pick_cm(rng).await;
@@ -94,25 +107,82 @@ impl Rig {
             Nemesis::Pause => {
                 let id = self.pick_cm(rng).await;
                 let held = ms(rng, 1000, 3000);
-                let pid = self.cms.0.get(&id).and_then(CmProc::pid);
-                if let Some(pid) = pid {
+                if let Some(pid) = self.cms.0.get(&id).and_then(CmProc::pid) {
                     signal(pid, "STOP");
                     tokio::time::sleep(held).await;
                     signal(pid, "CONT");
                 }
                 format!("SIGSTOP CM {id} for {} ms", held.as_millis())
             }
-            Nemesis::ClientPause => {
-                let index = rng.gen_range(0..self.clients.len().max(1));
-                let held = ms(rng, 1000, 3000);
-                if let Some(pid) = self.clients.get(index).and_then(ClientProc::pid) {
-                    signal(pid, "STOP");
-                    tokio::time::sleep(held).await;
-                    signal(pid, "CONT");
-                }
-                format!("SIGSTOP client {index} for {} ms", held.as_millis())
-            }
+            Nemesis::ClientPause => self.client_pause(rng, on_client).await,
+            Nemesis::ClientKill => self.client_kill(rng, on_client).await,
+            Nemesis::ClientIsolate => self.client_isolate(rng, on_client).await,
             Nemesis::Partition => self.partition(rng).await,
+        }
+    }
+
+    /// A pause longer than the lease outlasts it by 0.5-2 s.
+    fn past_lease(&self, rng: &mut StdRng) -> Duration {
+        self.lease + ms(rng, 500, 2000)
+    }
+
+    /// A cut-off outlasts the lease by 1.5-3.5 s: long enough for the leader to
+    /// evict the client and for the others to move its pages on, while the client
+    /// is still cut off.
+    fn well_past_lease(&self, rng: &mut StdRng) -> Duration {
+        self.lease + ms(rng, 1500, 3500)
+    }
+
+    async fn client_pause(&self, rng: &mut StdRng, on_client: impl Fn(usize, u64, LifeKind)) -> String {
+        let slot = &self.clients[rng.gen_range(0..self.clients.len().max(1))];
+        let held = if rng.gen_bool(0.5) { ms(rng, 500, 1500) } else { self.past_lease(rng) };
+        let proc = slot.proc().await;
+        if let Some(pid) = proc.pid() {
+            on_client(slot.index, proc.id(), LifeKind::Stopped);
+            signal(pid, "STOP");
+            tokio::time::sleep(held).await;
+            signal(pid, "CONT");
+        }
+        format!("SIGSTOP client {} (directory client {}) for {} ms", slot.index, proc.id(), held.as_millis())
+    }
+
+    async fn client_kill(&self, rng: &mut StdRng, on_client: impl Fn(usize, u64, LifeKind)) -> String {
+        let slot = &self.clients[rng.gen_range(0..self.clients.len().max(1))];
+        let killed = slot.proc().await.id();
+        on_client(slot.index, killed, LifeKind::Killed);
+        match slot.replace().await {
+            Ok(_) => format!("kill -9 client {} (directory client {killed}), started a fresh one", slot.index),
+            Err(err) => format!("kill -9 client {} (directory client {killed}); restart failed: {err}", slot.index),
+        }
+    }
+
+    async fn client_isolate(&self, rng: &mut StdRng, on_client: impl Fn(usize, u64, LifeKind)) -> String {
+        let slot = self.client_holding_copies(rng).await;
+        let held = self.well_past_lease(rng);
+        let id = slot.proc().await.id();
+        on_client(slot.index, id, LifeKind::Stopped);
+        self.set_client_links(|c, _| c == slot.index, LinkState::Blackhole);
+        slot.holder.set(LinkState::Blackhole);
+        tokio::time::sleep(held).await;
+        self.heal_links();
+        format!("client {} (directory client {id}) cut off from everyone for {} ms", slot.index, held.as_millis())
+    }
+
+    /// A client that holds copies it may read locally, when one does (the one a
+    /// cut-off hurts most), else any client.
+    async fn client_holding_copies(&self, rng: &mut StdRng) -> &ClientSlot {
+        const ASK_TIMEOUT: Duration = Duration::from_millis(500);
+        let mut holding = Vec::new();
+        for slot in &self.clients {
+            let answer = slot.proc().await.call("print", ASK_TIMEOUT).await;
+            let pages = answer.as_ref().and_then(|a| a["pages"].as_array().cloned()).unwrap_or_default();
+            if pages.iter().any(|p| p["access"] != "invalid") {
+                holding.push(slot);
+            }
+        }
+        match holding.choose(rng) {
+            Some(slot) => slot,
+            None => &self.clients[rng.gen_range(0..self.clients.len().max(1))],
         }
     }
 
@@ -161,14 +231,20 @@ impl Rig {
 
     /// Every link back to normal.
     pub fn heal_links(&self) {
-        self.cm_links.values().chain(self.client_links.values()).for_each(|p| p.set(LinkState::Pass));
+        let holders = self.clients.iter().map(|c| &c.holder);
+        self.cm_links.values().chain(self.client_links.values()).chain(holders).for_each(|p| p.set(LinkState::Pass));
     }
 
     /// Heals everything: links, paused processes, stopped CM nodes.
-    pub fn heal_all(&self) {
+    pub async fn heal_all(&self) {
         self.heal_links();
-        for pid in self.cms.0.values().filter_map(CmProc::pid).chain(self.clients.iter().filter_map(ClientProc::pid)) {
+        for pid in self.cms.0.values().filter_map(CmProc::pid) {
             signal(pid, "CONT");
+        }
+        for slot in &self.clients {
+            if let Some(pid) = slot.proc().await.pid() {
+                signal(pid, "CONT");
+            }
         }
         for cm in self.cms.0.values() {
             if let Err(err) = cm.ensure_running() {

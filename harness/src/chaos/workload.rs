@@ -5,27 +5,30 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use anyhow::{anyhow, Result};
+use ivy_raft::config::ReplicationMode;
+use ivy_raft::protocol::{RandomOp, RandomOps};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::history::{FaultEvent, Op, OpKind, Outcome};
-use super::procs::{free_port, ClientProc, CmProc, CmSet};
+use super::client_proc::{client_log, ClientSlot, ClientSpawn, Life};
+use super::history::{FaultEvent, History, LifeEvent, LifeKind, Op, OpKind, Outcome};
+use super::procs::{free_port, CmProc, CmSet};
 use super::proxy::Proxy;
 use super::report::Report;
 use super::rig::Rig;
 use super::{checker, history, ChaosConfig, Nemesis};
-use anyhow::{anyhow, Result};
-use ivy_raft::config::ReplicationMode;
-use ivy_raft::protocol::{RandomOp, RandomOps};
 
-/// A client's own deadline for one operation, ms.
-const CLIENT_OP_TIMEOUT_MS: u64 = 3000;
+/// A client's default deadline for one operation, ms.
+pub const CLIENT_OP_TIMEOUT_MS: u64 = 3000;
 
-/// How long the harness waits for an answer before calling the outcome unknown.
-const HARNESS_OP_TIMEOUT: Duration = Duration::from_millis(CLIENT_OP_TIMEOUT_MS + 2000);
+/// How much longer than a client's own deadline the harness waits for an answer
+/// before it calls the outcome unknown.
+const HARNESS_GRACE: Duration = Duration::from_millis(2000);
 
 /// How long the cluster may take to elect a leader after everything healed.
 const RECOVERY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -39,13 +42,35 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 /// Most operations one worker issues (a bound on every load loop).
 const MAX_OPS_PER_WORKER: u64 = 1_000_000;
 
-/// The shared monotonic clock of a run.
-#[derive(Clone, Copy)]
-struct Clock(Instant);
+/// Where everything a run observes goes, on one monotonic clock.
+#[derive(Clone)]
+struct Recorder {
+    start: Instant,
+    history: Arc<Mutex<History>>,
+    ops_done: Arc<AtomicU64>,
+}
 
-impl Clock {
+impl Recorder {
+    fn new() -> Self {
+        Recorder { start: Instant::now(), history: Arc::default(), ops_done: Arc::default() }
+    }
+
     fn ns(&self) -> u64 {
-        self.0.elapsed().as_nanos() as u64
+        self.start.elapsed().as_nanos() as u64
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut History) -> T) -> T {
+        f(&mut self.history.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn op(&self, op: Op) {
+        self.with(|h| h.ops.push(op));
+        self.ops_done.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn life(&self, slot: usize, client: u64, kind: LifeKind) {
+        let at_ns = self.ns();
+        self.with(|h| h.lives.push(LifeEvent { at_ns, slot, client, kind }));
     }
 }
 
@@ -56,13 +81,50 @@ pub async fn run(cfg: &ChaosConfig) -> Result<Report> {
     for id in 1..=3 {
         let _ = std::fs::remove_dir_all(cfg.out.join(format!("cm-{id}")));
     }
-    let clock = Clock(Instant::now());
-    let rig = Arc::new(build_rig(cfg).await?);
-    let ops: Arc<Mutex<Vec<Op>>> = Arc::default();
-    let faults: Arc<Mutex<Vec<FaultEvent>>> = Arc::default();
+    let rec = Recorder::new();
+    let (life_tx, life_rx) = mpsc::unbounded_channel();
+    let lives = tokio::spawn(record_lives(life_rx, rec.clone()));
+    let rig = Arc::new(build_rig(cfg, life_tx).await?);
     let end = Instant::now() + cfg.duration;
+    announce(cfg);
+    let mut workers = Vec::new();
+    for c in 0..cfg.clients {
+        for w in 0..cfg.workers {
+            let (rig, rec) = (rig.clone(), rec.clone());
+            let seed = cfg.seed ^ ((c as u64) << 32 | w as u64);
+            let mix = (cfg.pages, cfg.read_ratio);
+            workers.push(tokio::spawn(async move { worker(rig, c, w, mix, seed, end, rec).await }));
+        }
+    }
+    let injector = tokio::spawn(inject_faults(rig.clone(), cfg.clone(), end, rec.clone()));
+    let progress = tokio::spawn(report_progress(rec.clone(), end));
+    for w in workers {
+        let _ = w.await;
+    }
+    let _ = injector.await;
+    progress.abort();
+
+    rig.heal_all().await;
+    let leader = rig.wait_leader(RECOVERY_TIMEOUT).await;
+    eprintln!("chaos: healed; leader {leader:?}; final reads");
+    final_reads(&rig, cfg.pages, &rec).await;
+    for slot in &rig.clients {
+        slot.proc().await.quit().await;
+    }
+    rig.cms.kill_all().await;
+    drop(rig);
+    let _ = tokio::time::timeout(Duration::from_secs(1), lives).await;
+    let history = rec.with(std::mem::take);
+    history::write(&cfg.out.join("history.jsonl"), &history)?;
+    let verdict = checker::check_history(&history);
+    let report = Report::new(cfg, &history, verdict, leader.is_some());
+    report.write(&cfg.out.join("report.json"))?;
+    Ok(report)
+}
+
+fn announce(cfg: &ChaosConfig) {
     eprintln!(
-        "chaos: {:?} mode, {} clients x {} workers on {} pages for {} s, seed {}, faults {:?}",
+        "chaos: {} mode, {} clients x {} workers on {} pages for {} s, seed {}, faults {:?}",
         cfg.mode,
         cfg.clients,
         cfg.workers,
@@ -71,44 +133,17 @@ pub async fn run(cfg: &ChaosConfig) -> Result<Report> {
         cfg.seed,
         cfg.faults.iter().map(|f| f.name()).collect::<Vec<_>>()
     );
-    let counter = Arc::new(AtomicU64::new(0));
-    let mut workers = Vec::new();
-    for c in 0..cfg.clients {
-        for w in 0..cfg.workers {
-            let (rig, ops, counter) = (rig.clone(), ops.clone(), counter.clone());
-            let seed = cfg.seed ^ ((c as u64) << 32 | w as u64);
-            let pages = cfg.pages;
-            workers.push(tokio::spawn(async move { worker(rig, c, w, pages, seed, end, clock, ops, counter).await }));
-        }
-    }
-    let injector = tokio::spawn(inject_faults(rig.clone(), cfg.clone(), end, clock, faults.clone()));
-    let progress = tokio::spawn(report_progress(counter.clone(), faults.clone(), end, clock));
-    for w in workers {
-        let _ = w.await;
-    }
-    let _ = injector.await;
-    progress.abort();
-
-    let mut rig = Arc::try_unwrap(rig).map_err(|_| anyhow!("rig still shared"))?;
-    rig.heal_all();
-    let leader = rig.wait_leader(RECOVERY_TIMEOUT).await;
-    eprintln!("chaos: healed; leader {leader:?}; final reads");
-    final_reads(&rig, cfg.pages, clock, &ops).await;
-    for client in rig.clients.drain(..) {
-        client.quit().await;
-    }
-    rig.cms.kill_all().await;
-    let ops = std::mem::take(&mut *ops.lock().unwrap_or_else(|e| e.into_inner()));
-    let faults = std::mem::take(&mut *faults.lock().unwrap_or_else(|e| e.into_inner()));
-    history::write(&cfg.out.join("history.jsonl"), &ops, &faults)?;
-    let verdict = checker::check(&ops);
-    let report = Report::new(cfg, &ops, &faults, verdict, leader.is_some());
-    report.write(&cfg.out.join("report.json"))?;
-    Ok(report)
 }
 
-/// CM processes, proxies on every link, then clients.
-async fn build_rig(cfg: &ChaosConfig) -> Result<Rig> {
+/// Stamps the clients' own reports (registrations) into the history.
+async fn record_lives(mut rx: mpsc::UnboundedReceiver<Life>, rec: Recorder) {
+    while let Some(Life::Registered { slot, now, was }) = rx.recv().await {
+        rec.life(slot, now, LifeKind::Registered { was });
+    }
+}
+
+/// CM processes, proxies on every link, then client slots.
+async fn build_rig(cfg: &ChaosConfig, life: mpsc::UnboundedSender<Life>) -> Result<Rig> {
     let n = match cfg.mode {
         ReplicationMode::Raft => 3,
         ReplicationMode::Heartbeat => 2,
@@ -131,17 +166,15 @@ async fn build_rig(cfg: &ChaosConfig) -> Result<Rig> {
                 format!("{p}={via}")
             })
             .collect();
-        let cm = CmProc::new(
-            &cfg.bin,
-            *id,
-            addr.clone(),
-            cm_args(cfg, *id, addr, &peers.join(",")),
-            cfg.out.join(format!("cm-{id}.log")),
-        );
+        let args = cm_args(cfg, *id, addr, &peers.join(","));
+        let cm = CmProc::new(&cfg.bin, *id, addr.clone(), args, cfg.out.join(format!("cm-{id}.log")));
         cm.start()?;
         cms.insert(*id, cm);
     }
-    let mut rig = Rig { cms: CmSet(cms), clients: Vec::new(), cm_links, client_links: BTreeMap::new() };
+    let lease = Duration::from_millis(cfg.client_lease_ms);
+    let op_timeout = Duration::from_millis(cfg.client_timeout_ms) + HARNESS_GRACE;
+    let mut rig =
+        Rig { cms: CmSet(cms), clients: Vec::new(), cm_links, client_links: BTreeMap::new(), lease, op_timeout };
     rig.wait_leader(RECOVERY_TIMEOUT).await.ok_or_else(|| anyhow!("the CM nodes elected no leader"))?;
     for c in 0..cfg.clients {
         let mut via = Vec::new();
@@ -150,10 +183,16 @@ async fn build_rig(cfg: &ChaosConfig) -> Result<Rig> {
             via.push(proxy.addr.clone());
             rig.client_links.insert((c, *id), proxy);
         }
-        let log = cfg.out.join(format!("client-{c}.log"));
-        let client = ClientProc::start(&cfg.bin, c, &via.join(","), CLIENT_OP_TIMEOUT_MS, &log).await?;
-        eprintln!("chaos: client {c} registered as directory client {}", client.id);
-        rig.clients.push(client);
+        let spawn = ClientSpawn {
+            bin: cfg.bin.clone(),
+            cms: via.join(","),
+            timeout_ms: cfg.client_timeout_ms,
+            log: client_log(&cfg.out, c),
+            unsafe_ignore_lease: cfg.unsafe_ignore_lease,
+        };
+        let slot = ClientSlot::start(c, spawn, life.clone()).await?;
+        eprintln!("chaos: client {c} registered as directory client {}", slot.proc().await.id());
+        rig.clients.push(slot);
     }
     Ok(rig)
 }
@@ -165,11 +204,10 @@ fn cm_args(cfg: &ChaosConfig, id: u64, listen: &str, peers: &str) -> Vec<String>
         .map(|s| s.to_string())
         .collect();
     args.push(data.display().to_string());
-    match cfg.mode {
-        ReplicationMode::Raft => args.extend(["--mode".into(), "raft".into()]),
-        ReplicationMode::Heartbeat => {
-            args.extend(["--mode".into(), "heartbeat".into(), "--pulse-ms".into(), cfg.pulse_ms.to_string()])
-        }
+    args.extend(["--client-lease-ms".into(), cfg.client_lease_ms.to_string()]);
+    args.extend(["--mode".into(), cfg.mode.name().into()]);
+    if cfg.mode == ReplicationMode::Heartbeat {
+        args.extend(["--pulse-ms".into(), cfg.pulse_ms.to_string()]);
     }
     if cfg.unsafe_skip_invalidation {
         args.push("--unsafe-skip-invalidation".into());
@@ -177,19 +215,16 @@ fn cm_args(cfg: &ChaosConfig, id: u64, listen: &str, peers: &str) -> Vec<String>
     args
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn worker(
     rig: Arc<Rig>,
     client: usize,
     worker: usize,
-    pages: usize,
+    mix: (usize, f64),
     seed: u64,
     end: Instant,
-    clock: Clock,
-    ops: Arc<Mutex<Vec<Op>>>,
-    counter: Arc<AtomicU64>,
+    rec: Recorder,
 ) {
-    let generated = RandomOps::new(seed, pages as u64, 0.5, format!("c{client}w{worker}"));
+    let generated = RandomOps::new(seed, mix.0 as u64, mix.1, format!("c{client}w{worker}"));
     for op in generated.take(MAX_OPS_PER_WORKER as usize) {
         if Instant::now() >= end {
             break;
@@ -204,27 +239,29 @@ async fn worker(
                 (page, None, command)
             }
         };
-        let invoke_ns = clock.ns();
-        let answer = rig.clients[client].call(&command, HARNESS_OP_TIMEOUT).await;
-        let op = record(client, &page, value, invoke_ns, answer, clock, false);
-        ops.lock().unwrap_or_else(|e| e.into_inner()).push(op);
-        counter.fetch_add(1, Ordering::Relaxed);
+        let proc = rig.clients[client].proc().await;
+        let (invoke_ns, process) = (rec.ns(), proc.id());
+        let answer = proc.call(&command, rig.op_timeout).await;
+        rec.op(record(client, process, &page, value, invoke_ns, answer, rec.ns(), false));
     }
 }
 
 /// Turns one answer (or its absence) into a history entry.
+#[allow(clippy::too_many_arguments)]
 fn record(
     client: usize,
+    process: u64,
     page: &str,
     written: Option<String>,
     invoke_ns: u64,
     answer: Option<Value>,
-    clock: Clock,
+    now_ns: u64,
     last: bool,
 ) -> Op {
     let kind = if written.is_some() { OpKind::Write } else { OpKind::Read };
     let mut op = Op {
         client,
+        process,
         kind,
         page: page.to_string(),
         value: written,
@@ -234,14 +271,17 @@ fn record(
         epoch: None,
         error: None,
         last,
+        lost_with: None,
     };
     let Some(answer) = answer else { return op };
-    op.return_ns = Some(clock.ns());
+    op.return_ns = Some(now_ns);
     let error = answer["error"].as_str().map(str::to_string);
     let absent = error.as_deref() == Some(&format!("page {page} does not exist"));
-    if answer["ok"] == true || (kind == OpKind::Read && absent) {
+    let lost_with = error.as_deref().and_then(|e| lost_with(page, e));
+    if answer["ok"] == true || (kind == OpKind::Read && (absent || lost_with.is_some())) {
         op.outcome = Outcome::Ok;
         op.epoch = answer["epoch"].as_u64();
+        op.lost_with = lost_with;
         if kind == OpKind::Read {
             op.value = answer["value"].as_str().map(str::to_string);
         }
@@ -252,7 +292,13 @@ fn record(
     op
 }
 
-async fn inject_faults(rig: Arc<Rig>, cfg: ChaosConfig, end: Instant, clock: Clock, log: Arc<Mutex<Vec<FaultEvent>>>) {
+/// The client a page was lost with, from a read's error.
+fn lost_with(page: &str, error: &str) -> Option<u64> {
+    let rest = error.strip_prefix(&format!("page {page} was lost with client "))?;
+    rest.split_whitespace().next()?.parse().ok()
+}
+
+async fn inject_faults(rig: Arc<Rig>, cfg: ChaosConfig, end: Instant, rec: Recorder) {
     if cfg.faults.is_empty() {
         return;
     }
@@ -260,8 +306,9 @@ async fn inject_faults(rig: Arc<Rig>, cfg: ChaosConfig, end: Instant, clock: Clo
     let mut kinds = Vec::new();
     let mut next = Instant::now();
     loop {
-        // One fault every 3-5 s, start to start, whatever each one lasts.
-        next = next.max(Instant::now() - FAULT_SLACK) + Duration::from_millis(rng.gen_range(3000..=5000));
+        // One fault every gap, start to start, whatever each one lasts.
+        let (lo, hi) = cfg.fault_gap_ms;
+        next = next.max(Instant::now() - FAULT_SLACK) + Duration::from_millis(rng.gen_range(lo..=hi.max(lo)));
         if next >= end {
             break;
         }
@@ -271,37 +318,34 @@ async fn inject_faults(rig: Arc<Rig>, cfg: ChaosConfig, end: Instant, clock: Clo
             kinds.shuffle(&mut rng);
         }
         let kind = kinds.pop().unwrap_or(Nemesis::Kill);
-        let at_ns = clock.ns();
-        let detail = rig.inject(kind, &mut rng).await;
+        let at_ns = rec.ns();
+        let detail = rig.inject(kind, &mut rng, |slot, client, what| rec.life(slot, client, what)).await;
         eprintln!("chaos: t={:.1}s {}: {detail}", at_ns as f64 / 1e9, kind.name());
-        let event = FaultEvent { at_ns, healed_ns: Some(clock.ns()), kind: kind.name(), detail };
-        log.lock().unwrap_or_else(|e| e.into_inner()).push(event);
+        let event = FaultEvent { at_ns, healed_ns: Some(rec.ns()), kind: kind.name(), detail };
+        rec.with(|h| h.faults.push(event));
     }
 }
 
-async fn report_progress(counter: Arc<AtomicU64>, faults: Arc<Mutex<Vec<FaultEvent>>>, end: Instant, clock: Clock) {
+async fn report_progress(rec: Recorder, end: Instant) {
     let mut ticks = tokio::time::interval(PROGRESS_EVERY);
     ticks.tick().await;
     while Instant::now() < end {
         ticks.tick().await;
-        let injected = faults.lock().map(|f| f.len()).unwrap_or(0);
-        eprintln!(
-            "chaos: t={:.0}s {} ops, {injected} faults so far",
-            clock.ns() as f64 / 1e9,
-            counter.load(Ordering::Relaxed)
-        );
+        let injected = rec.with(|h| h.faults.len());
+        let done = rec.ops_done.load(Ordering::Relaxed);
+        eprintln!("chaos: t={:.0}s {done} ops, {injected} faults so far", rec.ns() as f64 / 1e9);
     }
 }
 
 /// After healing: every client reads every page, one read at a time.
-async fn final_reads(rig: &Rig, pages: usize, clock: Clock, ops: &Mutex<Vec<Op>>) {
-    for client in &rig.clients {
+async fn final_reads(rig: &Rig, pages: usize, rec: &Recorder) {
+    for slot in &rig.clients {
         for p in 1..=pages {
             let page = format!("P{p}");
-            let invoke_ns = clock.ns();
-            let answer = client.call(&format!("read {page}"), HARNESS_OP_TIMEOUT).await;
-            let op = record(client.index, &page, None, invoke_ns, answer, clock, true);
-            ops.lock().unwrap_or_else(|e| e.into_inner()).push(op);
+            let proc = slot.proc().await;
+            let (invoke_ns, process) = (rec.ns(), proc.id());
+            let answer = proc.call(&format!("read {page}"), rig.op_timeout).await;
+            rec.op(record(slot.index, process, &page, None, invoke_ns, answer, rec.ns(), true));
         }
     }
 }
