@@ -182,7 +182,7 @@ pub struct Client {
     op_timeout: Duration,
     faulting: tokio::sync::Mutex<()>,
     grants: Option<Mutex<Vec<(PageName, Epoch)>>>,
-    server: Server,
+    server: tokio::sync::Mutex<Server>,
     keepalive: JoinHandle<()>,
 }
 
@@ -219,7 +219,7 @@ impl Client {
             op_timeout: config.op_timeout,
             faulting: tokio::sync::Mutex::new(()),
             grants: config.record_grants.then(Mutex::default),
-            server,
+            server: tokio::sync::Mutex::new(server),
             keepalive,
         })
     }
@@ -355,17 +355,23 @@ impl Client {
 
     /// Leaves the cluster: the directory removes this client (each page it owns
     /// passes to a copy holder, or is lost without one), then the server stops.
-    pub async fn leave(mut self) -> Result<Removal, Error> {
+    pub async fn leave(self) -> Result<Removal, Error> {
         self.keepalive.abort();
         let left = self.shared.cm.unregister(self.id()).await;
-        self.server.stop().await;
+        self.server.lock().await.stop().await;
         left
     }
 
     /// Stops serving and renewing without telling the CM, as a crashed client would.
-    pub async fn crash(mut self) {
+    pub async fn crash(self) {
+        self.halt().await;
+    }
+
+    /// Like [`Client::crash`], for a client others still hold: it stops serving
+    /// and renewing (operations started afterwards must not be counted on).
+    pub async fn halt(&self) {
         self.keepalive.abort();
-        self.server.stop().await;
+        self.server.lock().await.stop().await;
     }
 }
 

@@ -70,6 +70,9 @@ pub enum Scenario {
     KillRestartMany,
     /// 5: kill every CM node and restart them all.
     KillBoth,
+    /// 6: kill a client holding copies of pages a third of the way in (it stops
+    /// serving and renewing its lease, like a kill -9).
+    KillClient,
 }
 
 impl Scenario {
@@ -137,6 +140,10 @@ pub struct RunResult {
     pub local_hit_rate: f64,
     /// Per kill: kill to the first fault that started after it and succeeded, ms.
     pub failover_gaps_ms: Vec<f64>,
+    /// kill-client: per page the killed client held, kill to the first write of it
+    /// that started after the kill and succeeded, ms (how long writes were blocked).
+    #[serde(default)]
+    pub writes_blocked_ms: Vec<f64>,
     /// Acknowledged writes missing from the read-back.
     pub acked_writes_lost: usize,
     /// Mean time a client took for all its operations, ms (the original's metric).

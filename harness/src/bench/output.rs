@@ -27,10 +27,18 @@ pub fn write_all(dir: &Path, results: &[RunResult]) -> Result<String> {
 }
 
 fn gaps(r: &RunResult) -> String {
-    if r.failover_gaps_ms.is_empty() {
+    joined(&r.failover_gaps_ms)
+}
+
+fn blocked(r: &RunResult) -> String {
+    joined(&r.writes_blocked_ms)
+}
+
+fn joined(values: &[f64]) -> String {
+    if values.is_empty() {
         return "-".into();
     }
-    r.failover_gaps_ms.iter().map(|g| format!("{g:.0}")).collect::<Vec<_>>().join("/")
+    values.iter().map(|g| format!("{g:.0}")).collect::<Vec<_>>().join("/")
 }
 
 fn text(results: &[RunResult]) -> String {
@@ -55,6 +63,7 @@ fn text(results: &[RunResult]) -> String {
         let _ = writeln!(out, "  Local hits:\t{:.1}%", r.local_hit_rate * 100.0);
         let _ = writeln!(out, "  Avg per client:\t{:.2} ms", r.avg_client_ms);
         let _ = writeln!(out, "  Failover gap:\t{} ms", gaps(r));
+        let _ = writeln!(out, "  Writes blocked by a killed client:\t{} ms", blocked(r));
         let _ = writeln!(out, "  Acknowledged writes lost:\t{}", r.acked_writes_lost);
         for (name, l) in [("Read faults", &r.read_fault), ("Write faults", &r.write_fault)] {
             let _ = writeln!(
@@ -70,13 +79,13 @@ fn text(results: &[RunResult]) -> String {
 fn csv(results: &[RunResult]) -> String {
     let mut out = String::from(
         "workload,mode,scenario,clients,pages,ops_per_client,read_ratio,ops,failed,throughput_ops_s,local_hit_rate,\
-read_p50_ms,read_p99_ms,read_p999_ms,write_p50_ms,write_p99_ms,write_p999_ms,failover_gaps_ms,acked_writes_lost,avg_client_ms\n",
+read_p50_ms,read_p99_ms,read_p999_ms,write_p50_ms,write_p99_ms,write_p999_ms,failover_gaps_ms,writes_blocked_ms,acked_writes_lost,avg_client_ms\n",
     );
     for r in results {
         let w = &r.workload;
         let _ = writeln!(
             out,
-            "{},{},{},{},{},{},{},{},{},{:.1},{:.4},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{},{},{:.2}",
+            "{},{},{},{},{},{},{},{},{},{:.1},{:.4},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{},{},{},{:.2}",
             w.label,
             r.mode.name(),
             r.scenario.name(),
@@ -95,6 +104,7 @@ read_p50_ms,read_p99_ms,read_p999_ms,write_p50_ms,write_p99_ms,write_p999_ms,fai
             r.write_fault.p99_ms,
             r.write_fault.p999_ms,
             gaps(r),
+            blocked(r),
             r.acked_writes_lost,
             r.avg_client_ms
         );
@@ -105,14 +115,14 @@ read_p50_ms,read_p99_ms,read_p999_ms,write_p50_ms,write_p99_ms,write_p999_ms,fai
 /// The comparison table for the README.
 pub fn markdown(results: &[RunResult]) -> String {
     let mut out = String::from(
-        "| workload | mode | scenario | ops/s | failed | local hits | read fault p50 / p99 / p99.9 ms | write fault p50 / p99 / p99.9 ms | failover gap ms | acked writes lost | avg per client ms |\n\
-|---|---|---|---:|---:|---:|---|---|---:|---:|---:|\n",
+        "| workload | mode | scenario | ops/s | failed | local hits | read fault p50 / p99 / p99.9 ms | write fault p50 / p99 / p99.9 ms | failover gap ms | writes blocked ms | acked writes lost | avg per client ms |\n\
+|---|---|---|---:|---:|---:|---|---|---:|---:|---:|---:|\n",
     );
     for r in results {
         let (rf, wf) = (&r.read_fault, &r.write_fault);
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {:.0} | {}/{} | {:.0}% | {:.2} / {:.2} / {:.2} | {:.2} / {:.2} / {:.2} | {} | {} | {:.1} |",
+            "| {} | {} | {} | {:.0} | {}/{} | {:.0}% | {:.2} / {:.2} / {:.2} | {:.2} / {:.2} / {:.2} | {} | {} | {} | {:.1} |",
             r.workload.label,
             r.mode.name(),
             r.scenario.name(),
@@ -127,6 +137,7 @@ pub fn markdown(results: &[RunResult]) -> String {
             wf.p99_ms,
             wf.p999_ms,
             gaps(r),
+            blocked(r),
             r.acked_writes_lost,
             r.avg_client_ms
         );

@@ -2,6 +2,7 @@
 //! scenario, read everything back, summarise.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +18,7 @@ use crate::op_counter::OpCounter;
 use anyhow::{anyhow, Result};
 use ivy_raft::client::{Client, ClientConfig};
 use ivy_raft::config::ReplicationMode;
-use ivy_raft::protocol::{Hit, RandomOp, RandomOps};
+use ivy_raft::protocol::{Access, Hit, RandomOp, RandomOps};
 
 /// How long a killed node stays down before a restart.
 const DOWN_FOR: Duration = Duration::from_millis(500);
@@ -98,11 +99,14 @@ pub async fn run_one(
     let began = Instant::now();
     let done = Arc::new(OpCounter::default());
     let total = (work.clients * work.ops) as u64;
-    let chaos = tokio::spawn(apply_scenario(nodes.clone(), scenario, done.clone(), total, began));
+    let halted: Vec<Arc<AtomicBool>> = clients.iter().map(|_| Arc::default()).collect();
+    let fleet = Fleet { nodes: nodes.clone(), clients: clients.clone(), halted: halted.clone() };
+    let chaos = tokio::spawn(apply_scenario(fleet, scenario, done.clone(), total, began));
     let mut tasks = Vec::new();
     for (i, c) in clients.iter().enumerate() {
-        let (c, done, work, progress) = (c.clone(), done.clone(), work.clone(), progress.clone());
-        tasks.push(tokio::spawn(async move { drive(i, &c, &work, began, &done, &progress).await }));
+        let (c, done, work, progress, halt) =
+            (c.clone(), done.clone(), work.clone(), progress.clone(), halted[i].clone());
+        tasks.push(tokio::spawn(async move { drive(i, &c, &work, began, &done, &progress, &halt).await }));
     }
     let mut per_client = Vec::new();
     for t in tasks {
@@ -120,7 +124,7 @@ pub async fn run_one(
     Ok(summarise(work, mode, scenario, &per_client, &finals, &marks, wall))
 }
 
-/// One client's operations, back to back.
+/// One client's operations, back to back, until done or halted.
 async fn drive(
     client: usize,
     c: &Client,
@@ -128,11 +132,12 @@ async fn drive(
     began: Instant,
     done: &OpCounter,
     progress: &ProgressBar,
+    halt: &AtomicBool,
 ) -> Vec<Rec> {
     let generated = RandomOps::new(client as u64 + 1, work.pages as u64, work.read_ratio, format!("c{client}"));
     let mut recs = Vec::with_capacity(work.ops);
     for (n, op) in generated.take(work.ops).enumerate() {
-        if began.elapsed() > RUN_CAP {
+        if began.elapsed() > RUN_CAP || halt.load(Ordering::SeqCst) {
             // Count the skipped operations as done, so the scenario stops waiting.
             let skipped = (work.ops - n) as u64;
             done.add(skipped);
@@ -159,18 +164,42 @@ async fn drive(
     recs
 }
 
-/// Kills and restarts nodes as the scenario says; returns when each kill happened.
-async fn apply_scenario(
+/// What a scenario acts on: the CM nodes, and the clients with their halt flags.
+struct Fleet {
     nodes: Arc<Nodes>,
-    scenario: Scenario,
-    done: Arc<OpCounter>,
-    total: u64,
-    began: Instant,
-) -> Vec<Duration> {
-    let mut kills = Vec::new();
+    clients: Vec<Arc<Client>>,
+    halted: Vec<Arc<AtomicBool>>,
+}
+
+/// When a scenario struck, and what a client kill left behind.
+#[derive(Default)]
+struct Marks {
+    kills: Vec<Duration>,
+    /// The pages the killed client held.
+    client_pages: Vec<String>,
+}
+
+/// Kills the client holding the most copies: it stops issuing operations, then
+/// stops serving and renewing its lease. Returns the pages it held.
+async fn kill_client(fleet: &Fleet) -> Vec<String> {
+    let held = |c: &Client| c.pages().into_iter().filter(|(_, l)| l.access != Access::Invalid).count();
+    let Some(victim) = (0..fleet.clients.len()).max_by_key(|i| held(&fleet.clients[*i])) else { return Vec::new() };
+    fleet.halted[victim].store(true, Ordering::SeqCst);
+    let client = &fleet.clients[victim];
+    let pages = client.pages().into_iter().filter(|(_, l)| l.access != Access::Invalid).map(|(p, _)| p.to_string());
+    let pages = pages.collect();
+    client.halt().await;
+    pages
+}
+
+/// Kills and restarts nodes (or kills a client) as the scenario says; returns
+/// when each kill happened.
+async fn apply_scenario(fleet: Fleet, scenario: Scenario, done: Arc<OpCounter>, total: u64, began: Instant) -> Marks {
+    let nodes = &fleet.nodes;
+    let mut marks = Marks::default();
     let points: &[f64] = match scenario {
         Scenario::None => &[],
-        Scenario::KillLeader | Scenario::KillRestart | Scenario::KillBoth => &[1.0 / 3.0],
+        Scenario::KillLeader | Scenario::KillRestart | Scenario::KillBoth | Scenario::KillClient => &[1.0 / 3.0],
         Scenario::KillRestartMany => &[0.25, 0.5, 0.75],
     };
     for point in points {
@@ -178,11 +207,16 @@ async fn apply_scenario(
         if done.get() >= total {
             break;
         }
+        if scenario == Scenario::KillClient {
+            marks.kills.push(began.elapsed());
+            marks.client_pages = kill_client(&fleet).await;
+            continue;
+        }
         let victims: Vec<u64> = match scenario {
             Scenario::KillBoth => nodes.cms.ids(),
             _ => nodes.cms.leader().await.into_iter().collect(),
         };
-        kills.push(began.elapsed());
+        marks.kills.push(began.elapsed());
         for id in &victims {
             nodes.cms.kill(*id).await;
         }
@@ -194,7 +228,7 @@ async fn apply_scenario(
             nodes.cms.restart(id);
         }
     }
-    kills
+    marks
 }
 
 /// After the run: a fresh client reads every page.
@@ -225,9 +259,10 @@ fn summarise(
     scenario: Scenario,
     per_client: &[Vec<Rec>],
     finals: &[Rec],
-    kills: &[Duration],
+    marks: &Marks,
     wall: Duration,
 ) -> RunResult {
+    let kills = &marks.kills;
     let all: Vec<&Rec> = per_client.iter().flatten().collect();
     let ok: Vec<&&Rec> = all.iter().filter(|r| r.result.is_ok()).collect();
     let faulted = |write: bool| ok.iter().filter(move |r| r.write == write && r.result == Ok(Hit::Fault));
@@ -244,6 +279,7 @@ fn summarise(
         })
         .map(|us| us as f64 / 1e3)
         .collect();
+    let blocked = kills.first().map_or_else(Vec::new, |k| writes_blocked(&ok, &marks.client_pages, *k));
     let mut timeline = vec![0u64; (wall.as_millis() as u64 / BUCKET_MS + 1) as usize];
     for r in &ok {
         let bucket = ((r.end_us / 1000) / BUCKET_MS) as usize;
@@ -261,13 +297,27 @@ fn summarise(
         read_fault: latency(faulted(false).map(|r| r.end_us - r.start_us)),
         write_fault: latency(faulted(true).map(|r| r.end_us - r.start_us)),
         local_hit_rate: ok.iter().filter(|r| r.result == Ok(Hit::Local)).count() as f64 / ok.len().max(1) as f64,
-        failover_gaps_ms: gaps,
+        failover_gaps_ms: if scenario == Scenario::KillClient { Vec::new() } else { gaps },
+        writes_blocked_ms: blocked,
         acked_writes_lost: lost_writes(&all, finals),
         avg_client_ms: client_ms.iter().sum::<f64>() / client_ms.len().max(1) as f64,
         wall_ms: wall.as_secs_f64() * 1e3,
         timeline,
         fault_marks_ms: kills.iter().map(|k| k.as_secs_f64() * 1e3).collect(),
     }
+}
+
+/// Per page the killed client held: kill to the first successful write of it
+/// that started after the kill, ms.
+fn writes_blocked(ok: &[&&Rec], pages: &[String], kill: Duration) -> Vec<f64> {
+    let kill = kill.as_micros() as u64;
+    pages
+        .iter()
+        .filter_map(|p| {
+            ok.iter().filter(|r| r.write && &r.page == p && r.start_us >= kill).map(|r| r.end_us - kill).min()
+        })
+        .map(|us| us as f64 / 1e3)
+        .collect()
 }
 
 /// Percentiles of latencies given in microseconds.
