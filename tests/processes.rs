@@ -29,6 +29,12 @@ fn processes_survive_leader_kill_and_whole_cluster_restart() -> Result<()> {
     assert_eq!(r["value"], "Content1", "{r}");
     let r = c2.cmd("read P9")?;
     assert_eq!((&r["ok"], &r["error"]), (&false.into(), &"page P9 does not exist".into()), "{r}");
+    // Bad input on stdin gets an error line; the client goes on.
+    for bad in [&b"\xff\xfe read P1\n"[..], b"\x1b[A\n", b"read P1 \x07\n"] {
+        let r = c2.raw(bad)?;
+        assert_eq!((&r["op"], &r["ok"]), (&"unknown".into(), &false.into()), "{r}");
+    }
+    assert_eq!(c2.read("P1")?, "Content1");
     c1.write("A2", "two")?;
 
     // kill -9 the leader; faults go on with the other two.
@@ -107,6 +113,14 @@ fn cli_rejects_bad_flags_with_clear_errors() -> Result<()> {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("is in use") && err.contains(&data.display().to_string()), "{err}");
 
+    // A client that cannot start says why on stdout with --json.
+    let nowhere = format!("127.0.0.1:{}", free_port());
+    let out = Command::new(IVY).args(["client", "--json", "--timeout-ms", "500", "--cm", &nowhere]).output()?;
+    assert!(!out.status.success());
+    let line: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(line["event"], "error", "{line}");
+    assert!(line["error"].as_str().is_some_and(|e| e.contains("register")), "{line}");
+
     // Nothing listens on these ports: status says so and exits non-zero, quickly.
     let cms = format!("127.0.0.1:{},127.0.0.1:{}", free_port(), free_port());
     let start = Instant::now();
@@ -163,8 +177,11 @@ fn dead_paused_and_stopped_clients() -> Result<()> {
     let (mut d, _) = ClientProc::start(&cms.cms)?;
     assert_eq!(d.read("K2")?, "kept");
     let status = Command::new(IVY).args(["status", "--json", "--cm", &cms.cms]).output()?;
-    let text = String::from_utf8_lossy(&status.stdout);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout)?;
     let c_id = c_ready["client"].as_u64().expect("id");
-    assert!(!text.contains(&format!("\"id\":{c_id},\"addr\"")), "the killed client is gone: {text}");
+    let leader = status["cm"].as_array().and_then(|n| n.iter().find(|n| n["serving"] == true)).expect("a leader");
+    let ids: Vec<u64> =
+        leader["client_list"].as_array().expect("clients").iter().filter_map(|c| c["id"].as_u64()).collect();
+    assert!(!ids.contains(&c_id), "the killed client {c_id} is gone: {ids:?}");
     Ok(())
 }

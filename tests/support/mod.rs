@@ -138,6 +138,13 @@ impl ClientProc {
         }
     }
 
+    /// Sends raw bytes as one line and returns the answer.
+    pub fn raw(&mut self, bytes: &[u8]) -> Result<Value> {
+        self.stdin.write_all(bytes)?;
+        self.stdin.flush()?;
+        self.next()
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.proc.0.id()
