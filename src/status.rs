@@ -199,3 +199,75 @@ fn write_clients(f: &mut fmt::Formatter<'_>, report: &StatusReport) -> fmt::Resu
     }
     Ok(())
 }
+
+/// What the directory says of one page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PageState {
+    /// Owned by a registered client.
+    Live,
+    /// Owned, and a fault on it holds its lock right now.
+    Faulting,
+    /// Its only copy left with a removed client (`owner` names it).
+    Lost,
+    /// No such page.
+    Absent,
+}
+
+/// One page of the directory, for `ivy pages`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PageView {
+    /// The page.
+    pub page: String,
+    /// Its state.
+    pub state: PageState,
+    /// The owner's id (for a lost page, the client it was lost with; 0: absent).
+    pub owner: u64,
+    /// The owner's address, when registered.
+    pub owner_addr: Option<String>,
+    /// Clients holding read-only copies.
+    pub copy_set: Vec<u64>,
+    /// The page's epoch.
+    pub epoch: u64,
+}
+
+/// The directory as a leader answered it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct PagesReport {
+    /// The pages, in name order.
+    pub pages: Vec<PageView>,
+    /// Pages left out of a long answer.
+    pub more: u64,
+}
+
+impl fmt::Display for PagesReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.pages.is_empty() {
+            return write!(f, "(no pages)");
+        }
+        write!(f, "{:<16} {:<9} {:>6}  {:<30} copy set", "page", "state", "epoch", "owner")?;
+        for p in &self.pages {
+            let owner = match (p.state, &p.owner_addr) {
+                (PageState::Absent, _) => "-".to_string(),
+                (PageState::Lost, _) => format!("(lost with client {})", p.owner),
+                (_, Some(addr)) => format!("client {} at {addr}", p.owner),
+                (_, None) => format!("client {}", p.owner),
+            };
+            let copies = p.copy_set.iter().map(u64::to_string).collect::<Vec<_>>().join(", ");
+            let state = format!("{:?}", p.state).to_lowercase();
+            write!(
+                f,
+                "\n{:<16} {:<9} {:>6}  {:<30} {}",
+                p.page,
+                state,
+                p.epoch,
+                owner,
+                if copies.is_empty() { "-" } else { &copies }
+            )?;
+        }
+        if self.more > 0 {
+            write!(f, "\n... and {} more pages", self.more)?;
+        }
+        Ok(())
+    }
+}

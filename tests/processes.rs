@@ -185,3 +185,57 @@ fn dead_paused_and_stopped_clients() -> Result<()> {
     assert!(!ids.contains(&c_id), "the killed client {c_id} is gone: {ids:?}");
     Ok(())
 }
+
+/// The original's console: `seed` writes P1..P10, `x` then finds every page,
+/// and `ivy pages` shows the directory (state, owner, copy set, epoch) as the
+/// leader committed it, in a table and as JSON, before and after a client leaves.
+#[test]
+fn seed_x_and_the_directory_view() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let mut cms = CmSet::new(tmp.path());
+    for id in 1..=3 {
+        cms.start(id)?;
+    }
+    cms.wait_leader(Duration::from_secs(20))?;
+    let (mut a, a_ready) = ClientProc::start(&cms.cms)?;
+    let (mut b, b_ready) = ClientProc::start(&cms.cms)?;
+    let (a_id, b_id) = (a_ready["client"].as_u64().unwrap(), b_ready["client"].as_u64().unwrap());
+    let seeded = a.cmd("seed")?;
+    assert_eq!((&seeded["op"], &seeded["ok"], &seeded["written"]), (&"seed".into(), &true.into(), &10.into()));
+    assert_eq!(b.read("P1")?, format!("Content by client {a_id}"));
+    let x = b.cmd("x 30")?;
+    assert_eq!((&x["failed"], &x["succeeded"]), (&0.into(), &30.into()), "{x}");
+    a.write("Q1", "only at a")?;
+    assert_eq!(b.read("Q1")?, "only at a");
+
+    let pages = |args: &[&str]| -> Result<serde_json::Value> {
+        let out = Command::new(IVY).args(["pages", "--json", "--cm", &cms.cms]).args(args).output()?;
+        anyhow::ensure!(out.status.success(), "ivy pages: {}", String::from_utf8_lossy(&out.stderr));
+        Ok(serde_json::from_slice(&out.stdout)?)
+    };
+    let view = pages(&["Q1", "NOPE"])?;
+    let q1 = &view["pages"][0];
+    assert_eq!((&q1["page"], &q1["state"], &q1["epoch"]), (&"Q1".into(), &"live".into(), &1.into()), "{view}");
+    assert_eq!(q1["copy_set"], serde_json::json!([b_id]), "{view}");
+    assert_eq!(view["pages"][1]["state"], "absent", "{view}");
+    let all = pages(&[])?;
+    assert_eq!(all["pages"].as_array().map(Vec::len), Some(11), "P1..P10 and Q1: {all}");
+
+    let table = Command::new(IVY).args(["pages", "--cm", &cms.cms, "Q1"]).output()?;
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table.contains("page") && table.contains("copy set") && table.contains(&format!("client {a_id} at")),
+        "{table}"
+    );
+
+    // a leaves: Q1 passes to b, which held a copy; a page only a held is lost.
+    let quit = a.cmd("quit")?;
+    assert_eq!(quit["ok"], true, "{quit}");
+    let view = pages(&["Q1"])?;
+    assert_eq!((&view["pages"][0]["owner"], &view["pages"][0]["state"]), (&b_id.into(), &"live".into()), "{view}");
+    let lost = pages(&["P9"])?;
+    let p9 = &lost["pages"][0];
+    let p9_kept = p9["state"] == "live" && p9["owner"] == b_id;
+    assert!(p9_kept || (p9["state"] == "lost" && p9["owner"] == a_id), "{lost}");
+    Ok(())
+}

@@ -35,6 +35,8 @@ enum Command {
     Status(StatusArgs),
     /// Evict a client known dead at once: each page it owned passes to a copy holder, or is lost without one.
     Evict(EvictArgs),
+    /// Show the directory as the leader has committed it: every page (or the ones named) with its state, owner, copy set and epoch.
+    Pages(PagesArgs),
     /// Run the original experiment on an embedded CM cluster, without and with a leader kill.
     Demo(DemoArgs),
     /// Run CM nodes and clients as processes, inject faults, and check the history.
@@ -139,6 +141,22 @@ struct ClientArgs {
     /// chaos checker must catch).
     #[arg(long, env = "IVY_UNSAFE_IGNORE_LEASE", hide = true)]
     unsafe_ignore_lease: bool,
+}
+
+#[derive(Args)]
+struct PagesArgs {
+    /// Pages to show [default: every page].
+    pages: Vec<String>,
+    /// CM node addresses, comma separated.
+    #[arg(long, env = "IVY_CM", default_value = DEFAULT_CMS)]
+    cm: String,
+    /// Print JSON instead of a table.
+    #[arg(long, env = "IVY_JSON")]
+    json: bool,
+    /// Refresh every this many ms until interrupted.
+    #[arg(long, env = "IVY_PAGES_WATCH_MS", num_args = 0..=1, default_missing_value = "1000",
+          value_parser = clap::value_parser!(u64).range(100..))]
+    watch: Option<u64>,
 }
 
 #[derive(Args)]
@@ -332,6 +350,7 @@ fn main() -> ExitCode {
             Command::Client(args) => run_client(args).await,
             Command::Status(args) => run_status(args).await,
             Command::Evict(args) => run_evict(args).await,
+            Command::Pages(args) => run_pages(args).await,
             Command::Demo(args) => run_demo(args).await,
             Command::Chaos(args) => run_chaos(args).await,
             Command::Bench(args) => run_bench(args).await,
@@ -430,6 +449,29 @@ async fn run_status(args: StatusArgs) -> Result<()> {
         bail!("no CM node is the leader");
     }
     Ok(())
+}
+
+async fn run_pages(args: PagesArgs) -> Result<()> {
+    let cm = CmConn::new(parse_addrs(&args.cm)?, CLIENT_RPC_TIMEOUT, DEFAULT_OP_TIMEOUT)?;
+    for name in &args.pages {
+        ivy_raft::protocol::PageName::new(name)?;
+    }
+    loop {
+        let report = cm.pages(&args.pages).await?;
+        if args.json {
+            println!("{}", serde_json::to_string(&report)?);
+        } else {
+            println!("{report}");
+        }
+        let Some(every) = args.watch else { return Ok(()) };
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(every)) => {}
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        }
+        if !args.json {
+            println!();
+        }
+    }
 }
 
 async fn run_evict(args: EvictArgs) -> Result<()> {

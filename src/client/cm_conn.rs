@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use crate::error::Error;
 use crate::protocol::{ClientId, FaultRequest, Grant};
 use crate::rpc::{Channels, ManagerClient, Removal};
-use crate::status::{NodeReport, StatusReport};
+use crate::status::{NodeReport, PagesReport, StatusReport};
 
 /// Pause before following a leader hint (bounds ping-pong during an election).
 const HINT_BACKOFF: Duration = Duration::from_millis(5);
@@ -63,6 +63,11 @@ impl CmConn {
     /// Renews `client`'s lease with the leader, giving up at `give_up`.
     pub async fn keep_alive(&self, client: ClientId, give_up: Instant) -> Result<Duration, Error> {
         self.call_until("keepalive", give_up, |cm| async move { self.rpc.keep_alive(&cm, client).await }).await
+    }
+
+    /// Asks the leader for the directory's entries of `pages` (all when empty).
+    pub async fn pages(&self, pages: &[String]) -> Result<PagesReport, Error> {
+        self.call("pages", |cm| async move { self.rpc.pages(&cm, pages).await }).await
     }
 
     /// Asks the leader to evict `client` at once.

@@ -28,7 +28,7 @@ use crate::protocol::{
     PageName, SharedDirectory,
 };
 use crate::rpc::{HolderClient, HolderRef, ManagerApi, Removal};
-use crate::status::{ClientLease, NodeStatus};
+use crate::status::{ClientLease, NodeStatus, PageState as ShownState, PageView, PagesReport};
 
 /// How long a caller waits for its fault before it is told the outcome is
 /// unknown; below the client's per-RPC timeout, so the client hears why.
@@ -44,6 +44,9 @@ const HOLDER_RETRY: Duration = Duration::from_millis(100);
 /// How long past a holder's eviction time a fault keeps waiting on it before it
 /// gives up (the eviction itself may have to wait for a quorum).
 const HOLDER_PATIENCE_EXTRA: Duration = Duration::from_secs(1);
+
+/// Most pages one `pages` answer lists.
+pub const MAX_PAGES_SHOWN: usize = 10_000;
 
 /// How often the leader looks for leases that ran out, as a share of the lease.
 const LEASE_CHECKS_PER_LEASE: u32 = 8;
@@ -299,6 +302,25 @@ impl RequestServer {
         }
     }
 
+    /// The directory's entries for `pages` (all when empty), after a majority
+    /// confirmed this node's leadership since the question arrived.
+    async fn pages(&self, pages: Vec<PageName>) -> Result<PagesReport, Error> {
+        let asked = Instant::now();
+        self.replica.ensure_leader().await?;
+        self.replica.confirm_leadership(asked).await?;
+        let faulting: std::collections::HashSet<PageName> = {
+            let locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
+            locks.iter().filter(|(_, l)| l.try_lock().is_err()).map(|(p, _)| p.clone()).collect()
+        };
+        Ok(self.read(|d| {
+            let names: Vec<PageName> =
+                if pages.is_empty() { d.pages().map(|(p, _)| p.clone()).collect() } else { pages };
+            let more = names.len().saturating_sub(MAX_PAGES_SHOWN) as u64;
+            let shown = names.into_iter().take(MAX_PAGES_SHOWN).map(|p| page_view(d, &p, faulting.contains(&p)));
+            PagesReport { pages: shown.collect(), more }
+        }))
+    }
+
     fn page_lock(&self, page: &PageName) -> Arc<tokio::sync::Mutex<()>> {
         let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
         locks.entry(page.clone()).or_default().clone()
@@ -312,6 +334,27 @@ impl RequestServer {
         if Arc::strong_count(&lock) == 2 {
             locks.remove(page);
         }
+    }
+}
+
+/// One page as `ivy pages` shows it.
+fn page_view(d: &Directory, page: &PageName, faulting: bool) -> PageView {
+    let Some(entry) = d.page(page) else {
+        let (state, owner, owner_addr, copy_set, epoch) = (ShownState::Absent, 0, None, Vec::new(), 0);
+        return PageView { page: page.to_string(), state, owner, owner_addr, copy_set, epoch };
+    };
+    let (state, owner) = match entry.state {
+        crate::protocol::PageState::Owned { owner } if faulting => (ShownState::Faulting, owner),
+        crate::protocol::PageState::Owned { owner } => (ShownState::Live, owner),
+        crate::protocol::PageState::Lost { with } => (ShownState::Lost, with),
+    };
+    PageView {
+        page: page.to_string(),
+        state,
+        owner,
+        owner_addr: d.client(owner).map(|c| c.addr.clone()),
+        copy_set: entry.copy_set.iter().copied().collect(),
+        epoch: entry.epoch,
     }
 }
 
@@ -379,6 +422,10 @@ impl ManagerApi for ManagerHandler {
 
     async fn fault(&self, request: FaultRequest, reply_within: Option<Duration>) -> Result<Grant, Error> {
         self.0.serve_fault(request, reply_within).await
+    }
+
+    async fn pages(&self, pages: Vec<PageName>) -> Result<PagesReport, Error> {
+        self.0.pages(pages).await
     }
 
     async fn status(&self) -> Result<NodeStatus, Error> {

@@ -12,8 +12,8 @@ use super::pb;
 use super::pb::manager_client::ManagerClient as PbClient;
 use crate::config::ReplicationMode;
 use crate::error::Error;
-use crate::protocol::{ClientId, FaultKind, FaultRequest, Grant};
-use crate::status::{ClientLease, LeaderRef, NodeStatus, Role};
+use crate::protocol::{ClientId, FaultKind, FaultRequest, Grant, PageName};
+use crate::status::{ClientLease, LeaderRef, NodeStatus, PageState, PageView, PagesReport, Role};
 
 /// What removing a client did to the pages it owned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -41,6 +41,9 @@ pub trait ManagerApi: Send + Sync + 'static {
     async fn fault(&self, request: FaultRequest, reply_within: Option<Duration>) -> Result<Grant, Error>;
     /// This node's status.
     async fn status(&self) -> Result<NodeStatus, Error>;
+    /// The directory's entries for `pages` (every page when empty), read
+    /// linearizably on the leader.
+    async fn pages(&self, pages: Vec<PageName>) -> Result<PagesReport, Error>;
 }
 
 /// The tonic server for `api`.
@@ -104,6 +107,43 @@ impl pb::manager_server::Manager for Adapter {
     async fn status(&self, _req: Request<pb::StatusRequest>) -> Result<Response<pb::StatusReply>, Status> {
         reply(self.0.status().await.map(status_reply))
     }
+
+    async fn pages(&self, req: Request<pb::PagesRequest>) -> Result<Response<pb::PagesReply>, Status> {
+        let asked = async {
+            let names = req.into_inner().pages.iter().map(|p| page_name(p)).collect::<Result<Vec<_>, _>>()?;
+            self.0.pages(names).await
+        };
+        reply(asked.await.map(|r| pb::PagesReply { pages: r.pages.into_iter().map(page_info).collect(), more: r.more }))
+    }
+}
+
+fn page_info(p: PageView) -> pb::PageInfo {
+    let state = match p.state {
+        PageState::Live => "live",
+        PageState::Faulting => "faulting",
+        PageState::Lost => "lost",
+        PageState::Absent => "absent",
+    };
+    pb::PageInfo {
+        page: p.page,
+        state: state.into(),
+        owner: p.owner,
+        owner_addr: p.owner_addr.unwrap_or_default(),
+        copy_set: p.copy_set,
+        epoch: p.epoch,
+    }
+}
+
+fn page_view(p: pb::PageInfo) -> Result<PageView, Error> {
+    let state = match p.state.as_str() {
+        "live" => PageState::Live,
+        "faulting" => PageState::Faulting,
+        "lost" => PageState::Lost,
+        "absent" => PageState::Absent,
+        other => return Err(Error::Malformed(format!("unknown page state {other:?}"))),
+    };
+    let owner_addr = (!p.owner_addr.is_empty()).then_some(p.owner_addr);
+    Ok(PageView { page: p.page, state, owner: p.owner, owner_addr, copy_set: p.copy_set, epoch: p.epoch })
 }
 
 /// The caller's deadline, from the standard `grpc-timeout` header (an integer
@@ -234,6 +274,14 @@ impl ManagerClient {
         };
         let reply = reply.map_err(|s| cm_error(&s, addr))?.into_inner();
         Ok(Grant { epoch: reply.epoch, created: reply.created })
+    }
+
+    /// Asks the CM at `addr` for the directory's entries of `pages` (all when empty).
+    pub async fn pages(&self, addr: &str, pages: &[String]) -> Result<PagesReport, Error> {
+        let reply = self.stub(addr)?.pages(pb::PagesRequest { pages: pages.to_vec() }).await;
+        let reply = reply.map_err(|s| cm_error(&s, addr))?.into_inner();
+        let pages = reply.pages.into_iter().map(page_view).collect::<Result<Vec<_>, _>>()?;
+        Ok(PagesReport { pages, more: reply.more })
     }
 
     /// Asks the CM at `addr` for its status.

@@ -83,6 +83,18 @@ pub enum Body {
     },
     /// `x N`.
     X(RandomSummary),
+    /// `seed N`.
+    Seed {
+        /// True when every page was written.
+        ok: bool,
+        /// Pages written.
+        written: u64,
+        /// The first error, if a write failed.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+        /// Wall time, ms.
+        ms: f64,
+    },
     /// `status`.
     Status {
         /// This client's id.
@@ -162,6 +174,8 @@ impl fmt::Display for Body {
                     None => Ok(()),
                 }
             }
+            Body::Seed { written, error: None, ms, .. } => write!(f, "seeded P1..P{written} ({ms} ms)"),
+            Body::Seed { written, error: Some(e), .. } => write!(f, "seeded {written} pages, then: {e}"),
             Body::Status { report, .. } => write!(f, "{report}"),
             Body::Help { commands, .. } => write!(f, "{}", commands.join("\n")),
             Body::Quit { error: None, .. } => write!(f, "bye"),

@@ -6,6 +6,9 @@ pub const X_PAGES: u64 = 10;
 /// Most operations one `x` command runs.
 pub const MAX_X_OPS: u64 = 1_000_000;
 
+/// Most pages one `seed` command writes.
+pub const MAX_SEED_PAGES: u64 = 10_000;
+
 /// One parsed REPL command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
@@ -28,6 +31,11 @@ pub enum Command {
         /// How many.
         n: u64,
     },
+    /// Write P1..PN with "Content by client <id>".
+    Seed {
+        /// How many pages.
+        n: u64,
+    },
     /// Show the CM nodes.
     Status,
     /// List the commands.
@@ -41,7 +49,8 @@ pub const HELP: &[&str] = &[
     "write <page> <content...>   write a page (alias writePage); the first write creates it",
     "read <page>                 read a page (alias readPage)",
     "print                       show this client's page table",
-    "x [N]                       N random reads/writes on P1..P10 (default 10)",
+    "seed [N]                    write P1..PN (default 10) with \"Content by client <id>\"",
+    "x [N]                       N random reads/writes on P1..P10 (default 10); run seed first",
     "status                      show the CM nodes",
     "help                        this list",
     "quit                        leave the cluster and exit",
@@ -69,7 +78,8 @@ pub fn parse(line: &str) -> Result<Option<Command>, String> {
             _ => return Err("usage: read <page>".into()),
         },
         "print" => Command::Print,
-        "x" => Command::Random { n: parse_count(rest)? },
+        "x" => Command::Random { n: parse_count(rest, MAX_X_OPS)? },
+        "seed" => Command::Seed { n: parse_count(rest, MAX_SEED_PAGES)? },
         "status" => Command::Status,
         "help" => Command::Help,
         "quit" | "exit" => Command::Quit,
@@ -78,13 +88,13 @@ pub fn parse(line: &str) -> Result<Option<Command>, String> {
     Ok(Some(cmd))
 }
 
-fn parse_count(rest: &str) -> Result<u64, String> {
+fn parse_count(rest: &str, max: u64) -> Result<u64, String> {
     if rest.is_empty() {
         return Ok(10);
     }
     match rest.parse::<u64>() {
-        Ok(n) if (1..=MAX_X_OPS).contains(&n) => Ok(n),
-        _ => Err(format!("usage: x [N] with N from 1 to {MAX_X_OPS}, not {rest:?}")),
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        _ => Err(format!("expected a count from 1 to {max}, not {rest:?}")),
     }
 }
 
@@ -112,6 +122,9 @@ mod tests {
         assert_eq!(parse("readPage P1").unwrap(), Some(Command::Read { page: "P1".into() }));
         assert_eq!(parse("x").unwrap(), Some(Command::Random { n: 10 }));
         assert_eq!(parse("x 25").unwrap(), Some(Command::Random { n: 25 }));
+        assert_eq!(parse("seed").unwrap(), Some(Command::Seed { n: 10 }));
+        assert_eq!(parse("seed 3").unwrap(), Some(Command::Seed { n: 3 }));
+        assert!(parse("seed 0").is_err());
         assert_eq!(parse("   ").unwrap(), None);
         assert!(parse("x 0").is_err());
         assert!(parse("x lots").is_err());

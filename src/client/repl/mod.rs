@@ -181,6 +181,7 @@ pub async fn execute(client: &Client, cmd: Command) -> Body {
         }
         Command::Print => print(client),
         Command::Random { n } => Body::X(random(client, n, start).await),
+        Command::Seed { n } => seed(client, n, start).await,
         Command::Status => Body::Status { client: client.id(), report: client.cm().status().await },
         Command::Help => Body::Help { ok: true, commands: HELP },
         Command::Quit => Body::Quit { ok: true, error: None },
@@ -221,6 +222,17 @@ fn print(client: &Client) -> Body {
     Body::Print { ok: true, client: client.id(), pages }
 }
 
+/// `seed N`: writes P1..PN with "Content by client <id>", as the original did.
+async fn seed(client: &Client, n: u64, start: Instant) -> Body {
+    let content = format!("Content by client {}", client.id());
+    for p in 1..=n {
+        if let Err(e) = client.write(&format!("P{p}"), content.as_bytes()).await {
+            return Body::Seed { ok: false, written: p - 1, error: Some(e.to_string()), ms: ms_since(start) };
+        }
+    }
+    Body::Seed { ok: true, written: n, error: None, ms: ms_since(start) }
+}
+
 /// `x N`: N reads or writes by coin flip on P1..P10, no sleeps.
 async fn random(client: &Client, n: u64, start: Instant) -> RandomSummary {
     const SHOWN_ERRORS: usize = 3;
@@ -240,7 +252,8 @@ async fn random(client: &Client, n: u64, start: Instant) -> RandomSummary {
             Err(e) => {
                 failed += 1;
                 if errors.len() < SHOWN_ERRORS {
-                    errors.push(e.to_string());
+                    let hint = if matches!(e, Error::PageNotFound { .. }) { " (run seed first)" } else { "" };
+                    errors.push(format!("{e}{hint}"));
                 }
             }
         }
