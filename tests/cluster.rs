@@ -308,3 +308,31 @@ async fn a_silent_holder_is_named_and_can_be_evicted_at_once() -> Result<()> {
     cluster.shutdown().await;
     Ok(())
 }
+
+/// Faults run one at a time per page, not per client: a fault held up by a
+/// silent holder does not hold up the same client's faults on other pages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slow_page_does_not_stall_a_clients_other_pages() -> Result<()> {
+    let cluster = Cluster::start(ClusterMode::raft()).await?;
+    let silent = client(&cluster, Duration::from_secs(10)).await?;
+    let alive = client(&cluster, Duration::from_secs(10)).await?;
+    let busy = Arc::new(client(&cluster, Duration::from_secs(10)).await?);
+    silent.write("SLOW", b"held by a client about to die").await?;
+    alive.write("FAST", b"held by a live client").await?;
+    silent.crash().await;
+
+    let slow = {
+        let busy = busy.clone();
+        tokio::spawn(async move { busy.write("SLOW", b"w").await.map(|_| Instant::now()) })
+    };
+    // Once the slow fault has started, a fault on another page goes through.
+    tokio::task::yield_now().await;
+    let fast_started = Instant::now();
+    busy.write("FAST", b"w").await?;
+    let fast_done = Instant::now();
+    let slow_done = slow.await??;
+    println!("fast write {:?}, slow write done {:?} after it", fast_done - fast_started, slow_done - fast_done);
+    assert!(fast_done < slow_done, "the write to FAST waited for the one held up on SLOW");
+    cluster.shutdown().await;
+    Ok(())
+}

@@ -4,7 +4,8 @@
 //! (local hit, wait for the turn, fault, install, fault again); this module only
 //! waits for the turn, sends the fault through [`CmConn`] (which retries the same
 //! (client id, seq) across CM nodes until the op's deadline) and feeds the answer
-//! back. One fault runs at a time per client; local hits never wait for it.
+//! back. One fault runs at a time per page, faults on different pages run at
+//! once, and local hits never wait for them.
 //!
 //! A background task renews the client's lease every third of it ([`lease`]);
 //! local hits are served only while the lease is valid. A client that learns it
@@ -16,6 +17,7 @@ mod holder_service;
 pub mod lease;
 pub mod repl;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -97,6 +99,9 @@ fn advertised_addr(advertise: Option<&str>, bound: SocketAddr) -> Result<String,
     }
     Ok(addr.to_string())
 }
+
+/// A page's turn to fault, held until the op is done.
+type Turn = tokio::sync::OwnedMutexGuard<()>;
 
 /// Most client events kept for a slow listener.
 const EVENT_BACKLOG: usize = 64;
@@ -180,7 +185,8 @@ pub struct Client {
     addr: SocketAddr,
     seq: AtomicU64,
     op_timeout: Duration,
-    faulting: tokio::sync::Mutex<()>,
+    /// One fault at a time per page: the page's turn.
+    turns: Mutex<HashMap<PageName, Arc<tokio::sync::Mutex<()>>>>,
     grants: Option<Mutex<Vec<(PageName, Epoch)>>>,
     server: tokio::sync::Mutex<Server>,
     keepalive: JoinHandle<()>,
@@ -217,7 +223,7 @@ impl Client {
             addr,
             seq: AtomicU64::new(0),
             op_timeout: config.op_timeout,
-            faulting: tokio::sync::Mutex::new(()),
+            turns: Mutex::default(),
             grants: config.record_grants.then(Mutex::default),
             server: tokio::sync::Mutex::new(server),
             keepalive,
@@ -306,10 +312,20 @@ impl Client {
         }
     }
 
-    /// Waits for this client's previous fault to finish, until the op's deadline.
-    async fn wait_turn(&self, page: &PageName, give_up: Instant) -> Result<tokio::sync::MutexGuard<'_, ()>, Error> {
-        let turn = tokio::time::timeout_at(give_up, self.faulting.lock()).await;
-        turn.map_err(|_| Error::Unavailable(format!("{page}: this client's earlier fault did not finish in time")))
+    /// Waits until no other fault of this client is in flight on `page`, until
+    /// the op's deadline; faults on other pages do not wait.
+    async fn wait_turn(&self, page: &PageName, give_up: Instant) -> Result<Turn, Error> {
+        let lock = {
+            let mut turns = self.turns.lock().unwrap_or_else(|e| e.into_inner());
+            turns.retain(|_, l| Arc::strong_count(l) > 1);
+            turns.entry(page.clone()).or_default().clone()
+        };
+        let turn = tokio::time::timeout_at(give_up, lock.lock_owned()).await;
+        turn.map_err(|_| {
+            Error::Unavailable(format!(
+                "{page}: an earlier fault of this client on the page did not finish within this operation's deadline"
+            ))
+        })
     }
 
     /// One fault with a fresh seq, as an event for the op.
