@@ -5,14 +5,17 @@
 //! caller's openraft as a remote error, not a network one.
 //!
 //! A call that gets no reply in time is reported to openraft as a *timeout*, not
-//! as *unreachable*: openraft backs off from an unreachable peer (500 ms by
-//! default), which under load turned one slow AppendEntries into a stalled
-//! follower and a spurious election.
+//! as *unreachable*: openraft backs off from an unreachable peer, which with its
+//! default 500 ms under load turned one slow AppendEntries into a stalled
+//! follower and a spurious election. A peer that is really unreachable (refused,
+//! reset) is retried after a short back-off that grows to [`MAX_BACKOFF`], so a
+//! restarted peer is caught up at once.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout, Unreachable};
-use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
     VoteResponse,
@@ -27,6 +30,12 @@ use crate::error::Error;
 use crate::rpc::{RaftApi, RaftCall, RaftCallError, RaftClient};
 
 type RpcResult<T, E = RaftError<u64>> = Result<T, RPCError<u64, BasicNode, E>>;
+
+/// First pause before retrying an unreachable peer; it doubles each time.
+pub const FIRST_BACKOFF: Duration = Duration::from_millis(25);
+
+/// Longest pause between retries of an unreachable peer.
+pub const MAX_BACKOFF: Duration = Duration::from_millis(250);
 
 /// Creates a [`PeerNetwork`] per target CM node, sharing one transport.
 /// Peers are reached at the address this node was configured with for their id
@@ -90,6 +99,10 @@ impl PeerNetwork {
 }
 
 impl RaftNetwork<TypeConfig> for PeerNetwork {
+    fn backoff(&self) -> Backoff {
+        Backoff::new(std::iter::successors(Some(FIRST_BACKOFF), |d| Some((*d * 2).min(MAX_BACKOFF))))
+    }
+
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
