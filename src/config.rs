@@ -70,13 +70,35 @@ pub fn parse_addrs(s: &str) -> Result<Vec<String>, Error> {
     Ok(addrs)
 }
 
-fn parse_addr(s: &str) -> Result<String, Error> {
+/// Checks `s` is `HOST:PORT` (a name or an address, and a port number).
+pub fn parse_addr(s: &str) -> Result<String, Error> {
     let (host, port) =
         s.rsplit_once(':').ok_or_else(|| Error::InvalidConfig(format!("address {s:?} is not HOST:PORT")))?;
     if host.is_empty() || port.parse::<u16>().is_err() {
         return Err(Error::InvalidConfig(format!("address {s:?} is not HOST:PORT")));
     }
     Ok(s.to_string())
+}
+
+/// The node id of a host named `<anything>-N` (a StatefulSet pod `ivy-cm-N`):
+/// N+1, which must be a key of `peers`.
+pub fn id_from_hostname(host: &str, peers: &BTreeMap<u64, String>) -> Result<u64, Error> {
+    let bad = |why: String| Error::InvalidConfig(format!("--id-from-hostname: host name {host:?} {why}"));
+    let (_, ordinal) = host.trim().rsplit_once('-').ok_or_else(|| bad("has no -N suffix".into()))?;
+    let n: u64 = ordinal.parse().map_err(|_| bad(format!("ends in -{ordinal}, not -N with N a number")))?;
+    let id = n.checked_add(1).ok_or_else(|| bad("has an ordinal too large".into()))?;
+    if !peers.contains_key(&id) {
+        let ids: Vec<_> = peers.keys().collect();
+        return Err(bad(format!("gives node id {id} (ordinal {n} + 1), which is not among the peers {ids:?}")));
+    }
+    Ok(id)
+}
+
+/// This machine's host name (in Kubernetes, the pod's name).
+pub fn hostname() -> Result<String, Error> {
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/hostname").ok();
+    let name = kernel.or_else(|| std::env::var("HOSTNAME").ok()).map(|h| h.trim().to_string());
+    name.filter(|h| !h.is_empty()).ok_or_else(|| Error::InvalidConfig("cannot read this machine's host name".into()))
 }
 
 #[cfg(test)]
@@ -92,6 +114,18 @@ mod tests {
         assert!(parse_peers("x=127.0.0.1:1").is_err());
         assert!(parse_peers("1=127.0.0.1:1,1=127.0.0.1:2").is_err());
         assert!(parse_peers("").is_err());
+    }
+
+    #[test]
+    fn node_id_from_a_statefulset_pod_name() {
+        let peers = parse_peers(DEFAULT_PEERS).unwrap();
+        assert_eq!(id_from_hostname("ivy-cm-0", &peers).unwrap(), 1);
+        assert_eq!(id_from_hostname("ivy-cm-2\n", &peers).unwrap(), 3);
+        let err = |h: &str| id_from_hostname(h, &peers).unwrap_err().to_string();
+        assert!(err("ivy-cm-3").contains("node id 4"), "{}", err("ivy-cm-3"));
+        assert!(err("cmhost").contains("no -N suffix"));
+        assert!(err("ivy-cm-x").contains("not -N"));
+        assert!(err("ivy-cm-18446744073709551615").contains("too large"));
     }
 
     #[test]

@@ -102,6 +102,32 @@ impl Error {
                 | Error::ClientUnreachable { .. }
         )
     }
+
+    /// The variant's name in snake case: the `kind` label of `ivy_errors_total`
+    /// and of failed faults in `ivy_fault_duration_seconds`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::BadPageName { .. } => "bad_page_name",
+            Error::TooLarge { .. } => "too_large",
+            Error::PageNotFound { .. } => "page_not_found",
+            Error::UnknownClient { .. } => "unknown_client",
+            Error::PageLost { .. } => "page_lost",
+            Error::Evicted { .. } => "evicted",
+            Error::ClientUnreachable { .. } => "client_unreachable",
+            Error::NotLeader { .. } => "not_leader",
+            Error::NoQuorum(_) => "no_quorum",
+            Error::StaleRequest { .. } => "stale_request",
+            Error::EpochMoved { .. } => "epoch_moved",
+            Error::NotHeld { .. } => "not_held",
+            Error::TransferLost { .. } => "transfer_lost",
+            Error::Unavailable(_) => "unavailable",
+            Error::Malformed(_) => "malformed",
+            Error::Storage(_) => "storage",
+            Error::DataDirInUse { .. } => "data_dir_in_use",
+            Error::InvalidConfig(_) => "invalid_config",
+            Error::Internal(_) => "internal",
+        }
+    }
 }
 
 /// Shorthand for results with the library's error.

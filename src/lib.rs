@@ -13,13 +13,15 @@
 //!   the protocol's state machines.
 //!
 //! [`error`], [`config`] and [`status`] are the shared vocabulary: the error
-//! type, typed settings, and what a node says about itself.
+//! type, typed settings, and what a node says about itself; [`metrics`] names
+//! every Prometheus metric and serves them.
 
 pub mod client;
 pub mod cm;
 pub mod config;
 pub mod error;
 pub mod heartbeat;
+pub mod metrics;
 pub mod protocol;
 pub mod raft;
 pub mod rpc;

@@ -7,10 +7,14 @@
 //! - [`chaos`]: real processes, injected faults, a history and its checker.
 //! - [`bench`]: Raft against the heartbeat baseline on CM processes.
 //! - [`workload`]: the workload shape the demo and the bench share.
+//! - [`logging`]: `--log-format`, `--log-level` and `RUST_LOG` for every subcommand.
+//! - [`probe`]: `ivy health`, a gRPC health check with probe exit codes.
 
 pub mod bench;
 pub mod chaos;
 pub mod cluster;
 pub mod demo;
+pub mod logging;
 mod op_counter;
+pub mod probe;
 pub mod workload;

@@ -10,10 +10,15 @@ use ivy_harness::bench::{self, BenchConfig, Scenario, Workload};
 use ivy_harness::chaos::{self, ChaosConfig, Nemesis};
 use ivy_harness::cluster::ClusterMode;
 use ivy_harness::demo;
+use ivy_harness::logging::{self, LogArgs, LogLevel};
+use ivy_harness::probe::{self, Probe};
 use ivy_raft::client::repl::{self, Event, Output};
 use ivy_raft::client::{Client, ClientConfig, CmConn, CLIENT_RPC_TIMEOUT, DEFAULT_OP_TIMEOUT};
 use ivy_raft::cm::{CmConfig, CmNode, DEFAULT_CLIENT_LEASE, DEFAULT_PULSE};
-use ivy_raft::config::{parse_addrs, parse_peers, ReplicationMode, DEFAULT_CMS, DEFAULT_PEERS};
+use ivy_raft::config::{
+    hostname, id_from_hostname, parse_addrs, parse_peers, ReplicationMode, DEFAULT_CMS, DEFAULT_PEERS,
+};
+use ivy_raft::metrics::exporter::MetricsServer;
 use ivy_raft::protocol::DEFAULT_MAX_PAGE_BYTES;
 use ivy_raft::raft::RaftTimers;
 
@@ -23,6 +28,8 @@ use ivy_raft::raft::RaftTimers;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    log: LogArgs,
 }
 
 #[derive(Subcommand)]
@@ -37,6 +44,8 @@ enum Command {
     Evict(EvictArgs),
     /// Show the directory as the leader has committed it: every page (or the ones named) with its state, owner, copy set and epoch.
     Pages(PagesArgs),
+    /// One gRPC health check of a CM node: exit 0 SERVING, 1 not serving, 2 unreachable.
+    Health(HealthArgs),
     /// Run the original experiment on an embedded CM cluster, without and with a leader kill.
     Demo(DemoArgs),
     /// Run CM nodes and clients as processes, inject faults, and check the history.
@@ -88,10 +97,14 @@ impl TimerArgs {
 }
 
 #[derive(Args)]
+#[command(group(clap::ArgGroup::new("node_id").required(true).args(["id", "id_from_hostname"])))]
 struct CmArgs {
     /// This node's id, a key of --peers.
     #[arg(long, env = "IVY_ID")]
-    id: u64,
+    id: Option<u64>,
+    /// Take the id from the host name: `NAME-N` (a StatefulSet pod) is node N+1.
+    #[arg(long, env = "IVY_ID_FROM_HOSTNAME")]
+    id_from_hostname: bool,
     /// Every CM node as ID=HOST:PORT, comma separated.
     #[arg(long, env = "IVY_PEERS", default_value = DEFAULT_PEERS)]
     peers: String,
@@ -101,6 +114,9 @@ struct CmArgs {
     /// Address to listen on [default: this node's address in --peers].
     #[arg(long, env = "IVY_LISTEN")]
     listen: Option<String>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (off unless given).
+    #[arg(long, env = "IVY_METRICS_LISTEN")]
+    metrics_listen: Option<String>,
     #[command(flatten)]
     mode: ModeArgs,
     /// The lease each client holds after each keepalive, ms; a client silent for
@@ -128,6 +144,9 @@ struct ClientArgs {
     /// listen address]; needed when listening on 0.0.0.0 or behind NAT.
     #[arg(long, env = "IVY_ADVERTISE")]
     advertise: Option<String>,
+    /// Serve Prometheus metrics (local hits, fault latency) at http://ADDR/metrics.
+    #[arg(long, env = "IVY_METRICS_LISTEN")]
+    metrics_listen: Option<String>,
     /// Print one JSON object per line instead of text.
     #[arg(long, env = "IVY_JSON")]
     json: bool,
@@ -177,6 +196,25 @@ struct StatusArgs {
     /// Print JSON instead of a table.
     #[arg(long, env = "IVY_JSON")]
     json: bool,
+}
+
+#[derive(Args)]
+struct HealthArgs {
+    /// The CM node's gRPC address.
+    #[arg(long, env = "IVY_HEALTH_ADDR", default_value = "127.0.0.1:7101")]
+    addr: String,
+    /// Health service: "" (the process serves) or ivy.Manager (part of a working cluster).
+    #[arg(long, env = "IVY_HEALTH_SERVICE", default_value = "")]
+    service: String,
+    /// Deadline of the check, ms.
+    #[arg(long, env = "IVY_HEALTH_TIMEOUT_MS", default_value_t = 1000)]
+    timeout_ms: u64,
+    /// Print one JSON object.
+    #[arg(long, env = "IVY_JSON")]
+    json: bool,
+    /// List the node's gRPC services (server reflection) instead of checking health.
+    #[arg(long)]
+    list: bool,
 }
 
 #[derive(Args)]
@@ -326,40 +364,34 @@ fn parse_ratio(s: &str) -> Result<f64, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // Without RUST_LOG: a CM node says what it does; everything else stays quiet.
+    // Without a level: a CM node says what it does; everything else stays quiet.
     // openraft's own logs (a down peer is logged every retry) need RUST_LOG=openraft=warn.
-    let default_filter = match cli.command {
-        Command::Cm(_) => "info,openraft=off",
+    let default_level = match cli.command {
+        Command::Cm(_) => LogLevel::Info,
         // The bench's in-process clients would interleave warnings with its output.
-        Command::Bench(_) => "error,openraft=off",
-        _ => "warn,openraft=off",
+        Command::Bench(_) => LogLevel::Error,
+        _ => LogLevel::Warn,
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    logging::init(&cli.log, default_level);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(err) => return fail(&anyhow::anyhow!("cannot start the tokio runtime: {err}")),
     };
     let ran = runtime.block_on(async {
-        match cli.command {
+        let done = match cli.command {
             Command::Cm(args) => run_cm(args).await,
             Command::Client(args) => run_client(args).await,
             Command::Status(args) => run_status(args).await,
             Command::Evict(args) => run_evict(args).await,
             Command::Pages(args) => run_pages(args).await,
+            Command::Health(args) => return Ok(run_health(args).await),
             Command::Demo(args) => run_demo(args).await,
             Command::Chaos(args) => run_chaos(args).await,
             Command::Bench(args) => run_bench(args).await,
-        }
+        };
+        done.map(|()| ExitCode::SUCCESS)
     });
-    match ran {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => fail(&err),
-    }
+    ran.unwrap_or_else(|err| fail(&err))
 }
 
 /// Prints the error and its causes on one line (never a backtrace: a user
@@ -371,8 +403,12 @@ fn fail(err: &anyhow::Error) -> ExitCode {
 
 async fn run_cm(args: CmArgs) -> Result<()> {
     let peers = parse_peers(&args.peers)?;
-    let mut config =
-        CmConfig::new(args.id, peers, args.data_dir.unwrap_or_else(|| PathBuf::from(format!("data/cm-{}", args.id))));
+    let id = match args.id {
+        Some(id) => id,
+        None => id_from_hostname(&hostname()?, &peers)?,
+    };
+    let data_dir = args.data_dir.unwrap_or_else(|| PathBuf::from(format!("data/cm-{id}")));
+    let mut config = CmConfig::new(id, peers, data_dir);
     let mode = args.mode.cluster_mode();
     config.mode = mode.mode;
     config.timers = mode.timers;
@@ -380,21 +416,31 @@ async fn run_cm(args: CmArgs) -> Result<()> {
     config.client_lease = Duration::from_millis(args.client_lease_ms);
     config.unsafe_skip_invalidation = args.unsafe_skip_invalidation;
     config.validate()?;
+    let metrics = match &args.metrics_listen {
+        Some(addr) => Some(MetricsServer::start(bind(addr, "--metrics-listen").await?)?),
+        None => None,
+    };
     let listen = args.listen.unwrap_or_else(|| config.peers[&config.id].clone());
-    let listener =
-        tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
-    let node = CmNode::start(config.clone(), listener).await?;
+    let node = CmNode::start(config.clone(), bind(&listen, "--listen").await?).await?;
     let data_dir = config.data_dir.display().to_string();
+    let metrics_addr = metrics.as_ref().map(|m| m.addr.to_string());
     if args.json {
-        let ready = serde_json::json!({"event": "ready", "id": config.id, "listen": node.addr.to_string(), "data_dir": data_dir});
+        let ready = serde_json::json!({"event": "ready", "id": config.id, "listen": node.addr.to_string(),
+            "data_dir": data_dir, "metrics": metrics_addr});
         println!("{ready}");
     } else {
-        println!("CM node {} serving on {} (data dir {data_dir})", config.id, node.addr);
+        let metrics = metrics_addr.map_or(String::new(), |a| format!(", metrics on http://{a}/metrics"));
+        println!("CM node {} serving on {} (data dir {data_dir}{metrics})", config.id, node.addr);
     }
     shutdown_signal().await;
     eprintln!("CM node {} stopping", config.id);
     node.shutdown().await;
     Ok(())
+}
+
+/// Binds `addr` (the value of `flag`), naming both in the error.
+async fn bind(addr: &str, flag: &str) -> Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} ({flag})"))
 }
 
 async fn shutdown_signal() {
@@ -410,6 +456,10 @@ async fn shutdown_signal() {
 
 async fn run_client(args: ClientArgs) -> Result<()> {
     let out = Output { json: args.json };
+    let _metrics = match &args.metrics_listen {
+        Some(addr) => Some(MetricsServer::start(bind(addr, "--metrics-listen").await?)?),
+        None => None,
+    };
     let started = async {
         let config = ClientConfig {
             cms: parse_addrs(&args.cm)?,
@@ -482,6 +532,20 @@ async fn run_evict(args: EvictArgs) -> Result<()> {
         args.client, removal.promoted, removal.lost
     );
     Ok(())
+}
+
+async fn run_health(args: HealthArgs) -> ExitCode {
+    let p = Probe {
+        addr: args.addr,
+        service: args.service,
+        timeout: Duration::from_millis(args.timeout_ms),
+        json: args.json,
+    };
+    if args.list {
+        probe::list(&p).await
+    } else {
+        probe::health(&p).await
+    }
 }
 
 async fn run_demo(args: DemoArgs) -> Result<()> {

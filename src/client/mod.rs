@@ -34,6 +34,7 @@ use holder_service::HolderService;
 pub use lease::{ClientEvent, LeaseView};
 
 use crate::error::Error;
+use crate::metrics::{self, OpResult};
 use crate::protocol::{
     check_size, ClientId, ClientOp, Epoch, FaultKind, FaultRequest, Grant, LocalPage, OpDone, OpEvent, OpStep,
     PageName, PageTable, DEFAULT_MAX_PAGE_BYTES,
@@ -217,7 +218,7 @@ impl Client {
         shared.lease.extend(sent, lease);
         let server = holder_router(Arc::new(HolderService::new(shared.clone())), listener);
         let keepalive = tokio::spawn(shared.clone().keep_alive());
-        tracing::info!(client = id, %addr, lease_ms = lease.as_millis() as u64, "client registered");
+        tracing::info!(client = id, %addr, advertised = shared.advertised.as_str(), lease_ms = lease.as_millis() as u64, "client registered");
         Ok(Client {
             shared,
             addr,
@@ -238,6 +239,11 @@ impl Client {
     /// The address of this client's PageHolder service.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The address registered with the CM (where others call this client).
+    pub fn advertised(&self) -> &str {
+        &self.shared.advertised
     }
 
     /// The CM connection, for status queries.
@@ -290,8 +296,21 @@ impl Client {
         self.run(ClientOp::write(page, content.to_vec())).await
     }
 
+    /// Steps one op to its end and counts how it was served.
+    async fn run(&self, op: ClientOp) -> Result<OpDone, Error> {
+        let write = op.is_write();
+        let done = self.step(op).await;
+        let result = match &done {
+            Ok(d) if d.hit == Hit::Local => OpResult::Local,
+            Ok(_) => OpResult::Fault,
+            Err(_) => OpResult::Error,
+        };
+        metrics::client_op(write, result);
+        done
+    }
+
     /// Steps one op to its end, doing each step's waiting and IO.
-    async fn run(&self, mut op: ClientOp) -> Result<OpDone, Error> {
+    async fn step(&self, mut op: ClientOp) -> Result<OpDone, Error> {
         let lease = || self.shared.lease.valid();
         let mut step = op.start(&mut self.shared.table(), lease());
         let give_up = Instant::now() + self.op_timeout;
@@ -359,8 +378,10 @@ impl Client {
     async fn fault_once(&self, page: &PageName, kind: FaultKind, give_up: Instant) -> Result<(Grant, u64), Error> {
         let seq = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
         let request = FaultRequest { client: self.id(), seq, page: page.clone(), kind };
-        let grant = self.shared.cm.fault(&request, give_up).await?;
-        Ok((grant, seq))
+        let started = Instant::now();
+        let grant = self.shared.cm.fault(&request, give_up).await;
+        metrics::client_fault(kind, metrics::outcome(&grant), started.elapsed());
+        Ok((grant?, seq))
     }
 
     fn record_grant(&self, page: &PageName, kind: FaultKind, grant: Grant) {

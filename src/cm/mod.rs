@@ -35,11 +35,15 @@ use crate::heartbeat::HeartbeatReplica;
 use crate::raft::network::TransportHandler;
 use crate::raft::node::RaftStart;
 use crate::raft::RaftTimers;
-use crate::rpc::{Channels, HeartbeatClient, HolderClient, PeerService, RaftClient, Server};
+use crate::rpc::{Channels, Health, HeartbeatClient, HolderClient, PeerService, RaftClient, Server, MANAGER_SERVICE};
 use crate::status::{NodeStatus, Role};
 
 /// Deadline of one call from the manager to a client or a peer.
 pub const HOLDER_RPC_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How often a node re-judges its readiness (`ivy.Manager` health) and samples
+/// the directory gauges.
+pub const HEALTH_REFRESH: Duration = Duration::from_millis(100);
 
 /// Default heartbeat-mode pulse: the original design's 1 s.
 pub const DEFAULT_PULSE: Duration = Duration::from_secs(1);
@@ -93,9 +97,9 @@ impl CmConfig {
             return Err(Error::InvalidConfig(format!("--id {} is not among the peers {ids:?}", self.id)));
         }
         for (id, addr) in &self.peers {
-            if addr.parse::<std::net::SocketAddr>().is_err() {
-                return Err(Error::InvalidConfig(format!("peer {id} address {addr:?} is not host:port")));
-            }
+            // A name (a Kubernetes pod's stable DNS name) or an address.
+            crate::config::parse_addr(addr)
+                .map_err(|_| Error::InvalidConfig(format!("peer {id} address {addr:?} is not host:port")))?;
         }
         if self.client_lease < MIN_CLIENT_LEASE {
             return Err(Error::InvalidConfig(format!(
@@ -121,6 +125,8 @@ pub struct CmNode {
     server: Arc<RequestServer>,
     poller: Option<JoinHandle<()>>,
     lease_watch: JoinHandle<()>,
+    health: Health,
+    watcher: JoinHandle<()>,
     grpc: Server,
 }
 
@@ -128,6 +134,7 @@ impl CmNode {
     /// Starts a node serving on `listener`.
     pub async fn start(config: CmConfig, listener: TcpListener) -> Result<CmNode, Error> {
         config.validate()?;
+        crate::metrics::cm_counters_at_zero();
         let addr = listener.local_addr().map_err(|e| Error::Internal(format!("listener: {e}")))?;
         let channels = Channels::new(HOLDER_RPC_TIMEOUT);
         let holders = HolderClient::new(channels.clone());
@@ -143,7 +150,8 @@ impl CmNode {
                     transport: RaftClient::new(channels.clone()),
                 };
                 let (replica, dir) = crate::raft::node::start(start).await?;
-                let peers = PeerService::Raft(Arc::new(TransportHandler::new(replica.raft().clone())));
+                let transport = TransportHandler::new(replica.raft().clone(), replica.contact());
+                let peers = PeerService::Raft(Arc::new(transport));
                 (RequestServer::new(Replica::Raft(replica), dir, holders, leases(), skip), peers, None)
             }
             ReplicationMode::Heartbeat => {
@@ -162,9 +170,11 @@ impl CmNode {
         };
         let server = Arc::new(server);
         let lease_watch = tokio::spawn(server.clone().watch_leases());
-        let grpc = crate::rpc::serve_cm(Arc::new(ManagerHandler(server.clone())), peers, listener);
+        let health = Health::new().await;
+        let grpc = crate::rpc::serve_cm(Arc::new(ManagerHandler(server.clone())), peers, &health, listener)?;
+        let watcher = tokio::spawn(watch(server.clone(), health.clone(), config.pulse));
         tracing::info!(id = config.id, %addr, mode = %config.mode, "CM node started");
-        Ok(CmNode { addr, server, poller, lease_watch, grpc })
+        Ok(CmNode { addr, server, poller, lease_watch, health, watcher, grpc })
     }
 
     /// This node's status (role, term, indexes, leader).
@@ -174,6 +184,8 @@ impl CmNode {
 
     /// Stops serving and shuts replication down, releasing the sled store.
     pub async fn shutdown(mut self) {
+        self.watcher.abort();
+        self.health.shutting_down().await;
         // Replication first, so requests still in flight fail fast instead of committing.
         self.lease_watch.abort();
         self.server.replica().shutdown().await;
@@ -187,6 +199,7 @@ impl CmNode {
 impl Drop for CmNode {
     fn drop(&mut self) {
         self.lease_watch.abort();
+        self.watcher.abort();
         if let Some(poller) = self.poller.take() {
             poller.abort();
         }
@@ -194,5 +207,29 @@ impl Drop for CmNode {
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move { server.replica().shutdown().await });
         }
+    }
+}
+
+/// Every [`HEALTH_REFRESH`]: reports `ivy.Manager` SERVING exactly while the node
+/// is part of a working cluster, and sets the directory gauges.
+async fn watch(server: Arc<RequestServer>, health: Health, pulse: Duration) {
+    let mut every = tokio::time::interval(HEALTH_REFRESH);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut was = None;
+    loop {
+        every.tick().await;
+        let ready = server.replica().in_working_cluster(pulse);
+        if was != Some(ready) {
+            health.set(MANAGER_SERVICE, ready).await;
+            tracing::info!(
+                event = "readiness",
+                ready,
+                "{MANAGER_SERVICE} {}",
+                if ready { "SERVING" } else { "NOT_SERVING" }
+            );
+            was = Some(ready);
+        }
+        let (pages, clients) = server.read(|d| (d.pages().count(), d.client_count()));
+        crate::metrics::directory(pages, clients);
     }
 }

@@ -5,12 +5,17 @@
 //! invalidation, forwarding, confirmation) is the same code in both modes.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::error::Error;
 use crate::heartbeat::HeartbeatReplica;
 use crate::protocol::{Applied, DirCmd};
 use crate::raft::RaftReplica;
-use crate::status::NodeStatus;
+use crate::status::{NodeStatus, Role};
+
+/// A heartbeat backup counts as part of a working cluster while its copy of the
+/// directory is at most this many pulses old.
+pub const BACKUP_FRESH_PULSES: u32 = 3;
 
 /// The directory's replication on this node.
 pub enum Replica {
@@ -52,6 +57,21 @@ impl Replica {
         match self {
             Replica::Raft(r) => r.confirm_leadership(since).await,
             Replica::Heartbeat(h) => h.ensure_leader(),
+        }
+    }
+
+    /// True while this node is part of a working cluster (readiness): Raft, a
+    /// leader with a fresh quorum or a follower with a fresh leader (see
+    /// [`crate::raft::freshness`]); heartbeat, the acting primary, or a backup
+    /// whose last copy is at most [`BACKUP_FRESH_PULSES`] pulses old.
+    pub fn in_working_cluster(&self, pulse: Duration) -> bool {
+        match self {
+            Replica::Raft(r) => r.standing().in_working_cluster(),
+            Replica::Heartbeat(h) => match h.role() {
+                Role::Primary | Role::ActingPrimary => true,
+                Role::Backup => h.sync_age().is_some_and(|age| age <= pulse * BACKUP_FRESH_PULSES),
+                _ => false,
+            },
         }
     }
 

@@ -23,6 +23,7 @@ use tokio::time::Instant;
 use super::leases::Leases;
 use super::replica::Replica;
 use crate::error::Error;
+use crate::metrics;
 use crate::protocol::{
     Applied, ClientId, DirCmd, Directory, Epoch, FaultEvent, FaultRequest, FaultRun, FaultStep, Forward, Grant,
     PageName, SharedDirectory,
@@ -99,6 +100,18 @@ impl RequestServer {
     /// releasing the lock while a commit may still land would let the next fault
     /// plan from a directory about to change under it.
     pub async fn serve_fault(
+        self: &Arc<Self>,
+        request: FaultRequest,
+        reply_within: Option<Duration>,
+    ) -> Result<Grant, Error> {
+        let (started, kind) = (Instant::now(), request.kind);
+        let _in_flight = metrics::fault_in_flight();
+        let served = self.serve_fault_timed(request, reply_within).await;
+        metrics::fault_served(kind, metrics::outcome(&served), started.elapsed());
+        served
+    }
+
+    async fn serve_fault_timed(
         self: &Arc<Self>,
         request: FaultRequest,
         reply_within: Option<Duration>,

@@ -104,6 +104,11 @@ impl ClientOp {
         &self.page
     }
 
+    /// True for a write.
+    pub fn is_write(&self) -> bool {
+        matches!(self.want, Want::Write(_))
+    }
+
     /// The first step: a local hit (only while `lease_valid`), or a wait for the
     /// turn to fault.
     pub fn start(&mut self, table: &mut PageTable, lease_valid: bool) -> OpStep {

@@ -9,10 +9,16 @@
 //! - [`Proposer`]: batches directory commands into log entries (openraft 0.9
 //!   waits for each log flush before the next append).
 //! - [`network`]: openraft's RPCs over the `RaftTransport` gRPC service.
+//! - [`freshness`]: whether this node stands in a working cluster right now
+//!   (readiness, status), judged in one place.
+//! - `observe`: structured logs of role, election and membership changes, and
+//!   the Prometheus gauges, from openraft's metrics.
 //! - [`RaftTimers`]: the timer flags turned into an openraft `Config`.
 
+pub mod freshness;
 pub mod network;
 pub mod node;
+mod observe;
 mod proposer;
 pub mod store;
 
@@ -24,6 +30,7 @@ use openraft::error::{ForwardToLeader, RaftError};
 use openraft::{BasicNode, Config, RaftMetrics, ServerState, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
 
+pub use freshness::{standing, Contact, Standing};
 pub use node::RaftReplica;
 pub use proposer::Proposer;
 pub use store::{Batch, BatchOutcome};
@@ -80,6 +87,12 @@ impl RaftTimers {
         };
         let config = config.validate().map_err(|e| Error::InvalidConfig(format!("raft timers: {e}")))?;
         Ok(Arc::new(config))
+    }
+
+    /// The freshness window: a leader must have heard from a majority, and a
+    /// follower from its leader, within one (maximum) election timeout.
+    pub fn freshness_window(&self) -> Duration {
+        Duration::from_millis(self.election_max_ms)
     }
 
     /// How long a commit may take before the manager reports a lost quorum.

@@ -12,6 +12,7 @@
 //! restarted peer is caught up at once.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout, Unreachable};
@@ -24,6 +25,7 @@ use openraft::{BasicNode, RaftTypeConfig};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::freshness::Contact;
 use super::store::codec;
 use super::{Raft, TypeConfig};
 use crate::error::Error;
@@ -125,14 +127,17 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
 }
 
 /// Peers' calls to this node: decode, hand to the local Raft node, encode.
+/// Every AppendEntries or snapshot this node accepts from the leader of its
+/// term is stamped on its [`Contact`] (a follower's freshness).
 pub struct TransportHandler {
     raft: Raft,
+    contact: Arc<Contact>,
 }
 
 impl TransportHandler {
-    /// Serves RPCs for `raft`.
-    pub fn new(raft: Raft) -> Self {
-        TransportHandler { raft }
+    /// Serves RPCs for `raft`, stamping leader contact on `contact`.
+    pub fn new(raft: Raft, contact: Arc<Contact>) -> Self {
+        TransportHandler { raft, contact }
     }
 }
 
@@ -150,7 +155,11 @@ impl RaftApi for TransportHandler {
         match call {
             RaftCall::Append => {
                 let rpc: AppendEntriesRequest<TypeConfig> = decode(&request)?;
-                encode(&self.raft.append_entries(rpc).await)
+                let reply = self.raft.append_entries(rpc).await;
+                if matches!(&reply, Ok(r) if !matches!(r, AppendEntriesResponse::HigherVote(_))) {
+                    self.contact.heard_leader();
+                }
+                encode(&reply)
             }
             RaftCall::Vote => {
                 let rpc: VoteRequest<<TypeConfig as RaftTypeConfig>::NodeId> = decode(&request)?;
@@ -158,7 +167,12 @@ impl RaftApi for TransportHandler {
             }
             RaftCall::Snapshot => {
                 let rpc: InstallSnapshotRequest<TypeConfig> = decode(&request)?;
-                encode(&self.raft.install_snapshot(rpc).await)
+                let vote = rpc.vote;
+                let reply = self.raft.install_snapshot(rpc).await;
+                if matches!(&reply, Ok(r) if r.vote == vote) {
+                    self.contact.heard_leader();
+                }
+                encode(&reply)
             }
         }
     }

@@ -4,12 +4,14 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use openraft::{BasicNode, ServerState};
 
+use super::freshness::{Contact, Standing};
 use super::network::NetworkFactory;
 use super::{leader_of, not_leader, raft_error, role, store, Proposer, Raft, RaftTimers};
 use crate::config::ReplicationMode;
@@ -43,29 +45,19 @@ pub async fn start(s: RaftStart<'_>) -> Result<(RaftReplica, SharedDirectory), E
         .map_err(|e| Error::Internal(format!("raft start: {e}")))?;
     initialize(&raft, s.peers).await?;
     let proposer = Proposer::spawn(raft.clone());
-    tokio::spawn(log_role_changes(raft.clone()));
-    let fresh = Duration::from_millis(s.timers.election_max_ms);
-    Ok((RaftReplica::new(raft, proposer, s.timers.commit_deadline(), fresh), dir))
-}
-
-/// Logs every change of this node's role or of the leader it knows, until shutdown.
-async fn log_role_changes(raft: Raft) {
-    let mut metrics = raft.metrics();
-    let mut seen = None;
-    loop {
-        let now = {
-            let m = metrics.borrow_and_update();
-            (m.state, m.current_leader, m.current_term)
-        };
-        if seen.map(|(s, l, _)| (s, l)) != Some((now.0, now.1)) {
-            let leader = now.1.map_or("none".to_string(), |l| l.to_string());
-            tracing::info!("role {}, term {}, leader {leader}", role(now.0), now.2);
-            seen = Some(now);
-        }
-        if now.0 == ServerState::Shutdown || metrics.changed().await.is_err() {
-            return;
-        }
-    }
+    let contact = Arc::new(Contact::default());
+    tokio::spawn(super::observe::observe(raft.clone(), contact.clone()));
+    let replica = RaftReplica {
+        raft,
+        proposer,
+        deadline: s.timers.commit_deadline(),
+        contact,
+        ready_term: AtomicU64::new(0),
+        confirmed: Default::default(),
+        fresh: s.timers.freshness_window(),
+        period: Default::default(),
+    };
+    Ok((replica, dir))
 }
 
 /// Proposes the initial membership if this node's store is empty.
@@ -92,6 +84,7 @@ pub struct RaftReplica {
     raft: Raft,
     proposer: Proposer,
     deadline: Duration,
+    contact: Arc<Contact>,
     ready_term: AtomicU64,
     /// When the last successful confirmation round started; one round at a time.
     confirmed: tokio::sync::Mutex<Option<Instant>>,
@@ -110,18 +103,6 @@ struct Period {
 }
 
 impl RaftReplica {
-    fn new(raft: Raft, proposer: Proposer, deadline: Duration, fresh: Duration) -> Self {
-        RaftReplica {
-            raft,
-            proposer,
-            deadline,
-            ready_term: AtomicU64::new(0),
-            confirmed: Default::default(),
-            fresh,
-            period: Default::default(),
-        }
-    }
-
     /// While this node leads with a majority that acknowledged it within an
     /// election timeout, a token of the current stretch of leadership: it changes
     /// with the term and whenever the leader regains its majority after losing it
@@ -177,6 +158,18 @@ impl RaftReplica {
     /// The openraft handle.
     pub fn raft(&self) -> &Raft {
         &self.raft
+    }
+
+    /// When this node last heard from a majority or its leader (the transport
+    /// stamps leader contact on it).
+    pub fn contact(&self) -> Arc<Contact> {
+        self.contact.clone()
+    }
+
+    /// Where this node stands now: leader with a fresh quorum, follower with a
+    /// fresh leader, or neither (see [`super::freshness`]).
+    pub fn standing(&self) -> Standing {
+        super::freshness::standing(&self.raft.metrics().borrow(), &self.contact, self.fresh)
     }
 
     /// The batching proposer.

@@ -60,6 +60,7 @@ async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<(DirCmd, Reply)>) {
         }
         let (cmds, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
         let n = cmds.len();
+        crate::metrics::proposer_batch(n);
         for (reply, result) in replies.into_iter().zip(commit(&raft, cmds).await) {
             let _ = reply.send(result);
         }

@@ -78,34 +78,34 @@ impl pb::manager_server::Manager for Adapter {
             let (client, lease) = self.0.register(addr, req.nonce).await?;
             Ok(pb::RegisterReply { client, lease_ms: lease.as_millis() as u64 })
         };
-        reply(registered.await)
+        answer(registered.await)
     }
 
     async fn unregister(&self, req: Request<pb::UnregisterRequest>) -> Result<Response<pb::UnregisterReply>, Status> {
         let removed = self.0.unregister(req.into_inner().client).await;
-        reply(removed.map(|r| pb::UnregisterReply { promoted: r.promoted, lost: r.lost }))
+        answer(removed.map(|r| pb::UnregisterReply { promoted: r.promoted, lost: r.lost }))
     }
 
     async fn keep_alive(&self, req: Request<pb::KeepAliveRequest>) -> Result<Response<pb::KeepAliveReply>, Status> {
         let renewed = async { self.0.keep_alive(positive("client id", req.into_inner().client)?).await };
-        reply(renewed.await.map(|lease| pb::KeepAliveReply { lease_ms: lease.as_millis() as u64 }))
+        answer(renewed.await.map(|lease| pb::KeepAliveReply { lease_ms: lease.as_millis() as u64 }))
     }
 
     async fn evict(&self, req: Request<pb::EvictRequest>) -> Result<Response<pb::EvictReply>, Status> {
         let evicted = async { self.0.evict(positive("client id", req.into_inner().client)?).await };
-        reply(evicted.await.map(|r| pb::EvictReply { promoted: r.promoted, lost: r.lost }))
+        answer(evicted.await.map(|r| pb::EvictReply { promoted: r.promoted, lost: r.lost }))
     }
 
     async fn read_fault(&self, req: Request<pb::FaultRequest>) -> Result<Response<pb::FaultReply>, Status> {
-        reply(self.fault(req, FaultKind::Read).await)
+        answer(self.fault(req, FaultKind::Read).await)
     }
 
     async fn write_fault(&self, req: Request<pb::FaultRequest>) -> Result<Response<pb::FaultReply>, Status> {
-        reply(self.fault(req, FaultKind::Write).await)
+        answer(self.fault(req, FaultKind::Write).await)
     }
 
     async fn status(&self, _req: Request<pb::StatusRequest>) -> Result<Response<pb::StatusReply>, Status> {
-        reply(self.0.status().await.map(status_reply))
+        answer(self.0.status().await.map(status_reply))
     }
 
     async fn pages(&self, req: Request<pb::PagesRequest>) -> Result<Response<pb::PagesReply>, Status> {
@@ -144,6 +144,15 @@ fn page_view(p: pb::PageInfo) -> Result<PageView, Error> {
     };
     let owner_addr = (!p.owner_addr.is_empty()).then_some(p.owner_addr);
     Ok(PageView { page: p.page, state, owner: p.owner, owner_addr, copy_set: p.copy_set, epoch: p.epoch })
+}
+
+/// [`reply`], counting an error in `ivy_errors_total` by its kind: every error
+/// this node answers a client with passes here.
+fn answer<T>(result: Result<T, Error>) -> Result<Response<T>, Status> {
+    if let Err(err) = &result {
+        crate::metrics::error(err);
+    }
+    reply(result)
 }
 
 /// The caller's deadline, from the standard `grpc-timeout` header (an integer

@@ -12,9 +12,11 @@
 //!
 //! An [`Error`](crate::Error) crosses the wire inside the `tonic::Status` (JSON in
 //! its details), so a client sees exactly the error the manager raised, leader
-//! hint included. [`net`] keeps one HTTP/2 connection per peer and runs servers.
+//! hint included. [`net`] keeps one HTTP/2 connection per peer and runs servers;
+//! [`health`] carries the gRPC health statuses and reflection every CM serves.
 
 mod convert;
+pub mod health;
 mod heartbeat;
 mod holder;
 mod manager;
@@ -28,6 +30,7 @@ pub(crate) mod pb {
 }
 
 pub use convert::{error_from_status, status_from_error};
+pub use health::{Health, HealthState, MANAGER_SERVICE};
 pub use heartbeat::{HeartbeatApi, HeartbeatClient, Pulse};
 pub use holder::{holder_router, HolderApi, HolderClient, HolderRef};
 pub use manager::{ManagerApi, ManagerClient, Removal};
@@ -45,16 +48,32 @@ pub enum PeerService {
     Heartbeat(std::sync::Arc<dyn HeartbeatApi>),
 }
 
-/// Serves a CM node's services on `listener` until the returned server stops.
+/// Serves a CM node's services on `listener` until the returned server stops:
+/// `Manager`, the peer service, `grpc.health.v1.Health` with `health`'s
+/// statuses, and server reflection.
 pub fn serve_cm(
     manager: std::sync::Arc<dyn ManagerApi>,
     peers: PeerService,
+    health: &Health,
     listener: tokio::net::TcpListener,
-) -> Server {
-    let router = tonic::transport::Server::builder().add_service(manager::server(manager));
+) -> Result<Server, crate::Error> {
+    let peer_service = match &peers {
+        PeerService::Raft(_) => "ivy.RaftTransport",
+        PeerService::Heartbeat(_) => "ivy.Heartbeat",
+    };
+    let listed = [MANAGER_SERVICE, peer_service, health::HEALTH_SERVICE, health::REFLECTION_SERVICE];
+    let (reflection_v1, reflection_v1alpha) = health::reflection(&listed)?;
+    let health = tonic_health::pb::health_server::HealthServer::new(
+        tonic_health::server::HealthService::from_health_reporter(health.reporter()),
+    );
+    let router = tonic::transport::Server::builder()
+        .add_service(manager::server(manager))
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha);
     let router = match peers {
         PeerService::Raft(raft) => router.add_service(raft::server(raft)),
         PeerService::Heartbeat(heartbeat) => router.add_service(heartbeat::server(heartbeat)),
     };
-    Server::spawn(router, listener)
+    Ok(Server::spawn(router, listener))
 }

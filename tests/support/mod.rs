@@ -98,8 +98,18 @@ pub struct ClientProc {
 
 impl ClientProc {
     pub fn start(cms: &str) -> Result<(Self, Value)> {
+        Self::start_with_ready(cms, &[])
+    }
+
+    /// A client with more flags.
+    pub fn start_with(cms: &str, extra: &[&str]) -> Result<Self> {
+        Ok(Self::start_with_ready(cms, extra)?.0)
+    }
+
+    fn start_with_ready(cms: &str, extra: &[&str]) -> Result<(Self, Value)> {
         let mut child = Command::new(IVY)
             .args(["client", "--json", "--cm", cms, "--timeout-ms", "10000"])
+            .args(extra)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
