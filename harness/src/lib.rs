@@ -9,12 +9,15 @@
 //! - [`workload`]: the workload shape the demo and the bench share.
 //! - [`logging`]: `--log-format`, `--log-level` and `RUST_LOG` for every subcommand.
 //! - [`probe`]: `ivy health`, a gRPC health check with probe exit codes.
+//! - [`multihost`]: CM nodes and clients in containers on a private Docker
+//!   network, faults between hosts, the chaos checker on the history.
 
 pub mod bench;
 pub mod chaos;
 pub mod cluster;
 pub mod demo;
 pub mod logging;
+pub mod multihost;
 mod op_counter;
 pub mod probe;
 pub mod workload;

@@ -70,16 +70,28 @@ impl ClientProc {
         advertise: &str,
         life: mpsc::UnboundedSender<Life>,
     ) -> Result<(ClientProc, String)> {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&spawn.log);
-        let log = log.map_err(|e| anyhow!("client log {}: {e}", spawn.log.display()))?;
         let mut cmd = Command::new(&spawn.bin);
         cmd.args(["client", "--json", "--cm", &spawn.cms, "--timeout-ms", &spawn.timeout_ms.to_string()]);
         cmd.args(["--listen", "127.0.0.1:0", "--advertise", advertise]);
         if spawn.unsafe_ignore_lease {
             cmd.arg("--unsafe-ignore-lease");
         }
+        cmd.env("RUST_LOG", "warn");
+        Self::spawn(cmd, slot, &spawn.log, life).await
+    }
+
+    /// Runs `cmd`, an `ivy client --json` (directly, or in a container), as
+    /// slot `slot`, its stderr appended to `log`; waits until it is ready and
+    /// returns it with the address it listens on.
+    pub async fn spawn(
+        mut cmd: Command,
+        slot: usize,
+        log: &Path,
+        life: mpsc::UnboundedSender<Life>,
+    ) -> Result<(ClientProc, String)> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(log);
+        let log = log.map_err(|e| anyhow!("client log: {e}"))?;
         let mut child = cmd
-            .env("RUST_LOG", "warn")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(log)

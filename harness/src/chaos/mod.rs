@@ -21,7 +21,7 @@ pub mod procs;
 mod proxy;
 mod report;
 mod rig;
-mod workload;
+pub(crate) mod workload;
 
 pub use report::Report;
 pub use rig::Nemesis;

@@ -248,7 +248,7 @@ async fn worker(
 
 /// Turns one answer (or its absence) into a history entry.
 #[allow(clippy::too_many_arguments)]
-fn record(
+pub(crate) fn record(
     client: usize,
     process: u64,
     page: &str,
