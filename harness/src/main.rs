@@ -12,7 +12,7 @@ use ivy_harness::cluster::ClusterMode;
 use ivy_harness::demo;
 use ivy_harness::logging::{self, LogArgs, LogLevel};
 use ivy_harness::probe::{self, Probe};
-use ivy_raft::client::repl::{self, Event, Output};
+use ivy_raft::client::repl::{self, Event, LineSource, Output};
 use ivy_raft::client::{Client, ClientConfig, CmConn, CLIENT_RPC_TIMEOUT, DEFAULT_OP_TIMEOUT};
 use ivy_raft::cm::{CmConfig, CmNode, DEFAULT_CLIENT_LEASE, DEFAULT_PULSE};
 use ivy_raft::config::{
@@ -147,6 +147,10 @@ struct ClientArgs {
     /// Serve Prometheus metrics (local hits, fault latency) at http://ADDR/metrics.
     #[arg(long, env = "IVY_METRICS_LISTEN")]
     metrics_listen: Option<String>,
+    /// Line-editor history at a terminal [default: $XDG_DATA_HOME/ivy/history,
+    /// else ~/.local/share/ivy/history].
+    #[arg(long, env = "IVY_HISTORY_FILE")]
+    history_file: Option<PathBuf>,
     /// Print one JSON object per line instead of text.
     #[arg(long, env = "IVY_JSON")]
     json: bool,
@@ -481,8 +485,8 @@ async fn run_client(args: ClientArgs) -> Result<()> {
             return Err(err.into());
         }
     };
-    let stdin = tokio::io::BufReader::new(tokio::io::stdin());
-    repl::run(client, stdin, out).await?;
+    let history = args.history_file.or_else(repl::default_history_file);
+    repl::run(client, LineSource::stdin(args.json, history), out).await?;
     Ok(())
 }
 

@@ -62,6 +62,9 @@ pub struct RandomSummary {
     pub ms: f64,
     /// The first few errors.
     pub errors: Vec<String>,
+    /// True when Ctrl-C stopped it before N operations (`n` is what ran).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub interrupted: bool,
 }
 
 /// The answer to one command.
@@ -169,6 +172,9 @@ impl fmt::Display for Body {
             Body::Print { pages, .. } => write_pages(f, pages),
             Body::X(x) => {
                 write!(f, "{} ops: {} ok, {} failed, {} local hits, {} ms", x.n, x.succeeded, x.failed, x.local, x.ms)?;
+                if x.interrupted {
+                    write!(f, " (interrupted)")?;
+                }
                 match x.errors.first() {
                     Some(e) => write!(f, "; first error: {e}"),
                     None => Ok(()),

@@ -56,6 +56,10 @@ pub const HELP: &[&str] = &[
     "quit                        leave the cluster and exit",
 ];
 
+/// Every command word [`parse`] knows, aliases included (Tab completes them).
+pub const COMMAND_WORDS: &[&str] =
+    &["write", "writePage", "read", "readPage", "print", "x", "seed", "status", "help", "quit", "exit"];
+
 /// Parses one input line; `Ok(None)` for a blank line.
 pub fn parse(line: &str) -> Result<Option<Command>, String> {
     if let Some(c) = line.chars().find(|c| c.is_control() && *c != '\t') {
@@ -114,6 +118,15 @@ pub fn split_tag(line: &str) -> (Option<String>, &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_completed_word_is_a_command() {
+        for word in COMMAND_WORDS {
+            let parsed = parse(&format!("{word} P1 v")).map_err(|e| e.to_string());
+            assert!(!parsed.is_err_and(|e| e.contains("unknown command")), "{word}");
+        }
+        assert!(!COMMAND_WORDS.contains(&"fly"));
+    }
 
     #[test]
     fn parses_commands() {

@@ -7,30 +7,35 @@
 //! `ready` [`Event`]) and as text for a person otherwise. A line starting `#TAG `
 //! runs concurrently with the lines after it and its answer carries
 //! `"tag":"TAG"` (the chaos harness keeps several ops in flight). A line that is
-//! not valid UTF-8 or holds control characters (an arrow key's escape sequence)
-//! gets an error answer; the loop goes on. What the client does on its own (an
-//! eviction) is printed as an event line. `quit`, end of input, Ctrl-C and SIGTERM
-//! all leave the cluster before the process exits.
+//! not valid UTF-8 or holds control characters (an arrow key's escape sequence
+//! from a pipe) gets an error answer; the loop goes on. What the client does on
+//! its own (an eviction) is printed as an event line.
+//!
+//! Lines come from a [`LineSource`]: rustyline (editing, history, completion)
+//! for a person at a terminal, a plain reader for pipes and `--json`. `quit`,
+//! end of input (Ctrl-D) and SIGTERM leave the cluster before the process
+//! exits, and so does Ctrl-C from a pipe; at a terminal Ctrl-C clears the line
+//! at the prompt, and stops a running `x N` (which shows its progress) without
+//! stopping the client.
 
 mod answer;
 mod command;
+mod line_source;
+mod progress;
 
-use std::io::{IsTerminal, Write};
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt};
 use tokio::task::JoinSet;
 
 pub use answer::{Answer, Body, Event, OpAnswer, PageRow, RandomSummary};
 pub use command::{parse, split_tag, Command, HELP, MAX_X_OPS, X_PAGES};
+pub use line_source::{default_history_file, Line, LineSource, MAX_LINE};
+use progress::Progress;
 
 use super::{Client, ClientEvent};
 use crate::error::Error;
 use crate::protocol::{Hit, OpDone, RandomOp, RandomOps};
-
-/// Longest input line accepted, bytes (a page's content plus the command).
-const MAX_LINE: usize = 1024 * 1024;
 
 /// Where answers go: JSON lines or text.
 #[derive(Debug, Clone, Copy)]
@@ -72,24 +77,28 @@ impl Output {
     }
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
-async fn stop_signal() {
-    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
-    match term {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
+/// Resolves on SIGTERM, and on Ctrl-C unless a person at a terminal types the
+/// commands: there Ctrl-C is for the line at the prompt and for a running
+/// `x N`, and this keeps it from killing the process between commands.
+async fn stop_signal(interactive: bool) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => return,
+            _ = int.recv() => {
+                if !interactive {
+                    return;
+                }
             }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
         }
     }
 }
 
 /// Runs the command loop over `input` until `quit` or end of input.
-pub async fn run<R: AsyncBufRead + Unpin>(client: Client, mut input: R, out: Output) -> Result<(), Error> {
+pub async fn run(client: Client, mut input: LineSource, out: Output) -> Result<(), Error> {
     out.event(&Event::Ready { client: client.id(), listen: client.addr().to_string() });
     let mut events = client.events();
     let announcer = tokio::spawn(async move {
@@ -97,40 +106,26 @@ pub async fn run<R: AsyncBufRead + Unpin>(client: Client, mut input: R, out: Out
             out.client_event(&event);
         }
     });
-    let stop = stop_signal();
+    let interactive = input.interactive();
+    let stop = stop_signal(interactive);
     tokio::pin!(stop);
     let client = Arc::new(client);
     let mut tagged = JoinSet::new();
-    // A person at a terminal gets a prompt; a script or --json gets only answers.
-    let prompt = !out.json && std::io::stdin().is_terminal();
-    let mut buf = Vec::new();
     loop {
-        if prompt {
-            print!("> ");
-            let _ = std::io::stdout().flush();
-        }
-        buf.clear();
-        let mut limited = (&mut input).take(MAX_LINE as u64 + 1);
-        let read = tokio::select! {
-            read = limited.read_until(b'\n', &mut buf) => read,
+        let line = tokio::select! {
+            line = input.next() => line,
             () = &mut stop => break,
         };
-        let read = read.map_err(|e| Error::Internal(format!("stdin: {e}")))?;
-        if read == 0 {
-            break;
-        }
-        let line = match std::str::from_utf8(&buf) {
-            Ok(line) if buf.len() <= MAX_LINE => line.trim_end_matches(['\n', '\r']),
-            Ok(_) => {
-                out.answer(&unknown(None, format!("the line is longer than {MAX_LINE} bytes")));
+        let line = match line {
+            Line::End => break,
+            Line::Interrupted => continue,
+            Line::Bad(error) => {
+                out.answer(&unknown(None, error));
                 continue;
             }
-            Err(_) => {
-                out.answer(&unknown(None, "the line is not valid UTF-8".into()));
-                continue;
-            }
+            Line::Text(line) => line,
         };
-        let (tag, line) = split_tag(line);
+        let (tag, line) = split_tag(&line);
         let cmd = match parse(line) {
             Ok(None) => continue,
             Ok(Some(Command::Quit)) => break,
@@ -146,6 +141,7 @@ pub async fn run<R: AsyncBufRead + Unpin>(client: Client, mut input: R, out: Out
                 let client = client.clone();
                 tagged.spawn(async move { out.answer(&Answer { body: execute(&client, cmd).await, tag: Some(tag) }) });
             }
+            None if interactive => out.answer(&Answer { body: execute_at_terminal(&client, cmd).await, tag: None }),
             None => out.answer(&Answer { body: execute(&client, cmd).await, tag: None }),
         }
     }
@@ -167,6 +163,20 @@ fn unknown(tag: Option<String>, error: String) -> Answer {
     Answer { body: Body::Unknown { ok: false, error }, tag }
 }
 
+/// Executes one command typed at a terminal: `x N` shows its progress and
+/// stops early on Ctrl-C; the rest as [`execute`].
+pub async fn execute_at_terminal(client: &Client, cmd: Command) -> Body {
+    match cmd {
+        Command::Random { n } => {
+            let progress = Progress::start();
+            let summary = random(client, n, Instant::now(), Some(&progress)).await;
+            progress.finish();
+            Body::X(summary)
+        }
+        other => execute(client, other).await,
+    }
+}
+
 /// Executes one command and returns its answer.
 pub async fn execute(client: &Client, cmd: Command) -> Body {
     let start = Instant::now();
@@ -180,7 +190,7 @@ pub async fn execute(client: &Client, cmd: Command) -> Body {
             Body::Read(op_answer(page, done, start))
         }
         Command::Print => print(client),
-        Command::Random { n } => Body::X(random(client, n, start).await),
+        Command::Random { n } => Body::X(random(client, n, start, None).await),
         Command::Seed { n } => seed(client, n, start).await,
         Command::Status => Body::Status { client: client.id(), report: client.cm().status().await },
         Command::Help => Body::Help { ok: true, commands: HELP },
@@ -233,13 +243,20 @@ async fn seed(client: &Client, n: u64, start: Instant) -> Body {
     Body::Seed { ok: true, written: n, error: None, ms: ms_since(start) }
 }
 
-/// `x N`: N reads or writes by coin flip on P1..P10, no sleeps.
-async fn random(client: &Client, n: u64, start: Instant) -> RandomSummary {
+/// `x N`: N reads or writes by coin flip on P1..P10, no sleeps. With
+/// `progress` (a terminal), it reports as it goes and stops after the
+/// operation in flight when Ctrl-C is pressed.
+async fn random(client: &Client, n: u64, start: Instant, progress: Option<&Progress>) -> RandomSummary {
     const SHOWN_ERRORS: usize = 3;
     let (mut succeeded, mut failed, mut local) = (0u64, 0u64, 0u64);
     let mut errors: Vec<String> = Vec::new();
+    let mut interrupted = false;
     let ops = RandomOps::new(rand::random(), X_PAGES, 0.5, format!("c{}", client.id()));
-    for op in ops.take(n as usize) {
+    for (i, op) in ops.take(n as usize).enumerate() {
+        if progress.is_some_and(|p| p.interrupted()) {
+            interrupted = true;
+            break;
+        }
         let result = match &op {
             RandomOp::Write { page, value } => client.write(page, value.as_bytes()).await,
             RandomOp::Read { page } => client.read(page).await.map(|(_, hit)| hit),
@@ -257,6 +274,19 @@ async fn random(client: &Client, n: u64, start: Instant) -> RandomSummary {
                 }
             }
         }
+        if let Some(p) = progress {
+            p.show(i as u64 + 1, n, failed);
+        }
     }
-    RandomSummary { n, ok: failed == 0, succeeded, failed, local, ms: ms_since(start), errors }
+    let done = succeeded + failed;
+    RandomSummary {
+        n: done,
+        ok: failed == 0 && !interrupted,
+        succeeded,
+        failed,
+        local,
+        ms: ms_since(start),
+        errors,
+        interrupted,
+    }
 }
