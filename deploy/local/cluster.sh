@@ -1,19 +1,35 @@
 #!/usr/bin/env bash
 # Start, stop, restart or inspect a local 3-node CM cluster in the background.
 #
-#   deploy/local/cluster.sh start          build (release) if needed, start cm 1-3
-#   deploy/local/cluster.sh stop           stop every node (SIGTERM, then SIGKILL)
+#   deploy/local/cluster.sh start          build (release) if needed, start cm 1-3,
+#                                          wait until a leader serves
+#   deploy/local/cluster.sh stop           stop the followers, then the leader
+#                                          (SIGTERM, SIGKILL after 5 s)
 #   deploy/local/cluster.sh restart N      stop node N and start it again
 #   deploy/local/cluster.sh kill N         kill -9 node N (a crash)
 #   deploy/local/cluster.sh status         ivy status
 #
-# Logs and pid files go to $IVY_RUN_DIR (default deploy/local/run); data to data/cm-N.
-# Every node listens on loopback only (127.0.0.1:7101-7103).
+# Logs (plain text, no colour codes) and pid files go to $IVY_RUN_DIR (default
+# deploy/local/run); data to data/cm-N. Every node listens on loopback only
+# (127.0.0.1:7101-7103) unless IVY_PEERS says otherwise:
+#   IVY_PEERS=1=127.0.0.1:6101,2=127.0.0.1:6102,3=127.0.0.1:6103 deploy/local/cluster.sh start
+# (the node ids are IVY_PEERS's; `status` asks the same addresses, or IVY_CM if
+# set). Choose ports below 32768: Linux hands out 32768-60999 as ephemeral
+# ports, and a node restarted on one may find it taken by an outgoing connection.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 RUN_DIR=${IVY_RUN_DIR:-deploy/local/run}
 IVY=${IVY_BIN:-target/release/ivy}
+PEERS=${IVY_PEERS:-1=127.0.0.1:7101,2=127.0.0.1:7102,3=127.0.0.1:7103}
+export IVY_PEERS=$PEERS
+export IVY_CM=${IVY_CM:-$(tr ',' '\n' <<<"$PEERS" | cut -d= -f2 | paste -sd, -)}
+IDS=$(tr ',' '\n' <<<"$PEERS" | cut -d= -f1 | tr '\n' ' ')
+# How long a node may take to bind and open its store, and the cluster to elect a leader.
+READY_WAIT_S=${IVY_READY_WAIT_S:-10}
+LEADER_WAIT_S=${IVY_LEADER_WAIT_S:-20}
 mkdir -p "$RUN_DIR"
+
+die() { echo "cluster.sh: $*" >&2; exit 1; }
 
 build() {
   [ -x "$IVY" ] || cargo build --release
@@ -24,15 +40,51 @@ running() {
   [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null
 }
 
+# start_node N: start node N and wait for its ready line; a node that exits
+# first (a port in use, a data dir in use) is an error showing its log.
 start_node() {
-  local id=$1
+  local id=$1 log="$RUN_DIR/cm-$1.log" ready="$RUN_DIR/cm-$1.ready" pid i
   if running "$id"; then
     echo "cm $id already running (pid $(cat "$RUN_DIR/cm-$id.pid"))"
     return
   fi
-  RUST_LOG=${RUST_LOG:-info} nohup "$IVY" cm --id "$id" >>"$RUN_DIR/cm-$id.log" 2>&1 &
-  echo $! >"$RUN_DIR/cm-$id.pid"
-  echo "cm $id started (pid $!, log $RUN_DIR/cm-$id.log)"
+  : >"$ready"
+  IVY_LOG_FORMAT=${IVY_LOG_FORMAT:-text} nohup "$IVY" cm --id "$id" --json >"$ready" 2>>"$log" &
+  pid=$!
+  echo "$pid" >"$RUN_DIR/cm-$id.pid"
+  for ((i = 0; i < READY_WAIT_S * 10; i++)); do
+    if grep -q '"event":"ready"' "$ready" 2>/dev/null; then
+      echo "cm $id serving (pid $pid, log $log)"
+      return
+    fi
+    if ! kill -0 "$pid" 2>/dev/null; then
+      rm -f "$RUN_DIR/cm-$id.pid"
+      echo "cm $id exited at start; the end of $log:" >&2
+      tail -n 5 "$log" >&2
+      die "cm $id did not start"
+    fi
+    sleep 0.1
+  done
+  die "cm $id gave no ready line within ${READY_WAIT_S} s (see $log)"
+}
+
+# await_leader: until `ivy status` finds a leader, within LEADER_WAIT_S.
+await_leader() {
+  local i
+  for ((i = 0; i < LEADER_WAIT_S * 5; i++)); do
+    if "$IVY" status >/dev/null 2>&1; then
+      echo "leader: node $(leader_id)"
+      return
+    fi
+    sleep 0.2
+  done
+  "$IVY" status >&2 || true
+  die "no leader within ${LEADER_WAIT_S} s"
+}
+
+# leader_id: the id `ivy status` reports leading, or nothing.
+leader_id() {
+  "$IVY" status --json 2>/dev/null | grep -o '"id":[0-9]*,"role":"leader"' | grep -o '[0-9]*' | head -n 1 || true
 }
 
 stop_node() {
@@ -54,11 +106,21 @@ stop_node() {
   echo "cm $id stopped"
 }
 
+# stop_all: followers first, the leader last, so the cluster never holds an
+# election among nodes about to stop.
+stop_all() {
+  local leader id
+  leader=$(leader_id)
+  for id in $IDS; do [ "$id" = "$leader" ] || stop_node "$id"; done
+  [ -n "$leader" ] && stop_node "$leader"
+  return 0
+}
+
 case "${1:-}" in
-  start) build; for id in 1 2 3; do start_node "$id"; done ;;
-  stop) for id in 1 2 3; do stop_node "$id"; done ;;
-  restart) build; stop_node "${2:?node id}"; start_node "$2" ;;
+  start) build; for id in $IDS; do start_node "$id"; done; await_leader ;;
+  stop) stop_all ;;
+  restart) build; stop_node "${2:?node id}"; start_node "$2"; await_leader ;;
   kill) stop_node "${2:?node id}" KILL ;;
   status) build; "$IVY" status ;;
-  *) sed -n '2,12p' "$0"; exit 2 ;;
+  *) sed -n '2,20p' "$0"; exit 2 ;;
 esac
