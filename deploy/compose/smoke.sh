@@ -338,14 +338,21 @@ wait_until "cm$CUT back in the cluster after reconnect" 60 converged "$SURVIVOR"
 timing "reconnected node caught up" "$t"
 
 # ---- 7. end -----------------------------------------------------------------
-# The healthcheck runs `ivy status` on the node's own address: today that passes
-# on the leader only (deploy/README.md), so wait for the leader to be healthy.
-wait_until "a leader" 30 leader_seen 1
-leader_healthy() { [ "$(docker inspect -f '{{.State.Health.Status}}' "$(cid "$LEADER")")" = healthy ]; }
+# The healthcheck runs `ivy health --service ivy.Manager` in each container:
+# every node of a working cluster, leader and followers, turns healthy.
+all_healthy() {
+  local i
+  for i in 1 2 3; do
+    [ "$(docker inspect -f '{{.State.Health.Status}}' "$(cid "$i")")" = healthy ] || return 1
+  done
+}
 t=$(now)
-wait_until "cm$LEADER (leader) reported healthy by its healthcheck" 30 leader_healthy
-timing "leader's container healthy" "$t"
-for i in 1 2 3; do log "cm$i health: $(docker inspect -f '{{.State.Health.Status}}' "$(cid "$i")")"; done
+wait_until "all three nodes reported healthy by their healthchecks" 60 all_healthy
+timing "every container healthy" "$t"
+for i in 1 2 3; do
+  timeout 15 docker exec "$(cid "$i")" /usr/local/bin/ivy health --service ivy.Manager >/dev/null \
+    || die "cm$i: ivy health --service ivy.Manager is not SERVING"
+done
 op A 'read P3' '.ok and .value == "during-partition"'
 stop_client A
 stop_client B
