@@ -11,7 +11,7 @@ use ivy_harness::chaos::{self, ChaosConfig, Nemesis};
 use ivy_harness::cluster::ClusterMode;
 use ivy_harness::demo;
 use ivy_harness::logging::{self, LogArgs, LogLevel};
-use ivy_harness::probe::{self, Probe};
+use ivy_harness::probe;
 use ivy_raft::client::repl::{self, Event, LineSource, Output};
 use ivy_raft::client::{Client, ClientConfig, CmConn, CLIENT_RPC_TIMEOUT, DEFAULT_OP_TIMEOUT};
 use ivy_raft::cm::{CmConfig, CmNode, DEFAULT_CLIENT_LEASE, DEFAULT_PULSE};
@@ -45,7 +45,7 @@ enum Command {
     /// Show the directory as the leader has committed it: every page (or the ones named) with its state, owner, copy set and epoch.
     Pages(PagesArgs),
     /// One gRPC health check of a CM node: exit 0 SERVING, 1 not serving, 2 unreachable.
-    Health(HealthArgs),
+    Health(probe::HealthArgs),
     /// Run the original experiment on an embedded CM cluster, without and with a leader kill.
     Demo(DemoArgs),
     /// Run CM nodes and clients as processes, inject faults, and check the history.
@@ -200,25 +200,6 @@ struct StatusArgs {
     /// Print JSON instead of a table.
     #[arg(long, env = "IVY_JSON")]
     json: bool,
-}
-
-#[derive(Args)]
-struct HealthArgs {
-    /// The CM node's gRPC address.
-    #[arg(long, env = "IVY_HEALTH_ADDR", default_value = "127.0.0.1:7101")]
-    addr: String,
-    /// Health service: "" (the process serves) or ivy.Manager (part of a working cluster).
-    #[arg(long, env = "IVY_HEALTH_SERVICE", default_value = "")]
-    service: String,
-    /// Deadline of the check, ms.
-    #[arg(long, env = "IVY_HEALTH_TIMEOUT_MS", default_value_t = 1000)]
-    timeout_ms: u64,
-    /// Print one JSON object.
-    #[arg(long, env = "IVY_JSON")]
-    json: bool,
-    /// List the node's gRPC services (server reflection) instead of checking health.
-    #[arg(long)]
-    list: bool,
 }
 
 #[derive(Args)]
@@ -388,7 +369,7 @@ fn main() -> ExitCode {
             Command::Status(args) => run_status(args).await,
             Command::Evict(args) => run_evict(args).await,
             Command::Pages(args) => run_pages(args).await,
-            Command::Health(args) => return Ok(run_health(args).await),
+            Command::Health(args) => return Ok(probe::run(args).await),
             Command::Demo(args) => run_demo(args).await,
             Command::Chaos(args) => run_chaos(args).await,
             Command::Bench(args) => run_bench(args).await,
@@ -536,20 +517,6 @@ async fn run_evict(args: EvictArgs) -> Result<()> {
         args.client, removal.promoted, removal.lost
     );
     Ok(())
-}
-
-async fn run_health(args: HealthArgs) -> ExitCode {
-    let p = Probe {
-        addr: args.addr,
-        service: args.service,
-        timeout: Duration::from_millis(args.timeout_ms),
-        json: args.json,
-    };
-    if args.list {
-        probe::list(&p).await
-    } else {
-        probe::health(&p).await
-    }
 }
 
 async fn run_demo(args: DemoArgs) -> Result<()> {

@@ -10,6 +10,37 @@ use std::time::Duration;
 
 use ivy_raft::rpc::health::{check, list_services, HealthState};
 
+/// `ivy health`'s flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct HealthArgs {
+    /// The CM node's gRPC address.
+    #[arg(long, env = "IVY_HEALTH_ADDR", default_value = "127.0.0.1:7101")]
+    pub addr: String,
+    /// Health service: "" (the process serves) or ivy.Manager (part of a working cluster).
+    #[arg(long, env = "IVY_HEALTH_SERVICE", default_value = "")]
+    pub service: String,
+    /// Deadline of the check, ms.
+    #[arg(long, env = "IVY_HEALTH_TIMEOUT_MS", default_value_t = 1000)]
+    pub timeout_ms: u64,
+    /// Print one JSON object.
+    #[arg(long, env = "IVY_JSON")]
+    pub json: bool,
+    /// List the node's gRPC services (server reflection) instead of checking health.
+    #[arg(long)]
+    pub list: bool,
+}
+
+/// Runs `ivy health` and returns its exit code.
+pub async fn run(args: HealthArgs) -> ExitCode {
+    let timeout = Duration::from_millis(args.timeout_ms);
+    let p = Probe { addr: args.addr, service: args.service, timeout, json: args.json };
+    if args.list {
+        list(&p).await
+    } else {
+        health(&p).await
+    }
+}
+
 /// What one probe asks.
 #[derive(Debug, Clone)]
 pub struct Probe {
