@@ -232,3 +232,33 @@ fn deployment_flags_fail_clearly() -> Result<()> {
     assert!(err.contains("yaml"), "{err}");
     Ok(())
 }
+
+#[test]
+fn a_client_given_one_follower_follows_hints_only_when_told() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (nodes, cms) = start_nodes(tmp.path())?;
+    for n in &nodes {
+        await_health(&n.grpc, "ivy.Manager", 0, Duration::from_secs(20))?;
+    }
+    let out = Command::new(IVY).args(["status", "--json", "--cm", &cms]).output()?;
+    let status: Value = serde_json::from_slice(&out.stdout)?;
+    let follower =
+        status["cm"].as_array().context("cm")?.iter().find(|n| n["role"] == "follower").context("a follower")?;
+    let follower = follower["addr"].as_str().context("addr")?;
+
+    // Given only a follower: its hint names the leader, an address it was not given.
+    let mut told = ClientProc::start_with(follower, &["--follow-hints"])?;
+    told.write("H1", "via-hint")?;
+    assert_eq!(told.read("H1")?, "via-hint");
+    // Without --follow-hints it keeps to the addresses it was given: it cannot
+    // register, and says why within its deadline.
+    let out = Command::new(IVY)
+        .args(["client", "--json", "--cm", follower, "--timeout-ms", "1500"])
+        .stdin(Stdio::null())
+        .output()?;
+    assert!(!out.status.success());
+    let event: Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(event["event"], "error", "{event}");
+    assert!(event["error"].as_str().is_some_and(|e| e.contains("not the leader")), "{event}");
+    Ok(())
+}

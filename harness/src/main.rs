@@ -147,6 +147,10 @@ struct ClientArgs {
     /// Serve Prometheus metrics (local hits, fault latency) at http://ADDR/metrics.
     #[arg(long, env = "IVY_METRICS_LISTEN")]
     metrics_listen: Option<String>,
+    /// Follow the CM's leader hints to addresses not in --cm (for a --cm that is
+    /// one load-balanced name, e.g. a Kubernetes Service).
+    #[arg(long, env = "IVY_FOLLOW_HINTS")]
+    follow_hints: bool,
     /// Line-editor history at a terminal [default: $XDG_DATA_HOME/ivy/history,
     /// else ~/.local/share/ivy/history].
     #[arg(long, env = "IVY_HISTORY_FILE")]
@@ -450,6 +454,7 @@ async fn run_client(args: ClientArgs) -> Result<()> {
             cms: parse_addrs(&args.cm)?,
             listen: args.listen,
             advertise: args.advertise,
+            follow_hints: args.follow_hints,
             max_page_bytes: args.max_page_bytes,
             op_timeout: Duration::from_millis(args.timeout_ms),
             record_grants: false,

@@ -25,9 +25,14 @@ const ROUND_BACKOFF: Duration = Duration::from_millis(50);
 /// How long `status` waits for each node.
 pub const STATUS_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// Most addresses a client learns from leader hints, beyond the ones it was given.
+pub const MAX_LEARNED_ADDRS: usize = 8;
+
 /// Client-side view of the CM cluster.
 pub struct CmConn {
-    addrs: Vec<String>,
+    addrs: Mutex<Vec<String>>,
+    given: usize,
+    follow_hints: bool,
     leader: Mutex<usize>,
     rpc: ManagerClient,
     deadline: Duration,
@@ -40,12 +45,22 @@ impl CmConn {
             return Err(Error::InvalidConfig("no CM address given".into()));
         }
         let rpc = ManagerClient::new(Channels::new(rpc_timeout));
-        Ok(CmConn { addrs, leader: Mutex::new(0), rpc, deadline })
+        let given = addrs.len();
+        Ok(CmConn { addrs: Mutex::new(addrs), given, follow_hints: false, leader: Mutex::new(0), rpc, deadline })
+    }
+
+    /// Also follows a `NotLeader` hint to an address it was not given (and
+    /// remembers up to [`MAX_LEARNED_ADDRS`] of them): for a client given one
+    /// load-balanced name, such as a Kubernetes Service, whose nodes name each
+    /// other by addresses the client can reach too.
+    pub fn following_hints(mut self, follow: bool) -> Self {
+        self.follow_hints = follow;
+        self
     }
 
     /// The CM addresses this client knows.
     pub fn addrs(&self) -> Vec<String> {
-        self.addrs.clone()
+        lock(&self.addrs).clone()
     }
 
     /// Registers a client serving at `addr`; the random nonce makes a retry
@@ -84,7 +99,7 @@ impl CmConn {
 
     /// Asks every CM node for its status, at most [`STATUS_TIMEOUT`] each.
     pub async fn status(&self) -> StatusReport {
-        status_of(&self.rpc, &self.addrs).await
+        status_of(&self.rpc, &self.addrs()).await
     }
 
     /// Calls `f` on the leader, retrying on other nodes until it answers or the
@@ -131,36 +146,43 @@ impl CmConn {
                 Err(Error::Unavailable(format!(
                     "{what}: no CM node served it within {} ms (tried {}); last error: {last}",
                     (give_up - started.min(give_up)).as_millis(),
-                    self.addrs.join(", ")
+                    self.addrs().join(", ")
                 )))
             }
         }
     }
 
     fn current(&self) -> (usize, String) {
-        let index = *lock(&self.leader) % self.addrs.len();
-        (index, self.addrs[index].clone())
+        let addrs = lock(&self.addrs);
+        let index = *lock(&self.leader) % addrs.len();
+        (index, addrs[index].clone())
     }
 
     /// CHANGE_CM: send the next requests to `addr` first, when it is one of ours.
     pub fn prefer(&self, addr: &str) {
-        if let Some(index) = self.addrs.iter().position(|a| a == addr) {
+        if let Some(index) = lock(&self.addrs).iter().position(|a| a == addr) {
             *lock(&self.leader) = index;
         }
     }
 
     /// After a failure on node `index`: follow a leader hint, else try the next node.
     fn next(&self, index: usize, err: &Error) {
-        let addrs = &self.addrs;
+        let mut addrs = lock(&self.addrs);
         let mut leader = lock(&self.leader);
         if *leader != index {
             return;
         }
-        // Follow a hint only to an address this client was given: a CM names its
-        // peers as it sees them, which need not be how this client reaches them.
+        // By default, follow a hint only to an address this client was given: a
+        // CM names its peers as it sees them, which need not be how this client
+        // reaches them (the chaos harness puts a proxy on every link).
         if let Error::NotLeader { leader: Some((_, addr)) } = err {
             if let Some(i) = addrs.iter().position(|a| a == addr) {
                 *leader = i;
+                return;
+            }
+            if self.follow_hints && addrs.len() < self.given + MAX_LEARNED_ADDRS {
+                addrs.push(addr.clone());
+                *leader = addrs.len() - 1;
                 return;
             }
         }

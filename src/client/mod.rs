@@ -60,6 +60,9 @@ pub struct ClientConfig {
     /// The address the CM and other clients reach the PageHolder service at
     /// (default: the bound listen address; set it behind NAT or a proxy).
     pub advertise: Option<String>,
+    /// Follow a `NotLeader` hint to a CM address not in `cms` (for a `cms` that
+    /// is one load-balanced name).
+    pub follow_hints: bool,
     /// Largest page content accepted.
     pub max_page_bytes: usize,
     /// Deadline of one read or write, retries included.
@@ -78,6 +81,7 @@ impl ClientConfig {
             cms,
             listen: "127.0.0.1:0".into(),
             advertise: None,
+            follow_hints: false,
             max_page_bytes: DEFAULT_MAX_PAGE_BYTES,
             op_timeout: DEFAULT_OP_TIMEOUT,
             record_grants: false,
@@ -201,7 +205,8 @@ impl Client {
             .map_err(|e| Error::Unavailable(format!("cannot listen on {}: {e}", config.listen)))?;
         let addr = listener.local_addr().map_err(|e| Error::Internal(format!("listener: {e}")))?;
         let advertised = advertised_addr(config.advertise.as_deref(), addr)?;
-        let cm = CmConn::new(config.cms.clone(), CLIENT_RPC_TIMEOUT, config.op_timeout)?;
+        let cm = CmConn::new(config.cms.clone(), CLIENT_RPC_TIMEOUT, config.op_timeout)?
+            .following_hints(config.follow_hints);
         let sent = Instant::now();
         let (id, lease) = cm.register(&advertised).await?;
         let shared = Arc::new(Shared {
