@@ -31,7 +31,8 @@ pub const RAFT_LEADER_ID: &str = "ivy_raft_leader_id";
 pub const RAFT_COMMIT_INDEX: &str = "ivy_raft_commit_index";
 /// Gauge: highest log index applied to the directory on this node.
 pub const RAFT_APPLIED_INDEX: &str = "ivy_raft_applied_index";
-/// Gauge: entries a follower (`peer`) is behind the leader's log; the leader reports it.
+/// Gauge: entries a follower (`peer`) is behind the leader's log; the leader
+/// reports it, other nodes report 0.
 pub const RAFT_REPLICATION_LAG: &str = "ivy_raft_replication_lag_entries";
 /// Counter: changes of the leader this node knows (a new leader, or none).
 pub const RAFT_LEADER_CHANGES: &str = "ivy_raft_leader_changes_total";

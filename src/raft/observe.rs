@@ -81,6 +81,9 @@ fn gauges(m: &RaftMetrics<u64, BasicNode>) -> RaftGauges {
         applied_index: applied,
         lag: Vec::new(),
     };
+    // Not leading: no lag to report; zero, so a former leader's last numbers do not linger.
+    let voters = m.membership_config.membership().voter_ids();
+    g.lag = voters.filter(|id| *id != m.id).map(|id| (id, 0)).collect();
     if let Some(replication) = &m.replication {
         // The leader may or may not list itself; it has its own log.
         let own = |id: u64| if id == m.id { last } else { 0 };
