@@ -264,9 +264,12 @@ impl RequestServer {
             other => return Err(Error::Internal(format!("eviction gave {other:?}"))),
         };
         self.leases.forget(client);
+        metrics::eviction();
         tracing::warn!(
+            event = "eviction",
             client,
             %addr,
+            reason = why,
             pages_promoted = removal.promoted,
             pages_lost = removal.lost,
             "evicted client {client} at {addr}: {why}; {} pages passed to a copy holder, {} lost",
