@@ -59,7 +59,8 @@ impl CmContainers {
                 return Ok((s.id, s.term));
             }
             if Instant::now() > give_up {
-                return Err(anyhow!("no leader (other than {not:?}, term > {above}) within {within:?}: {report:?}"));
+                let not = not.map_or(String::new(), |n| format!(" other than cm{n}"));
+                return Err(anyhow!("no leader{not} at a term above {above} within {within:?}:\n{report}"));
             }
             tokio::time::sleep(POLL).await;
         }

@@ -110,6 +110,9 @@ pub async fn run(cfg: &MultihostConfig) -> Result<MultihostReport> {
         let _cleanup = Cleanup(&project);
         let history = exercise(cfg, &project, &mut phases).await;
         signals.abort();
+        if let Err(err) = &history {
+            keep_logs(&project, cfg, err).await;
+        }
         let t = Instant::now();
         // Torn down here, to see what `down -v` leaves; `_cleanup` is the safety net.
         let leftovers = project.remove_all();
@@ -120,6 +123,18 @@ pub async fn run(cfg: &MultihostConfig) -> Result<MultihostReport> {
     let report = summarise(&history, phases, leftovers);
     std::fs::write(cfg.out.join("report.json"), serde_json::to_string_pretty(&report)?)?;
     Ok(report)
+}
+
+/// After a failed run: the CM containers' logs go to `out/cm.log`, and their
+/// tail to stderr, before the teardown removes them.
+async fn keep_logs(project: &Project, cfg: &MultihostConfig, err: &anyhow::Error) {
+    eprintln!("multihost: FAILED: {err:#}");
+    let logs = project.compose(&["logs", "--no-color", "--timestamps"]).await.unwrap_or_else(|e| e.to_string());
+    let path = cfg.out.join("cm.log");
+    let _ = std::fs::write(&path, &logs);
+    let tail: Vec<&str> = logs.lines().rev().take(60).collect();
+    eprintln!("multihost: the last CM log lines (all of them in {}):", path.display());
+    tail.iter().rev().for_each(|l| eprintln!("  {l}"));
 }
 
 /// Removes the project and exits when the test is interrupted.
