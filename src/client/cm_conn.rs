@@ -25,6 +25,17 @@ const ROUND_BACKOFF: Duration = Duration::from_millis(50);
 /// How long `status` waits for each node.
 pub const STATUS_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// How long a call waits on the node it believes leads before it starts asking
+/// the other nodes whether one of them leads now (a leader cut off silently
+/// answers nothing, not even "not the leader").
+pub const HEDGE_AFTER: Duration = Duration::from_millis(300);
+
+/// How often a call that waits asks the other nodes again.
+const HEDGE_EVERY: Duration = Duration::from_millis(250);
+
+/// How long a hedging status question may take.
+const HEDGE_ASK_TIMEOUT: Duration = Duration::from_millis(250);
+
 /// Most addresses a client learns from leader hints, beyond the ones it was given.
 pub const MAX_LEARNED_ADDRS: usize = 8;
 
@@ -122,10 +133,19 @@ impl CmConn {
         let mut last = None;
         while Instant::now() < give_up {
             let (index, addr) = self.current();
-            let err = match tokio::time::timeout_at(give_up, f(addr)).await {
-                Ok(Ok(reply)) => return Ok(reply),
-                Ok(Err(err)) => err,
-                Err(_) => break,
+            let attempt = tokio::time::timeout_at(give_up, f(addr));
+            let err = tokio::select! {
+                answered = attempt => match answered {
+                    Ok(Ok(reply)) => return Ok(reply),
+                    Ok(Err(err)) => err,
+                    Err(_) => break,
+                },
+                other = self.another_leader(index, give_up) => {
+                    // The node we waited on went silent while another one leads:
+                    // ask that one (the same request: a retry cannot apply twice).
+                    self.switch(index, other);
+                    continue;
+                }
             };
             if !err.is_retryable() {
                 return Err(err);
@@ -149,6 +169,35 @@ impl CmConn {
                     self.addrs().join(", ")
                 )))
             }
+        }
+    }
+
+    /// Resolves, once the call has waited [`HEDGE_AFTER`] on node `index`, with
+    /// the index of another node that says it serves; never while none does.
+    async fn another_leader(&self, index: usize, give_up: Instant) -> usize {
+        tokio::time::sleep(HEDGE_AFTER).await;
+        loop {
+            let addrs = self.addrs();
+            let others = addrs.iter().enumerate().filter(|(i, _)| *i != index).map(|(i, addr)| async move {
+                let asked = tokio::time::timeout(HEDGE_ASK_TIMEOUT, self.rpc.status(addr)).await;
+                asked.ok().and_then(Result::ok).filter(|s| s.serving).map(|_| i)
+            });
+            let serving = futures_first(others).await;
+            if let Some(i) = serving {
+                return i;
+            }
+            if Instant::now() + HEDGE_EVERY >= give_up {
+                return std::future::pending().await;
+            }
+            tokio::time::sleep(HEDGE_EVERY).await;
+        }
+    }
+
+    /// Sends the next calls to node `to`, unless another call moved on already.
+    fn switch(&self, from: usize, to: usize) {
+        let mut leader = lock(&self.leader);
+        if *leader == from {
+            *leader = to;
         }
     }
 
@@ -214,6 +263,29 @@ pub async fn status_of(rpc: &ManagerClient, addrs: &[String]) -> StatusReport {
     }
     reports.sort_by_key(|(i, _)| *i);
     StatusReport::new(reports.into_iter().map(|(_, r)| r).collect())
+}
+
+/// The first `Some` among `futures`, all run at once.
+async fn futures_first<F: Future<Output = Option<usize>>>(futures: impl Iterator<Item = F>) -> Option<usize> {
+    let mut pending: Vec<std::pin::Pin<Box<F>>> = futures.map(Box::pin).collect();
+    std::future::poll_fn(|cx| {
+        let mut i = 0;
+        while i < pending.len() {
+            match pending[i].as_mut().poll(cx) {
+                std::task::Poll::Ready(Some(found)) => return std::task::Poll::Ready(Some(found)),
+                std::task::Poll::Ready(None) => {
+                    pending.swap_remove(i);
+                }
+                std::task::Poll::Pending => i += 1,
+            }
+        }
+        if pending.is_empty() {
+            std::task::Poll::Ready(None)
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await
 }
 
 /// The error to report of two: a node's own answer (say, the leader's) over a

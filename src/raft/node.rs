@@ -188,6 +188,12 @@ impl RaftReplica {
         if state != ServerState::Leader {
             return Err(not_leader(&self.raft));
         }
+        // A leader no majority has acknowledged lately (cut off, or deposed
+        // without knowing it yet) sends clients on at once rather than stalling them.
+        if let Standing::LeaderWithoutQuorum { quorum_ack } = self.standing() {
+            let ago = quorum_ack.map_or("never".to_string(), |d| format!("{} ms ago", d.as_millis()));
+            return Err(Error::NoQuorum(format!("this node leads but last heard from a majority {ago}")));
+        }
         if self.ready_term.load(Ordering::Acquire) == term {
             return Ok(());
         }
@@ -210,7 +216,8 @@ impl RaftReplica {
         NodeStatus {
             id: m.id,
             role: role(m.state),
-            serving: m.state == ServerState::Leader,
+            // A leader serves only while a majority acknowledges it.
+            serving: matches!(self.standing(), Standing::Leader { .. }),
             term: m.current_term,
             last_log_index: m.last_log_index.unwrap_or(0),
             applied_index: m.last_applied.map_or(0, |l| l.index),

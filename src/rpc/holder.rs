@@ -43,7 +43,7 @@ pub trait HolderApi: Send + Sync + 'static {
 /// Serves `api` as a client's PageHolder service on `listener`.
 pub fn holder_router(api: Arc<dyn HolderApi>, listener: tokio::net::TcpListener) -> Server {
     let service = pb::page_holder_server::PageHolderServer::new(Adapter(api));
-    Server::spawn(tonic::transport::Server::builder().add_service(service), listener)
+    Server::spawn(super::net::server_builder().add_service(service), listener)
 }
 
 /// Converts requests, calls the handler, converts answers.
@@ -138,17 +138,23 @@ impl HolderClient {
         Ok(PbClient::new(self.channels.get(&to.addr)?))
     }
 
+    /// The error of a failed call; a call that timed out drops its channel.
+    fn failed(&self, to: &HolderRef, status: &Status) -> Error {
+        self.channels.note(&to.addr, status);
+        holder_error(to, status)
+    }
+
     /// Tells `to` that its copies of `page` older than `epoch` are invalid.
     pub async fn invalidate(&self, to: &HolderRef, page: &PageName, epoch: Epoch) -> Result<(), Error> {
         let req = pb::InvalidateRequest { page: page.to_string(), epoch, to: to.id };
-        self.stub(to)?.invalidate(req).await.map_err(|s| holder_error(to, &s))?;
+        self.stub(to)?.invalidate(req).await.map_err(|s| self.failed(to, &s))?;
         Ok(())
     }
 
     /// Tells `to` that copies of `page` older than `epoch`, kept bytes included, may go.
     pub async fn release(&self, to: &HolderRef, page: &PageName, epoch: Epoch) -> Result<(), Error> {
         let req = pb::InvalidateRequest { page: page.to_string(), epoch, to: to.id };
-        self.stub(to)?.release(req).await.map_err(|s| holder_error(to, &s))?;
+        self.stub(to)?.release(req).await.map_err(|s| self.failed(to, &s))?;
         Ok(())
     }
 
@@ -170,7 +176,7 @@ impl HolderClient {
             created: fwd.created,
             to: to.id,
         };
-        self.stub(to)?.forward(req).await.map_err(|s| holder_error(to, &s))?;
+        self.stub(to)?.forward(req).await.map_err(|s| self.failed(to, &s))?;
         Ok(())
     }
 
@@ -178,7 +184,7 @@ impl HolderClient {
     pub async fn confirm(&self, to: &HolderRef, page: &PageName, grant: Grant, seq: u64) -> Result<(), Error> {
         let req =
             pb::ConfirmRequest { page: page.to_string(), epoch: grant.epoch, created: grant.created, seq, to: to.id };
-        self.stub(to)?.confirm(req).await.map_err(|s| holder_error(to, &s))?;
+        self.stub(to)?.confirm(req).await.map_err(|s| self.failed(to, &s))?;
         Ok(())
     }
 
@@ -200,14 +206,14 @@ impl HolderClient {
             seq,
             to: to.id,
         };
-        self.stub(to)?.send_page(req).await.map_err(|s| holder_error(to, &s))?;
+        self.stub(to)?.send_page(req).await.map_err(|s| self.failed(to, &s))?;
         Ok(())
     }
 
     /// CHANGE_CM: tells `to` to send its faults to the CM at `cm_addr`.
     pub async fn change_cm(&self, to: &HolderRef, cm_addr: &str) -> Result<(), Error> {
         let req = pb::ChangeCmRequest { addr: cm_addr.to_string() };
-        self.stub(to)?.change_cm(req).await.map_err(|s| holder_error(to, &s))?;
+        self.stub(to)?.change_cm(req).await.map_err(|s| self.failed(to, &s))?;
         Ok(())
     }
 }

@@ -242,31 +242,37 @@ impl ManagerClient {
         Ok(PbClient::new(self.channels.get(addr)?))
     }
 
+    /// The error of a failed call; a call that timed out drops its channel.
+    fn failed(&self, status: &Status, addr: &str) -> Error {
+        self.channels.note(addr, status);
+        cm_error(status, addr)
+    }
+
     /// Registers a client serving at `client_addr` with the CM at `addr`;
     /// returns its id and its lease.
     pub async fn register(&self, addr: &str, client_addr: &str, nonce: u64) -> Result<(ClientId, Duration), Error> {
         let req = pb::RegisterRequest { addr: client_addr.to_string(), nonce };
-        let reply = self.stub(addr)?.register(req).await.map_err(|s| cm_error(&s, addr))?.into_inner();
+        let reply = self.stub(addr)?.register(req).await.map_err(|s| self.failed(&s, addr))?.into_inner();
         Ok((reply.client, Duration::from_millis(reply.lease_ms)))
     }
 
     /// Asks the CM at `addr` to remove `client`, which leaves.
     pub async fn unregister(&self, addr: &str, client: ClientId) -> Result<Removal, Error> {
         let req = pb::UnregisterRequest { client };
-        let reply = self.stub(addr)?.unregister(req).await.map_err(|s| cm_error(&s, addr))?.into_inner();
+        let reply = self.stub(addr)?.unregister(req).await.map_err(|s| self.failed(&s, addr))?.into_inner();
         Ok(Removal { promoted: reply.promoted, lost: reply.lost })
     }
 
     /// Renews `client`'s lease with the CM at `addr`; returns the lease.
     pub async fn keep_alive(&self, addr: &str, client: ClientId) -> Result<Duration, Error> {
         let reply = self.stub(addr)?.keep_alive(pb::KeepAliveRequest { client }).await;
-        Ok(Duration::from_millis(reply.map_err(|s| cm_error(&s, addr))?.into_inner().lease_ms))
+        Ok(Duration::from_millis(reply.map_err(|s| self.failed(&s, addr))?.into_inner().lease_ms))
     }
 
     /// Asks the CM at `addr` to evict `client` at once.
     pub async fn evict(&self, addr: &str, client: ClientId) -> Result<Removal, Error> {
         let reply = self.stub(addr)?.evict(pb::EvictRequest { client }).await;
-        let reply = reply.map_err(|s| cm_error(&s, addr))?.into_inner();
+        let reply = reply.map_err(|s| self.failed(&s, addr))?.into_inner();
         Ok(Removal { promoted: reply.promoted, lost: reply.lost })
     }
 
@@ -281,21 +287,21 @@ impl ManagerClient {
             FaultKind::Read => stub.read_fault(req).await,
             FaultKind::Write => stub.write_fault(req).await,
         };
-        let reply = reply.map_err(|s| cm_error(&s, addr))?.into_inner();
+        let reply = reply.map_err(|s| self.failed(&s, addr))?.into_inner();
         Ok(Grant { epoch: reply.epoch, created: reply.created })
     }
 
     /// Asks the CM at `addr` for the directory's entries of `pages` (all when empty).
     pub async fn pages(&self, addr: &str, pages: &[String]) -> Result<PagesReport, Error> {
         let reply = self.stub(addr)?.pages(pb::PagesRequest { pages: pages.to_vec() }).await;
-        let reply = reply.map_err(|s| cm_error(&s, addr))?.into_inner();
+        let reply = reply.map_err(|s| self.failed(&s, addr))?.into_inner();
         let pages = reply.pages.into_iter().map(page_view).collect::<Result<Vec<_>, _>>()?;
         Ok(PagesReport { pages, more: reply.more })
     }
 
     /// Asks the CM at `addr` for its status.
     pub async fn status(&self, addr: &str) -> Result<NodeStatus, Error> {
-        let reply = self.stub(addr)?.status(pb::StatusRequest {}).await.map_err(|s| cm_error(&s, addr))?;
+        let reply = self.stub(addr)?.status(pb::StatusRequest {}).await.map_err(|s| self.failed(&s, addr))?;
         node_status(reply.into_inner())
     }
 }

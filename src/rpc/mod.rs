@@ -22,6 +22,7 @@ mod holder;
 mod manager;
 pub mod net;
 mod raft;
+pub mod socket;
 
 /// Code generated from `proto/ivy.proto`.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
@@ -66,7 +67,7 @@ pub fn serve_cm(
     let health = tonic_health::pb::health_server::HealthServer::new(
         tonic_health::server::HealthService::from_health_reporter(health.reporter()),
     );
-    let router = tonic::transport::Server::builder()
+    let router = net::server_builder()
         .add_service(manager::server(manager))
         .add_service(health)
         .add_service(reflection_v1)
