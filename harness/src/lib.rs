@@ -7,6 +7,8 @@
 //! - [`chaos`]: real processes, injected faults, a history and its checker.
 //! - [`bench`]: Raft against the heartbeat baseline on CM processes.
 //! - [`workload`]: the workload shape the demo and the bench share.
+//! - [`netns`]: a network of Linux namespaces with silent partitions, for tests
+//!   that cut real links.
 //! - [`logging`]: `--log-format`, `--log-level` and `RUST_LOG` for every subcommand.
 //! - [`probe`]: `ivy health`, a gRPC health check with probe exit codes.
 //! - [`multihost`]: CM nodes and clients in containers on a private Docker
@@ -18,6 +20,7 @@ pub mod cluster;
 pub mod demo;
 pub mod logging;
 pub mod multihost;
+pub mod netns;
 mod op_counter;
 pub mod probe;
 pub mod workload;

@@ -107,13 +107,15 @@ impl ClientProc {
     }
 
     fn start_with_ready(cms: &str, extra: &[&str]) -> Result<(Self, Value)> {
-        let mut child = Command::new(IVY)
-            .args(["client", "--json", "--cm", cms, "--timeout-ms", "10000"])
-            .args(extra)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()?;
+        let mut cmd = Command::new(IVY);
+        cmd.args(["client", "--json", "--cm", cms, "--timeout-ms", "10000"]).args(extra);
+        Self::spawn(cmd)
+    }
+
+    /// Starts a client from a prepared `ivy client --json ...` command (one to
+    /// be run in a network namespace, say) and waits for its ready line.
+    pub fn spawn(mut cmd: Command) -> Result<(Self, Value)> {
+        let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn()?;
         let stdin = child.stdin.take().unwrap();
         let stdout = child.stdout.take().unwrap();
         let (tx, lines) = mpsc::channel();
@@ -142,6 +144,27 @@ impl ClientProc {
         loop {
             let v = self.next()?;
             if v.get("event").is_none() {
+                return Ok(v);
+            }
+            self.events.push(v);
+        }
+    }
+
+    /// Sends one line without waiting for its answer.
+    pub fn send(&mut self, line: &str) -> Result<()> {
+        writeln!(self.stdin, "{line}")?;
+        self.stdin.flush()?;
+        Ok(())
+    }
+
+    /// The answer to the command sent with `#tag`, keeping other lines aside.
+    pub fn tagged(&mut self, tag: &str) -> Result<Value> {
+        if let Some(i) = self.events.iter().position(|v| v["tag"] == tag) {
+            return Ok(self.events.remove(i));
+        }
+        loop {
+            let v = self.next()?;
+            if v["tag"] == tag {
                 return Ok(v);
             }
             self.events.push(v);

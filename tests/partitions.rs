@@ -1,0 +1,213 @@
+//! Real network partitions: every CM node and every client in its own network
+//! namespace on a bridge, links cut by moving bridge ports, so packets are
+//! dropped silently (no RST, no ICMP) as a real partition drops them.
+//!
+//! Each test skips, saying why, where namespaces cannot be created (not root, no
+//! iproute2).
+
+mod support;
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use ivy_harness::netns::{netns_available, Net};
+use serde_json::Value;
+use support::{ClientProc, Proc, IVY};
+
+/// CM nodes.
+const CMS: usize = 3;
+
+/// The gRPC port every CM node listens on inside its namespace.
+const CM_PORT: u16 = 7101;
+
+/// How long a cluster may take to elect its first leader.
+const FIRST_LEADER: Duration = Duration::from_secs(20);
+
+/// A cluster in namespaces: hosts 0..3 are CM nodes, then the clients, then an
+/// observer host that is never cut (it runs `ivy status`).
+struct Rig {
+    net: Net,
+    cms: Vec<Option<Proc>>,
+    cm_addrs: Vec<String>,
+    peers: String,
+    dir: tempfile::TempDir,
+    clients: usize,
+}
+
+impl Rig {
+    /// A rig with `clients` client hosts, or `None` (and a printed reason) where
+    /// namespaces are not available.
+    fn start(test: &str, clients: usize) -> Result<Option<Rig>> {
+        if let Err(why) = netns_available() {
+            eprintln!("SKIPPED {test}: network namespaces are not available here: {why}");
+            return Ok(None);
+        }
+        let net = Net::create("ivyp", CMS + clients + 1).context("creating the namespaces")?;
+        let cm_addrs: Vec<String> = (0..CMS).map(|i| format!("{}:{CM_PORT}", net.host(i).addr())).collect();
+        let peers = cm_addrs.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect::<Vec<_>>().join(",");
+        let mut rig =
+            Rig { net, cms: (0..CMS).map(|_| None).collect(), cm_addrs, peers, dir: tempfile::tempdir()?, clients };
+        for id in 1..=CMS {
+            rig.start_cm(id)?;
+        }
+        rig.wait_leader(FIRST_LEADER)?;
+        Ok(Some(rig))
+    }
+
+    fn host_of_client(&self, j: usize) -> usize {
+        CMS + j
+    }
+
+    fn observer(&self) -> usize {
+        CMS + self.clients
+    }
+
+    fn start_cm(&mut self, id: usize) -> Result<()> {
+        let log = std::fs::File::create(self.dir.path().join(format!("cm-{id}.log")))?;
+        let mut cmd = self.net.command(id - 1, IVY);
+        cmd.args(["cm", "--id", &id.to_string(), "--peers", &self.peers, "--listen", &self.cm_addrs[id - 1]])
+            .arg("--data-dir")
+            .arg(self.dir.path().join(format!("cm-{id}")))
+            .env("RUST_LOG", "info,openraft=warn")
+            .stdout(Stdio::null())
+            .stderr(log);
+        self.cms[id - 1] = Some(Proc(cmd.spawn().context("spawn ivy cm")?));
+        Ok(())
+    }
+
+    /// Starts client `j` in its own host.
+    fn client(&self, j: usize) -> Result<(ClientProc, Value)> {
+        let host = self.host_of_client(j);
+        let mut cmd = self.net.command(host, IVY);
+        let listen = format!("{}:0", self.net.host(host).addr());
+        cmd.args(["client", "--json", "--cm", &self.cm_addrs.join(","), "--listen", &listen, "--timeout-ms", "5000"]);
+        ClientProc::spawn(cmd)
+    }
+
+    /// `ivy status --json` asked from the observer host.
+    fn status(&self) -> Result<Value> {
+        let mut cmd = self.net.command(self.observer(), IVY);
+        let out = cmd.args(["status", "--json", "--cm", &self.cm_addrs.join(",")]).output()?;
+        Ok(serde_json::from_slice(&out.stdout).unwrap_or(Value::Null))
+    }
+
+    /// The serving node's (id, term), if one serves.
+    fn leader(&self) -> Result<Option<(u64, u64)>> {
+        let status = self.status()?;
+        let nodes = status["cm"].as_array().cloned().unwrap_or_default();
+        Ok(nodes
+            .iter()
+            .find(|n| n["serving"] == true)
+            .map(|n| (n["id"].as_u64().unwrap_or(0), n["term"].as_u64().unwrap_or(0))))
+    }
+
+    fn wait_leader(&self, timeout: Duration) -> Result<(u64, u64)> {
+        let give_up = Instant::now() + timeout;
+        loop {
+            if let Some(leader) = self.leader()? {
+                return Ok(leader);
+            }
+            if Instant::now() > give_up {
+                bail!("no leader within {timeout:?}: {}", self.status()?);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits for a serving node other than `old`.
+    fn wait_new_leader(&self, old: u64, timeout: Duration) -> Result<(u64, u64)> {
+        let give_up = Instant::now() + timeout;
+        loop {
+            match self.leader()? {
+                Some((id, term)) if id != old => return Ok((id, term)),
+                _ if Instant::now() > give_up => bail!("no new leader within {timeout:?}: {}", self.status()?),
+                _ => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    }
+}
+
+/// Writes `page` until a write succeeds; returns when it did.
+fn write_until_ok(c: &mut ClientProc, page: &str, value: &str, timeout: Duration) -> Result<Instant> {
+    let give_up = Instant::now() + timeout;
+    loop {
+        let answer = c.cmd(&format!("write {page} {value}"))?;
+        if answer["ok"] == true {
+            assert_eq!(answer["local"], false, "a write that needed the CM: {answer}");
+            return Ok(Instant::now());
+        }
+        if Instant::now() > give_up {
+            bail!("no write of {page} succeeded within {timeout:?}; last: {answer}");
+        }
+    }
+}
+
+/// A leader cut off silently: clients move to the new leader within a second.
+#[test]
+fn a_silent_leader_costs_clients_under_a_second() -> Result<()> {
+    let Some(rig) = Rig::start("a_silent_leader_costs_clients_under_a_second", 1)? else { return Ok(()) };
+    let (mut c, _) = rig.client(0)?;
+    c.write("P1", "before")?;
+    let (leader, _) = rig.wait_leader(FIRST_LEADER)?;
+    let cut = Instant::now();
+    rig.net.cut(&[leader as usize - 1])?;
+    // A page the client does not own yet: the write needs a fault.
+    let done = write_until_ok(&mut c, "P2", "after", Duration::from_secs(10))?;
+    let took = done - cut;
+    println!("leader {leader} cut off silently: first successful write {} ms later", took.as_millis());
+    let (new, _) = rig.wait_new_leader(leader, Duration::from_secs(5))?;
+    assert_ne!(new, leader);
+    assert!(took < Duration::from_secs(1), "the first write after a silent leader cut took {took:?}");
+    Ok(())
+}
+
+/// A client cut off for 30 s is evicted meanwhile; after the heal it registers
+/// again and writes within a second.
+#[test]
+fn a_client_cut_off_for_30_s_writes_again_within_a_second_of_the_heal() -> Result<()> {
+    let test = "a_client_cut_off_for_30_s_writes_again_within_a_second_of_the_heal";
+    let Some(rig) = Rig::start(test, 2)? else { return Ok(()) };
+    let (mut a, _) = rig.client(0)?;
+    let (mut b, _) = rig.client(1)?;
+    a.write("A1", "a's page")?;
+    assert_eq!(b.read("A1")?, "a's page");
+    rig.net.cut(&[rig.host_of_client(0)])?;
+    // The others go on: the write waits for a's eviction, then succeeds.
+    write_until_ok(&mut b, "A1", "b's", Duration::from_secs(10))?;
+    std::thread::sleep(Duration::from_secs(28));
+    rig.net.heal()?;
+    let healed = Instant::now();
+    let done = write_until_ok(&mut a, "A1", "a's after the heal", Duration::from_secs(10))?;
+    let took = done - healed;
+    println!("client cut off 30 s: its first write {} ms after the heal", took.as_millis());
+    assert_eq!(b.read("A1")?, "a's after the heal");
+    assert!(took < Duration::from_secs(1), "the healed client's first write took {took:?}");
+    Ok(())
+}
+
+/// A fault on a page the unreachable client never held completes at once,
+/// while the one on its page waits for its eviction.
+#[test]
+fn an_unreachable_client_stalls_only_its_own_pages() -> Result<()> {
+    let Some(rig) = Rig::start("an_unreachable_client_stalls_only_its_own_pages", 2)? else { return Ok(()) };
+    let (mut a, _) = rig.client(0)?;
+    let (mut b, _) = rig.client(1)?;
+    a.write("HELD", "by a")?;
+    b.write("OTHER", "by b")?;
+    rig.net.cut(&[rig.host_of_client(0)])?;
+    // b keeps two faults in flight: one stuck on a's page, one on a page a never held.
+    b.send("#held write HELD b-wants-it")?;
+    std::thread::sleep(Duration::from_millis(100));
+    let start = Instant::now();
+    b.send("#other read OTHER")?;
+    let other = b.tagged("other")?;
+    let quick = start.elapsed();
+    assert_eq!(other["ok"], true, "{other}");
+    let held = b.tagged("held")?;
+    let slow = start.elapsed();
+    println!("while a is cut off: a page it never held {} ms, its own page {} ms", quick.as_millis(), slow.as_millis());
+    assert!(quick < slow, "the fault on a page a never held waited for the one on a's page");
+    assert!(held["ok"] == true || held["error"].as_str().is_some_and(|e| e.contains("client")), "{held}");
+    Ok(())
+}
