@@ -114,6 +114,10 @@ pub struct NodeStatus {
     pub clients: u64,
     /// The registered clients, with their lease as the leader sees it.
     pub client_list: Vec<ClientLease>,
+    /// Syncs (`fdatasync`/`fsync`) its store made since the node started (0 in
+    /// heartbeat mode, which stores nothing).
+    #[serde(default)]
+    pub syncs: u64,
 }
 
 impl NodeStatus {

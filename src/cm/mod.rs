@@ -34,6 +34,7 @@ use crate::heartbeat::service::{poll_primary, reclaim, Links, PulseHandler};
 use crate::heartbeat::HeartbeatReplica;
 use crate::raft::network::TransportHandler;
 use crate::raft::node::RaftStart;
+use crate::raft::store::SyncPolicy;
 use crate::raft::RaftTimers;
 use crate::rpc::{Channels, Health, HeartbeatClient, HolderClient, PeerService, RaftClient, Server, MANAGER_SERVICE};
 use crate::status::{NodeStatus, Role};
@@ -72,6 +73,9 @@ pub struct CmConfig {
     /// Testing only: skip invalidations, breaking coherence on purpose so the
     /// chaos harness can show it catches a broken build.
     pub unsafe_skip_invalidation: bool,
+    /// Testing only: the store never syncs, so a power cut can lose what was
+    /// acknowledged (the broken build the power-loss test must catch).
+    pub unsafe_skip_sync: bool,
 }
 
 impl CmConfig {
@@ -86,6 +90,7 @@ impl CmConfig {
             pulse: DEFAULT_PULSE,
             client_lease: DEFAULT_CLIENT_LEASE,
             unsafe_skip_invalidation: false,
+            unsafe_skip_sync: false,
         }
     }
 
@@ -146,6 +151,7 @@ impl CmNode {
                     id: config.id,
                     peers: &config.peers,
                     data_dir: &config.data_dir,
+                    sync: if config.unsafe_skip_sync { SyncPolicy::UnsafeSkip } else { SyncPolicy::Sync },
                     timers: config.timers,
                     transport: RaftClient::new(channels.clone()),
                 };

@@ -13,6 +13,7 @@ use openraft::{BasicNode, ServerState};
 
 use super::freshness::{Contact, Standing};
 use super::network::NetworkFactory;
+use super::store::{SyncCounter, SyncPolicy};
 use super::{leader_of, not_leader, raft_error, role, store, Proposer, Raft, RaftTimers};
 use crate::config::ReplicationMode;
 use crate::error::Error;
@@ -26,8 +27,10 @@ pub struct RaftStart<'a> {
     pub id: u64,
     /// Every CM node's id and the address this node reaches it at.
     pub peers: &'a BTreeMap<u64, String>,
-    /// Where the sled store lives.
+    /// Where the store (`raft.wal` and sled) lives.
     pub data_dir: &'a Path,
+    /// Whether the store syncs (always, outside tests of the power-loss checker).
+    pub sync: SyncPolicy,
     /// The timers.
     pub timers: RaftTimers,
     /// The transport to peers.
@@ -37,10 +40,10 @@ pub struct RaftStart<'a> {
 /// Opens the store, starts openraft and proposes the initial membership on
 /// first start; returns the replica and the directory it applies to.
 pub async fn start(s: RaftStart<'_>) -> Result<(RaftReplica, SharedDirectory), Error> {
-    let (log_store, state_machine) = store::open(s.data_dir)?;
-    let dir = state_machine.directory();
+    let store = store::open(s.data_dir, s.sync)?;
+    let dir = store.state_machine.directory();
     let network = NetworkFactory::new(s.transport, s.peers.clone());
-    let raft = Raft::new(s.id, s.timers.config()?, network, log_store, state_machine)
+    let raft = Raft::new(s.id, s.timers.config()?, network, store.log, store.state_machine)
         .await
         .map_err(|e| Error::Internal(format!("raft start: {e}")))?;
     initialize(&raft, s.peers).await?;
@@ -56,6 +59,7 @@ pub async fn start(s: RaftStart<'_>) -> Result<(RaftReplica, SharedDirectory), E
         confirmed: Default::default(),
         fresh: s.timers.freshness_window(),
         period: Default::default(),
+        syncs: store.syncs,
     };
     Ok((replica, dir))
 }
@@ -91,6 +95,7 @@ pub struct RaftReplica {
     /// A leader that has not heard from a majority for this long is not leading.
     fresh: Duration,
     period: std::sync::Mutex<Period>,
+    syncs: SyncCounter,
 }
 
 /// A stretch of leadership with a majority behind it: a term, split wherever the
@@ -223,6 +228,7 @@ impl RaftReplica {
             applied_index: m.last_applied.map_or(0, |l| l.index),
             leader: leader_of(&m),
             mode: ReplicationMode::Raft,
+            syncs: self.syncs.get(),
             ..Default::default()
         }
     }

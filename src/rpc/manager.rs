@@ -196,6 +196,7 @@ fn status_reply(st: NodeStatus) -> pb::StatusReply {
                 keepalive_age_ms: c.keepalive_age_ms.map_or(-1, |ms| ms as i64),
             })
             .collect(),
+        syncs: st.syncs,
     }
 }
 
@@ -223,6 +224,7 @@ fn node_status(r: pb::StatusReply) -> Result<NodeStatus, Error> {
             .into_iter()
             .map(|c| ClientLease { id: c.id, addr: c.addr, keepalive_age_ms: u64::try_from(c.keepalive_age_ms).ok() })
             .collect(),
+        syncs: r.syncs,
     })
 }
 

@@ -8,7 +8,8 @@
 //! What is persisted is the snapshot: `build_snapshot` and `install_snapshot` store
 //! its meta and its data (postcard of the directory, the last applied log id and the
 //! last membership) as one record in the `snapshot` sled tree, replacing the
-//! previous one, and flush. One record means a reader never pairs one snapshot's
+//! previous one, flush sled and then sync its files ([`SledFiles`]): sled's own
+//! flush is no durability point. One record means a reader never pairs one snapshot's
 //! meta with another's data. openraft builds snapshots in a separate task, so a
 //! build that finishes after a newer snapshot was installed is not stored. Opening
 //! restores the state from the stored snapshot, so a restart costs one decode plus
@@ -34,6 +35,7 @@ use openraft::{
 };
 use serde::{Deserialize, Serialize};
 
+use super::sync::{blocking, SledFiles};
 use super::{codec, Batch, BatchOutcome};
 use crate::protocol::{Directory, SharedDirectory};
 use crate::raft::TypeConfig;
@@ -82,11 +84,13 @@ pub struct StateMachine {
     /// The meta of the stored snapshot, if one is stored.
     stored: Arc<Mutex<Option<Meta>>>,
     built: Arc<AtomicU64>,
+    sled_files: SledFiles,
 }
 
 impl StateMachine {
-    /// Opens the snapshot tree of `db` and restores the state from its snapshot.
-    pub(super) fn new(db: &sled::Db) -> StorageResult<Self> {
+    /// Opens the snapshot tree of `db` (whose files are `sled_files`) and restores
+    /// the state from its snapshot.
+    pub(super) fn new(db: &sled::Db, sled_files: SledFiles) -> StorageResult<Self> {
         let snapshots = db.open_tree(SNAPSHOT_TREE).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
         let sm = StateMachine {
             directory: SharedDirectory::default(),
@@ -94,6 +98,7 @@ impl StateMachine {
             snapshots,
             stored: Arc::default(),
             built: Arc::default(),
+            sled_files,
         };
         if let Some((meta, data)) = sm.load_snapshot()? {
             sm.restore(decode_state(&meta, &data)?);
@@ -151,7 +156,7 @@ impl StateMachine {
         Ok(Some(stored))
     }
 
-    /// Stores `meta` and `data` as the one current snapshot and flushes them.
+    /// Stores `meta` and `data` as the one current snapshot and makes it durable.
     ///
     /// A built snapshot older than the stored one is not stored: a build runs in
     /// its own task and may finish after a newer snapshot was installed.
@@ -169,6 +174,8 @@ impl StateMachine {
             *stored = Some(meta.clone());
         }
         self.snapshots.flush_async().await.map_err(|e| write_err(&e))?;
+        let files = self.sled_files.clone();
+        blocking(move || files.sync()).await.map_err(|e| write_err(&e))?;
         Ok(())
     }
 

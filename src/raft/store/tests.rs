@@ -1,4 +1,5 @@
-//! Storage tests: openraft's conformance suite on sled, and restarts from disk.
+//! Storage tests: openraft's conformance suite, restarts from disk, the log
+//! file's recovery rules, compaction, the move out of sled, and the sync count.
 
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
 use openraft::testing::{StoreBuilder, Suite};
@@ -18,8 +19,8 @@ struct TempDirBuilder;
 impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for TempDirBuilder {
     async fn build(&self) -> Result<(TempDir, LogStore, StateMachine), StorageError<u64>> {
         let dir = TempDir::new().map_err(|e| StorageIOError::write(&e))?;
-        let (log, sm) = open(dir.path()).map_err(|e| StorageIOError::write(&e))?;
-        Ok((dir, log, sm))
+        let store = open(dir.path(), SyncPolicy::Sync).map_err(|e| StorageIOError::write(&e))?;
+        Ok((dir, store.log, store.state_machine))
     }
 }
 
@@ -40,7 +41,7 @@ fn register(index: u64) -> Entry<TypeConfig> {
 #[tokio::test]
 async fn apply_returns_one_outcome_per_command() {
     let dir = TempDir::new().unwrap();
-    let (_log, mut sm) = open(dir.path()).unwrap();
+    let mut sm = open(dir.path(), SyncPolicy::Sync).unwrap().state_machine;
     let blank = Entry { log_id: log_id(1, 1), payload: EntryPayload::Blank };
     let outcomes = sm.apply([blank, register(2), register(3)]).await.unwrap();
     assert_eq!(outcomes[0], BatchOutcome(vec![]));
@@ -54,7 +55,7 @@ async fn state_survives_reopen() {
     let dir = TempDir::new().unwrap();
     let vote = Vote::new_committed(1, 1);
     {
-        let (mut log, mut sm) = open(dir.path()).unwrap();
+        let Store { mut log, state_machine: mut sm, .. } = open(dir.path(), SyncPolicy::Sync).unwrap();
         log.save_vote(&vote).await.unwrap();
         let entries: Vec<_> = (1..=4).map(register).collect();
         log.blocking_append(entries.clone()).await.unwrap();
@@ -62,7 +63,7 @@ async fn state_survives_reopen() {
         sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
         sm.apply([register(4)]).await.unwrap();
     }
-    let (mut log, mut sm) = open(dir.path()).unwrap();
+    let Store { mut log, state_machine: mut sm, .. } = open(dir.path(), SyncPolicy::Sync).unwrap();
     assert_eq!(log.read_vote().await.unwrap(), Some(vote));
     let entries = log.try_get_log_entries(1..=4).await.unwrap();
     assert_eq!(entries.len(), 4);
@@ -83,12 +84,12 @@ async fn state_survives_reopen() {
 async fn purge_and_truncate_survive_reopen() {
     let dir = TempDir::new().unwrap();
     {
-        let (mut log, _sm) = open(dir.path()).unwrap();
+        let mut log = open(dir.path(), SyncPolicy::Sync).unwrap().log;
         log.blocking_append((1..=6).map(register)).await.unwrap();
         log.purge(log_id(1, 2)).await.unwrap();
         log.truncate(log_id(1, 5)).await.unwrap();
     }
-    let (mut log, _sm) = open(dir.path()).unwrap();
+    let mut log = open(dir.path(), SyncPolicy::Sync).unwrap().log;
     let state = log.get_log_state().await.unwrap();
     assert_eq!(state.last_purged_log_id, Some(log_id(1, 2)));
     assert_eq!(state.last_log_id, Some(log_id(1, 4)));
@@ -99,9 +100,188 @@ async fn purge_and_truncate_survive_reopen() {
 #[test]
 fn second_open_says_the_data_dir_is_in_use() {
     let dir = TempDir::new().unwrap();
-    let _first = open(dir.path()).unwrap();
-    let err = open(dir.path()).expect_err("second open must fail");
+    let _first = open(dir.path(), SyncPolicy::Sync).unwrap();
+    let err = open(dir.path(), SyncPolicy::Sync).expect_err("second open must fail");
     let msg = err.to_string();
     assert!(msg.contains("in use"), "{msg}");
     assert!(msg.contains(&dir.path().display().to_string()), "{msg}");
+}
+
+fn wal_path(dir: &TempDir) -> std::path::PathBuf {
+    dir.path().join(wal::WAL_FILE)
+}
+
+async fn indexes(log: &mut LogStore) -> Vec<u64> {
+    log.try_get_log_entries(..).await.unwrap().iter().map(|e| e.log_id.index).collect()
+}
+
+#[tokio::test]
+async fn one_sync_per_append_and_per_vote_none_for_committed_or_purge() {
+    let dir = TempDir::new().unwrap();
+    let Store { mut log, syncs, .. } = open(dir.path(), SyncPolicy::Sync).unwrap();
+    let at_open = syncs.get();
+    assert!(at_open > 0, "opening syncs the new files and their directory");
+    log.blocking_append((1..=5).map(register)).await.unwrap();
+    assert_eq!(syncs.get(), at_open + 1, "five entries in one append: one sync");
+    log.save_vote(&Vote::new(2, 1)).await.unwrap();
+    assert_eq!(syncs.get(), at_open + 2);
+    log.save_committed(Some(log_id(1, 3))).await.unwrap();
+    log.purge(log_id(1, 2)).await.unwrap();
+    assert_eq!(syncs.get(), at_open + 2, "committed and purge are not synced");
+    log.truncate(log_id(1, 5)).await.unwrap();
+    assert_eq!(syncs.get(), at_open + 3);
+}
+
+#[tokio::test]
+async fn skipping_syncs_syncs_nothing_but_still_writes() {
+    let dir = TempDir::new().unwrap();
+    {
+        let Store { mut log, syncs, .. } = open(dir.path(), SyncPolicy::UnsafeSkip).unwrap();
+        log.blocking_append((1..=3).map(register)).await.unwrap();
+        log.save_vote(&Vote::new(1, 1)).await.unwrap();
+        assert_eq!(syncs.get(), 0);
+    }
+    let mut log = open(dir.path(), SyncPolicy::Sync).unwrap().log;
+    assert_eq!(indexes(&mut log).await, vec![1, 2, 3], "the process kept its writes; only a power cut loses them");
+}
+
+#[tokio::test]
+async fn a_snapshot_is_synced_before_it_is_reported_stored() {
+    let dir = TempDir::new().unwrap();
+    let Store { mut state_machine, syncs, .. } = open(dir.path(), SyncPolicy::Sync).unwrap();
+    state_machine.apply([register(1)]).await.unwrap();
+    let before = syncs.get();
+    state_machine.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    assert!(syncs.get() > before, "building a snapshot syncs sled's files");
+}
+
+#[tokio::test]
+async fn an_unsynced_tail_is_cut_and_what_precedes_it_kept() {
+    let dir = TempDir::new().unwrap();
+    {
+        let mut log = open(dir.path(), SyncPolicy::Sync).unwrap().log;
+        log.blocking_append((1..=3).map(register)).await.unwrap();
+        log.blocking_append([register(4)]).await.unwrap();
+    }
+    // A torn last frame: its first bytes reached the disk, the rest did not.
+    let full = std::fs::read(wal_path(&dir)).unwrap();
+    let frame4 = wal::frame(&wal::Record::Entries(vec![register(4)])).unwrap();
+    std::fs::write(wal_path(&dir), &full[..full.len() - frame4.len() / 2]).unwrap();
+    let mut log = open(dir.path(), SyncPolicy::Sync).unwrap().log;
+    assert_eq!(indexes(&mut log).await, vec![1, 2, 3]);
+    assert_eq!(std::fs::metadata(wal_path(&dir)).unwrap().len(), (full.len() - frame4.len()) as u64);
+    // The log goes on from the cut.
+    log.blocking_append([register(4)]).await.unwrap();
+    drop(log);
+    let mut log = open(dir.path(), SyncPolicy::Sync).unwrap().log;
+    assert_eq!(indexes(&mut log).await, vec![1, 2, 3, 4]);
+}
+
+#[tokio::test]
+async fn a_checksum_failure_ends_the_log() {
+    let dir = TempDir::new().unwrap();
+    {
+        let mut log = open(dir.path(), SyncPolicy::Sync).unwrap().log;
+        log.blocking_append([register(1)]).await.unwrap();
+        log.blocking_append([register(2)]).await.unwrap();
+    }
+    let mut bytes = std::fs::read(wal_path(&dir)).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(wal_path(&dir), &bytes).unwrap();
+    let mut log = open(dir.path(), SyncPolicy::Sync).unwrap().log;
+    assert_eq!(indexes(&mut log).await, vec![1]);
+}
+
+#[test]
+fn a_record_that_checks_but_does_not_decode_is_an_error_not_a_cut() {
+    let dir = TempDir::new().unwrap();
+    drop(open(dir.path(), SyncPolicy::Sync).unwrap());
+    let payload = [0xffu8; 5];
+    let mut frame = (payload.len() as u32).to_le_bytes().to_vec();
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&frame);
+    crc.update(&payload);
+    frame.extend(crc.finalize().to_le_bytes());
+    frame.extend(payload);
+    let mut bytes = std::fs::read(wal_path(&dir)).unwrap();
+    bytes.extend(frame);
+    std::fs::write(wal_path(&dir), &bytes).unwrap();
+    let err = open(dir.path(), SyncPolicy::Sync).expect_err("an undecodable record must not be dropped");
+    assert!(err.to_string().contains("does not decode"), "{err}");
+    assert_eq!(std::fs::read(wal_path(&dir)).unwrap(), bytes, "nothing cut");
+}
+
+#[tokio::test]
+async fn a_log_that_never_reached_the_disk_opens_empty_and_a_foreign_file_does_not_open() {
+    let dir = TempDir::new().unwrap();
+    drop(open(dir.path(), SyncPolicy::Sync).unwrap());
+    for never_synced in [&b""[..], b"ivyw", &[0u8; 8]] {
+        std::fs::write(wal_path(&dir), never_synced).unwrap();
+        let mut log = open(dir.path(), SyncPolicy::Sync).unwrap().log;
+        assert_eq!(log.get_log_state().await.unwrap().last_log_id, None);
+        assert_eq!(log.read_vote().await.unwrap(), None);
+    }
+    std::fs::write(wal_path(&dir), b"not a raft log at all").unwrap();
+    let err = open(dir.path(), SyncPolicy::Sync).expect_err("a foreign file");
+    assert!(err.to_string().contains("not an ivy Raft log"), "{err}");
+}
+
+#[tokio::test]
+async fn a_purge_that_leaves_the_file_mostly_dead_rewrites_it() {
+    let dir = TempDir::new().unwrap();
+    let vote = Vote::new_committed(3, 2);
+    {
+        let mut log = open(dir.path(), SyncPolicy::Sync).unwrap().log;
+        log.wal().set_compact_after(0);
+        log.save_vote(&vote).await.unwrap();
+        for i in 1..=40 {
+            log.blocking_append([register(i)]).await.unwrap();
+        }
+        log.save_committed(Some(log_id(1, 39))).await.unwrap();
+        let before = log.wal().len();
+        log.purge(log_id(1, 30)).await.unwrap();
+        assert!(log.wal().len() < before / 2, "{} of {before} bytes left", log.wal().len());
+        assert_eq!(std::fs::metadata(wal_path(&dir)).unwrap().len(), log.wal().len());
+        log.blocking_append([register(41)]).await.unwrap();
+    }
+    assert!(!dir.path().join("raft.wal.tmp").exists());
+    let mut log = open(dir.path(), SyncPolicy::Sync).unwrap().log;
+    assert_eq!(indexes(&mut log).await, (31..=41).collect::<Vec<_>>());
+    assert_eq!(log.read_vote().await.unwrap(), Some(vote));
+    assert_eq!(log.read_committed().await.unwrap(), Some(log_id(1, 39)));
+    assert_eq!(log.get_log_state().await.unwrap().last_purged_log_id, Some(log_id(1, 30)));
+}
+
+#[tokio::test]
+async fn a_left_over_temp_file_is_removed_and_the_log_kept() {
+    let dir = TempDir::new().unwrap();
+    {
+        let mut log = open(dir.path(), SyncPolicy::Sync).unwrap().log;
+        log.blocking_append([register(1)]).await.unwrap();
+    }
+    std::fs::write(dir.path().join("raft.wal.tmp"), b"half a rewrite").unwrap();
+    let mut log = open(dir.path(), SyncPolicy::Sync).unwrap().log;
+    assert_eq!(indexes(&mut log).await, vec![1]);
+    assert!(!dir.path().join("raft.wal.tmp").exists());
+}
+
+#[tokio::test]
+async fn a_log_kept_in_sled_by_an_earlier_version_moves_into_the_file() {
+    let dir = TempDir::new().unwrap();
+    let vote = Vote::new_committed(2, 3);
+    {
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let mut old = wal::LogState { vote: Some(vote), committed: Some(log_id(1, 2)), ..Default::default() };
+        old.entries.extend((1..=3).map(|i| (i, register(i))));
+        legacy::write_old(&db, &old);
+    }
+    let mut log = open(dir.path(), SyncPolicy::Sync).unwrap().log;
+    assert_eq!(indexes(&mut log).await, vec![1, 2, 3]);
+    assert_eq!(log.read_vote().await.unwrap(), Some(vote));
+    assert_eq!(log.read_committed().await.unwrap(), Some(log_id(1, 2)));
+    drop(log);
+    let db = sled::Config::new().path(dir.path()).open().unwrap();
+    let names: Vec<String> = db.tree_names().iter().map(|n| String::from_utf8_lossy(n).into_owned()).collect();
+    assert!(!names.iter().any(|n| n.starts_with("raft_")), "old trees dropped: {names:?}");
 }

@@ -1,0 +1,336 @@
+//! The Raft log, the vote and the log pointers in one append-only file, `raft.wal`.
+//!
+//! The file is an 8-byte magic followed by frames `len: u32 LE | crc: u32 LE |
+//! payload`, where the payload is a postcard [`Record`] and the CRC-32 covers the
+//! length bytes and the payload. Replaying the records in order rebuilds the
+//! [`LogState`] kept in memory.
+//!
+//! A write appends frames at the end of the file with `pwrite`; a write that must
+//! be durable then calls `fdatasync` on the file, once for all its frames. So a
+//! sync covers every byte written before it, and after a crash the file holds a
+//! prefix of what was written, possibly followed by a torn or unwritten tail.
+//! Replay stops at the first frame that is incomplete or fails its checksum and
+//! cuts the file there (that tail was never synced, so never acknowledged). A
+//! frame with a valid checksum that does not decode is an error, never cut: it
+//! was written by another version. A file shorter than the magic was never synced
+//! and counts as empty.
+//!
+//! When a purge leaves most of the file dead (records of purged or replaced
+//! entries, old votes), the file is rewritten with only the live state: the image
+//! goes to `raft.wal.tmp`, which is synced, renamed over `raft.wal`, and then the
+//! directory is synced, so a crash leaves either the old file or the new one
+//! (a left-over temp file is removed on open).
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use openraft::{Entry, LogId, Vote};
+use serde::{Deserialize, Serialize};
+
+use super::codec;
+use super::sync::{blocking, Syncer};
+use crate::error::Error;
+use crate::raft::TypeConfig;
+
+/// The log's file name in the data dir.
+pub(super) const WAL_FILE: &str = "raft.wal";
+/// The file a rewrite is prepared in.
+const TMP_FILE: &str = "raft.wal.tmp";
+/// The first bytes of the file: format name and version.
+const MAGIC: &[u8; 8] = b"ivywal01";
+/// Bytes of a frame before its payload: length and checksum.
+const FRAME_HEADER: usize = 8;
+/// The largest payload replay accepts; a longer length is a torn frame.
+const MAX_RECORD_BYTES: u32 = 256 << 20;
+/// Entries per record in a rewritten file, so no record grows without bound.
+const ENTRIES_PER_RECORD: usize = 256;
+/// Dead bytes the file may hold before a purge rewrites it (at least as many as
+/// live bytes are always allowed).
+pub(super) const COMPACT_AFTER_DEAD_BYTES: u64 = 4 << 20;
+
+type NodeId = u64;
+
+/// One change to the log state; `Es` is the entries' container (owned when read,
+/// borrowed when written: both encode the same way).
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) enum Record<Es> {
+    /// Entries appended, replacing any at the same indexes.
+    Entries(Es),
+    /// The vote saved.
+    Vote(Vote<NodeId>),
+    /// The committed log id saved.
+    Committed(Option<LogId<NodeId>>),
+    /// Every entry from this index on removed.
+    Truncate(u64),
+    /// Every entry up to this log id removed.
+    Purge(LogId<NodeId>),
+}
+
+impl<Es> Record<Es> {
+    /// The same record with its entries mapped by `f`.
+    pub(super) fn with_entries<T>(self, f: impl FnOnce(Es) -> T) -> Record<T> {
+        match self {
+            Record::Entries(entries) => Record::Entries(f(entries)),
+            Record::Vote(vote) => Record::Vote(vote),
+            Record::Committed(committed) => Record::Committed(committed),
+            Record::Truncate(since) => Record::Truncate(since),
+            Record::Purge(upto) => Record::Purge(upto),
+        }
+    }
+}
+
+/// A record as read back from the file.
+type Owned = Record<Vec<Entry<TypeConfig>>>;
+
+/// What the log holds: entries by index, the vote and the log pointers.
+#[derive(Debug, Default)]
+pub(super) struct LogState {
+    /// Entries present, by index.
+    pub(super) entries: BTreeMap<u64, Entry<TypeConfig>>,
+    /// The last saved vote.
+    pub(super) vote: Option<Vote<NodeId>>,
+    /// The last saved committed log id.
+    pub(super) committed: Option<LogId<NodeId>>,
+    /// The last purged log id.
+    pub(super) last_purged: Option<LogId<NodeId>>,
+}
+
+impl LogState {
+    /// Applies one record.
+    pub(super) fn apply(&mut self, record: Owned) {
+        match record {
+            Record::Entries(entries) => self.entries.extend(entries.into_iter().map(|e| (e.log_id.index, e))),
+            Record::Vote(vote) => self.vote = Some(vote),
+            Record::Committed(committed) => self.committed = committed,
+            Record::Truncate(since) => drop(self.entries.split_off(&since)),
+            Record::Purge(upto) => {
+                self.entries = self.entries.split_off(&upto.index.saturating_add(1));
+                self.last_purged = self.last_purged.max(Some(upto));
+            }
+        }
+    }
+
+    /// The frames that replay to this state, without the magic.
+    pub(super) fn image(&self) -> io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        if let Some(vote) = self.vote {
+            out.extend(frame(&Record::<()>::Vote(vote))?);
+        }
+        out.extend(frame(&Record::<()>::Committed(self.committed))?);
+        if let Some(purged) = self.last_purged {
+            out.extend(frame(&Record::<()>::Purge(purged))?);
+        }
+        let entries: Vec<&Entry<TypeConfig>> = self.entries.values().collect();
+        for chunk in entries.chunks(ENTRIES_PER_RECORD) {
+            out.extend(frame(&Record::Entries(chunk))?);
+        }
+        Ok(out)
+    }
+}
+
+/// Encodes `record` as one frame.
+pub(super) fn frame<Es: Serialize>(record: &Record<Es>) -> io::Result<Vec<u8>> {
+    let payload = codec::encode(record).map_err(io::Error::other)?;
+    let len = u32::try_from(payload.len())
+        .ok()
+        .filter(|len| *len <= MAX_RECORD_BYTES)
+        .ok_or_else(|| io::Error::other(format!("a log record of {} bytes is too large", payload.len())))?;
+    let mut out = Vec::with_capacity(FRAME_HEADER + payload.len());
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&checksum(len, &payload).to_le_bytes());
+    out.extend_from_slice(&payload);
+    Ok(out)
+}
+
+fn checksum(len: u32, payload: &[u8]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&len.to_le_bytes());
+    hasher.update(payload);
+    hasher.finalize()
+}
+
+/// The payload of the frame at `at` and the offset after it; `None` at the end
+/// of the file or at an incomplete or damaged frame.
+fn frame_at(buf: &[u8], at: usize) -> Option<(&[u8], usize)> {
+    let header = buf.get(at..at.checked_add(FRAME_HEADER)?)?;
+    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+    let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+    if len == 0 || len > MAX_RECORD_BYTES {
+        return None;
+    }
+    let start = at + FRAME_HEADER;
+    let payload = buf.get(start..start + len as usize)?;
+    (checksum(len, payload) == crc).then_some((payload, start + len as usize))
+}
+
+/// Replays the frames after the magic; returns the state and the valid length.
+fn replay(buf: &[u8], path: &Path) -> Result<(LogState, usize), Error> {
+    let mut state = LogState::default();
+    let mut at = MAGIC.len();
+    while let Some((payload, next)) = frame_at(buf, at) {
+        let record: Owned = codec::decode(payload).map_err(|e| {
+            Error::Storage(format!(
+                "{}: the record at byte {at} has a valid checksum but does not decode ({e}); \
+                 was it written by another version of ivy?",
+                path.display()
+            ))
+        })?;
+        state.apply(record);
+        at = next;
+    }
+    Ok((state, at))
+}
+
+/// The writer of `raft.wal`: appends frames and syncs them.
+#[derive(Debug)]
+pub(super) struct Wal {
+    file: Arc<File>,
+    dir: PathBuf,
+    end: u64,
+    compact_after: u64,
+    syncer: Syncer,
+    /// Why the file may no longer be written, after a failed write or sync.
+    broken: Option<String>,
+}
+
+/// Opens (creating when absent) the log in `dir` and replays it.
+pub(super) fn open(dir: &Path, syncer: Syncer) -> Result<(Wal, LogState), Error> {
+    let path = dir.join(WAL_FILE);
+    let io_err = |what: &str, e: io::Error| Error::Storage(format!("{what} {}: {e}", path.display()));
+    remove_stale_tmp(dir).map_err(|e| io_err("cannot remove the temp file next to", e))?;
+    let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path);
+    let mut file = file.map_err(|e| io_err("cannot open", e))?;
+    let mut buf = Vec::new();
+    file.read_to_end(&mut buf).map_err(|e| io_err("cannot read", e))?;
+    let wal = |file, end| Wal {
+        file: Arc::new(file),
+        dir: dir.to_path_buf(),
+        end,
+        compact_after: COMPACT_AFTER_DEAD_BYTES,
+        syncer: syncer.clone(),
+        broken: None,
+    };
+    if never_synced(&buf) {
+        start_empty(&file, dir, &syncer).map_err(|e| io_err("cannot initialise", e))?;
+        return Ok((wal(file, MAGIC.len() as u64), LogState::default()));
+    }
+    if !buf.starts_with(MAGIC) {
+        return Err(Error::Storage(format!("{} is not an ivy Raft log (unknown header)", path.display())));
+    }
+    let (state, valid) = replay(&buf, &path)?;
+    if valid < buf.len() {
+        tracing::warn!("{}: dropping {} bytes of an unsynced tail at byte {valid}", path.display(), buf.len() - valid);
+        file.set_len(valid as u64)
+            .and_then(|()| syncer.data(&file))
+            .map_err(|e| io_err("cannot cut the tail of", e))?;
+    }
+    Ok((wal(file, valid as u64), state))
+}
+
+/// True for a file that cannot hold a synced record: shorter than the magic and
+/// a prefix of it (or zeros, an unwritten block).
+fn never_synced(buf: &[u8]) -> bool {
+    buf.len() <= MAGIC.len() && (MAGIC.starts_with(buf) || buf.iter().all(|b| *b == 0)) && buf != MAGIC
+}
+
+/// Writes the magic into an empty log and makes it and its name durable.
+fn start_empty(file: &File, dir: &Path, syncer: &Syncer) -> io::Result<()> {
+    file.set_len(0)?;
+    file.write_all_at(MAGIC, 0)?;
+    syncer.data(file)?;
+    syncer.dir(dir)
+}
+
+fn remove_stale_tmp(dir: &Path) -> io::Result<()> {
+    match std::fs::remove_file(dir.join(TMP_FILE)) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
+/// Writes a whole new log holding `image` (frames from [`LogState::image`]) in
+/// `dir`: a temp file, synced, renamed over the log, then the directory synced.
+pub(super) fn rewrite(dir: &Path, image: &[u8], syncer: &Syncer) -> io::Result<File> {
+    let tmp = dir.join(TMP_FILE);
+    let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&tmp)?;
+    file.write_all_at(MAGIC, 0)?;
+    file.write_all_at(image, MAGIC.len() as u64)?;
+    syncer.data(&file)?;
+    std::fs::rename(&tmp, dir.join(WAL_FILE))?;
+    syncer.dir(dir)?;
+    Ok(file)
+}
+
+impl Wal {
+    /// Appends `frames` at the end of the file; when `sync`, returns only once
+    /// they are on stable storage (one `fdatasync` for all of them).
+    pub(super) async fn write(&mut self, frames: Vec<u8>, sync: bool) -> io::Result<()> {
+        self.usable()?;
+        let (file, at, syncer) = (self.file.clone(), self.end, self.syncer.clone());
+        let len = frames.len() as u64;
+        let written = blocking(move || {
+            file.write_all_at(&frames, at)?;
+            if sync {
+                syncer.data(&file)?;
+            }
+            Ok(())
+        })
+        .await;
+        if written.is_ok() {
+            self.end += len;
+        }
+        self.settle(written)
+    }
+
+    /// Rewrites the file as `image` when more of it is dead than live.
+    pub(super) async fn compact_if_worth_it(&mut self, image: Vec<u8>) -> io::Result<()> {
+        self.usable()?;
+        let live = (MAGIC.len() + image.len()) as u64;
+        let dead = self.end.saturating_sub(live);
+        if dead < self.compact_after.max(live) {
+            return Ok(());
+        }
+        let (dir, syncer) = (self.dir.clone(), self.syncer.clone());
+        let rewritten = blocking(move || rewrite(&dir, &image, &syncer)).await;
+        match rewritten {
+            Ok(file) => {
+                tracing::info!("{WAL_FILE}: rewrote the log: {dead} of {} bytes were dead", self.end);
+                (self.file, self.end) = (Arc::new(file), live);
+                Ok(())
+            }
+            Err(e) => self.settle(Err(e)),
+        }
+    }
+
+    /// Bytes in the file.
+    #[cfg(test)]
+    pub(super) fn len(&self) -> u64 {
+        self.end
+    }
+
+    /// Lowers the dead bytes a purge tolerates (tests).
+    #[cfg(test)]
+    pub(super) fn set_compact_after(&mut self, bytes: u64) {
+        self.compact_after = bytes;
+    }
+
+    fn usable(&self) -> io::Result<()> {
+        match &self.broken {
+            Some(why) => Err(io::Error::other(format!("the Raft log is unusable after an earlier failure: {why}"))),
+            None => Ok(()),
+        }
+    }
+
+    /// Marks the file unusable after a failure: a failed write or sync leaves
+    /// unknown bytes at the end, and a failed fsync must never be retried.
+    fn settle(&mut self, result: io::Result<()>) -> io::Result<()> {
+        if let Err(e) = &result {
+            self.broken = Some(e.to_string());
+        }
+        result
+    }
+}
