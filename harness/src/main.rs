@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use ivy_harness::bench::{self, BenchConfig, Scenario, Workload};
+use ivy_harness::bench::{self, BenchConfig, BenchMode, Scenario, Workload};
 use ivy_harness::chaos::{self, ChaosConfig, Nemesis};
 use ivy_harness::cluster::ClusterMode;
 use ivy_harness::demo;
@@ -108,7 +108,7 @@ struct CmArgs {
     /// Every CM node as ID=HOST:PORT, comma separated.
     #[arg(long, env = "IVY_PEERS", default_value = DEFAULT_PEERS)]
     peers: String,
-    /// Where this node keeps its sled store [default: data/cm-ID].
+    /// Where this node keeps its store (raft.wal and sled) [default: data/cm-ID].
     #[arg(long, env = "IVY_DATA_DIR")]
     data_dir: Option<PathBuf>,
     /// Address to listen on [default: this node's address in --peers].
@@ -130,6 +130,10 @@ struct CmArgs {
     /// broken build).
     #[arg(long, env = "IVY_UNSAFE_SKIP_INVALIDATION", hide = true)]
     unsafe_skip_invalidation: bool,
+    /// Testing only: never fdatasync/fsync the store, so a power cut loses
+    /// acknowledged writes (the power-loss test's broken build).
+    #[arg(long, env = "IVY_UNSAFE_SKIP_SYNC", hide = true)]
+    unsafe_skip_sync: bool,
 }
 
 #[derive(Args)]
@@ -284,9 +288,10 @@ enum Suite {
 
 #[derive(Args)]
 struct BenchArgs {
-    /// Which modes to measure, comma separated.
+    /// Which modes to measure, comma separated (raft-skip-sync: Raft with the
+    /// store's syncs off, to show their cost; never durable).
     #[arg(long, env = "IVY_MODE", value_enum, value_delimiter = ',', default_value = "raft,heartbeat")]
-    mode: Vec<ReplicationMode>,
+    mode: Vec<BenchMode>,
     /// Clients, all running at once.
     #[arg(long, env = "IVY_BENCH_CLIENTS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=1000))]
     clients: u64,
@@ -404,6 +409,7 @@ async fn run_cm(args: CmArgs) -> Result<()> {
     config.pulse = mode.pulse;
     config.client_lease = Duration::from_millis(args.client_lease_ms);
     config.unsafe_skip_invalidation = args.unsafe_skip_invalidation;
+    config.unsafe_skip_sync = args.unsafe_skip_sync;
     config.validate()?;
     let metrics = match &args.metrics_listen {
         Some(addr) => Some(MetricsServer::start(bind(addr, "--metrics-listen").await?)?),

@@ -7,13 +7,17 @@
 //! kill the leader/primary; kill and restart it; kill and restart it several
 //! times; kill and restart both/all CMs). Latencies go into HDR histograms. After
 //! the run a fresh client reads every page back, and the history is checked for
-//! acknowledged writes that were lost (the chaos checker's rule). Results are
-//! written as text, CSV, JSON, a Markdown table and PNG plots; the CM nodes' data
-//! dirs and logs go under `runs/`.
+//! acknowledged writes that were lost (the chaos checker's rule). Each CM node's
+//! status carries its store's sync count and log index, so a run also reports
+//! syncs per commit ([`syncs`]). `raft-skip-sync` runs Raft with the store's
+//! syncs switched off, to show what durability costs. Results are written as
+//! text, CSV, JSON, a Markdown table and PNG plots; the CM nodes' data dirs and
+//! logs go under `runs/`.
 
 mod output;
 mod plot;
 mod run;
+mod syncs;
 
 use std::path::PathBuf;
 
@@ -24,6 +28,7 @@ pub use crate::workload::Workload;
 
 pub use output::{markdown as output_markdown, write_all};
 pub use run::run_one;
+pub use syncs::SyncStats;
 
 /// Runs every (workload, scenario) of `plan` in every mode, modes alternated
 /// within each pair so both see the same machine, with a progress bar on a
@@ -31,7 +36,7 @@ pub use run::run_one;
 pub async fn run_plan(
     config: &BenchConfig,
     plan: &[(Workload, Vec<Scenario>)],
-    modes: &[ReplicationMode],
+    modes: &[BenchMode],
 ) -> anyhow::Result<Vec<RunResult>> {
     let total: u64 = plan.iter().map(|(w, s)| (w.clients * w.ops * s.len() * modes.len()) as u64).sum();
     let progress = indicatif::ProgressBar::new(total);
@@ -54,6 +59,45 @@ pub async fn run_plan(
     }
     progress.finish_and_clear();
     Ok(results)
+}
+
+/// What a run measures: how the directory is replicated and, for Raft, whether
+/// the store syncs (`--mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum BenchMode {
+    /// Raft; every log append and vote is fdatasync'd before it counts.
+    Raft,
+    /// Raft with `--unsafe-skip-sync`: nothing is synced, as durable as the
+    /// page cache (for comparison only: a power cut loses acknowledged writes).
+    RaftSkipSync,
+    /// The heartbeat primary/backup baseline.
+    Heartbeat,
+}
+
+impl BenchMode {
+    /// How the directory is replicated.
+    pub fn replication(self) -> ReplicationMode {
+        match self {
+            BenchMode::Raft | BenchMode::RaftSkipSync => ReplicationMode::Raft,
+            BenchMode::Heartbeat => ReplicationMode::Heartbeat,
+        }
+    }
+
+    /// The mode's name on the command line and in the results.
+    pub fn name(self) -> &'static str {
+        match self {
+            BenchMode::Raft => "raft",
+            BenchMode::RaftSkipSync => "raft-skip-sync",
+            BenchMode::Heartbeat => "heartbeat",
+        }
+    }
+}
+
+impl std::fmt::Display for BenchMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// The original write-up's scenarios (`--scenario`).
@@ -123,7 +167,7 @@ pub struct RunResult {
     /// The workload.
     pub workload: Workload,
     /// The mode.
-    pub mode: ReplicationMode,
+    pub mode: BenchMode,
     /// The scenario.
     pub scenario: Scenario,
     /// Operations attempted.
@@ -154,4 +198,8 @@ pub struct RunResult {
     pub timeline: Vec<u64>,
     /// When each fault happened, ms since the start.
     pub fault_marks_ms: Vec<f64>,
+    /// Syncs and commits on the CM nodes that ran throughout (absent in results
+    /// written before syncs were counted).
+    #[serde(default)]
+    pub syncs: Option<SyncStats>,
 }

@@ -41,6 +41,11 @@ fn joined(values: &[f64]) -> String {
     values.iter().map(|g| format!("{g:.0}")).collect::<Vec<_>>().join("/")
 }
 
+/// Syncs per commit per node, two decimals, or "-" when nothing was measured.
+fn per_commit(r: &RunResult) -> String {
+    r.syncs.as_ref().and_then(|s| s.per_commit()).map_or("-".into(), |v| format!("{v:.2}"))
+}
+
 fn text(results: &[RunResult]) -> String {
     let mut out = String::new();
     for r in results {
@@ -65,6 +70,16 @@ fn text(results: &[RunResult]) -> String {
         let _ = writeln!(out, "  Failover gap:\t{} ms", gaps(r));
         let _ = writeln!(out, "  Writes blocked by a killed client:\t{} ms", blocked(r));
         let _ = writeln!(out, "  Acknowledged writes lost:\t{}", r.acked_writes_lost);
+        if let Some(s) = &r.syncs {
+            let _ = writeln!(
+                out,
+                "  Syncs per commit per CM node:\t{} ({} syncs for {} log entries on {} nodes)",
+                per_commit(r),
+                s.syncs,
+                s.commits,
+                s.nodes
+            );
+        }
         for (name, l) in [("Read faults", &r.read_fault), ("Write faults", &r.write_fault)] {
             let _ = writeln!(
                 out,
@@ -79,13 +94,14 @@ fn text(results: &[RunResult]) -> String {
 fn csv(results: &[RunResult]) -> String {
     let mut out = String::from(
         "workload,mode,scenario,clients,pages,ops_per_client,read_ratio,ops,failed,throughput_ops_s,local_hit_rate,\
-read_p50_ms,read_p99_ms,read_p999_ms,write_p50_ms,write_p99_ms,write_p999_ms,failover_gaps_ms,writes_blocked_ms,acked_writes_lost,avg_client_ms\n",
+read_p50_ms,read_p99_ms,read_p999_ms,write_p50_ms,write_p99_ms,write_p999_ms,failover_gaps_ms,writes_blocked_ms,acked_writes_lost,avg_client_ms,\
+syncs_per_commit,syncs,commits\n",
     );
     for r in results {
         let w = &r.workload;
         let _ = writeln!(
             out,
-            "{},{},{},{},{},{},{},{},{},{:.1},{:.4},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{},{},{},{:.2}",
+            "{},{},{},{},{},{},{},{},{},{:.1},{:.4},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{},{},{},{:.2},{},{},{}",
             w.label,
             r.mode.name(),
             r.scenario.name(),
@@ -106,7 +122,10 @@ read_p50_ms,read_p99_ms,read_p999_ms,write_p50_ms,write_p99_ms,write_p999_ms,fai
             gaps(r),
             blocked(r),
             r.acked_writes_lost,
-            r.avg_client_ms
+            r.avg_client_ms,
+            per_commit(r),
+            r.syncs.as_ref().map_or(String::new(), |s| s.syncs.to_string()),
+            r.syncs.as_ref().map_or(String::new(), |s| s.commits.to_string())
         );
     }
     out
@@ -115,14 +134,14 @@ read_p50_ms,read_p99_ms,read_p999_ms,write_p50_ms,write_p99_ms,write_p999_ms,fai
 /// The comparison table for the README.
 pub fn markdown(results: &[RunResult]) -> String {
     let mut out = String::from(
-        "| workload | mode | scenario | ops/s | failed | local hits | read fault p50 / p99 / p99.9 ms | write fault p50 / p99 / p99.9 ms | failover gap ms | writes blocked ms | acked writes lost | avg per client ms |\n\
-|---|---|---|---:|---:|---:|---|---|---:|---:|---:|---:|\n",
+        "| workload | mode | scenario | ops/s | failed | local hits | read fault p50 / p99 / p99.9 ms | write fault p50 / p99 / p99.9 ms | failover gap ms | writes blocked ms | acked writes lost | avg per client ms | syncs/commit/node |\n\
+|---|---|---|---:|---:|---:|---|---|---:|---:|---:|---:|---:|\n",
     );
     for r in results {
         let (rf, wf) = (&r.read_fault, &r.write_fault);
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {:.0} | {}/{} | {:.0}% | {:.2} / {:.2} / {:.2} | {:.2} / {:.2} / {:.2} | {} | {} | {} | {:.1} |",
+            "| {} | {} | {} | {:.0} | {}/{} | {:.0}% | {:.2} / {:.2} / {:.2} | {:.2} / {:.2} / {:.2} | {} | {} | {} | {:.1} | {} |",
             r.workload.label,
             r.mode.name(),
             r.scenario.name(),
@@ -139,7 +158,8 @@ pub fn markdown(results: &[RunResult]) -> String {
             gaps(r),
             blocked(r),
             r.acked_writes_lost,
-            r.avg_client_ms
+            r.avg_client_ms,
+            per_commit(r)
         );
     }
     out

@@ -8,9 +8,7 @@ use std::sync::Once;
 use plotters::prelude::*;
 use plotters::style::FontStyle;
 
-use ivy_raft::config::ReplicationMode;
-
-use super::{RunResult, Scenario};
+use super::{BenchMode, RunResult, Scenario};
 use anyhow::{anyhow, Result};
 
 const SIZE: (u32, u32) = (1000, 600);
@@ -23,12 +21,14 @@ fn register_font() {
     });
 }
 
-fn color(mode: ReplicationMode, write: bool) -> RGBColor {
+fn color(mode: BenchMode, write: bool) -> RGBColor {
     match (mode, write) {
-        (ReplicationMode::Raft, false) => RGBColor(31, 119, 180),
-        (ReplicationMode::Raft, true) => RGBColor(23, 190, 207),
-        (ReplicationMode::Heartbeat, false) => RGBColor(214, 39, 40),
-        (ReplicationMode::Heartbeat, true) => RGBColor(255, 127, 14),
+        (BenchMode::Raft, false) => RGBColor(31, 119, 180),
+        (BenchMode::Raft, true) => RGBColor(23, 190, 207),
+        (BenchMode::RaftSkipSync, false) => RGBColor(44, 160, 44),
+        (BenchMode::RaftSkipSync, true) => RGBColor(188, 189, 34),
+        (BenchMode::Heartbeat, false) => RGBColor(214, 39, 40),
+        (BenchMode::Heartbeat, true) => RGBColor(255, 127, 14),
     }
 }
 
@@ -141,7 +141,7 @@ fn timeline(path: &Path, results: &[RunResult]) -> Result<()> {
 
 /// Mean failover gap per scenario, one bar per mode.
 fn failover(path: &Path, results: &[RunResult]) -> Result<()> {
-    let bars: Vec<(String, ReplicationMode, f64)> = results
+    let bars: Vec<(String, BenchMode, f64)> = results
         .iter()
         .filter(|r| !r.failover_gaps_ms.is_empty())
         .map(|r| {

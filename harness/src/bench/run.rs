@@ -1,7 +1,7 @@
 //! One bench run: start CM processes, seed, drive the clients, apply the
 //! scenario, read everything back, summarise.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,14 +10,14 @@ use hdrhistogram::Histogram;
 use indicatif::ProgressBar;
 use tokio::time::Instant;
 
-use super::{BenchConfig, Latency, RunResult, Scenario, Workload};
+use super::syncs::{sample, SyncStats};
+use super::{BenchConfig, BenchMode, Latency, RunResult, Scenario, Workload};
 use crate::chaos::checker;
 use crate::chaos::history::{Op, OpKind, Outcome};
 use crate::chaos::procs::{free_port, CmProc, CmSet};
 use crate::op_counter::OpCounter;
 use anyhow::{anyhow, Result};
 use ivy_raft::client::{Client, ClientConfig};
-use ivy_raft::config::ReplicationMode;
 use ivy_raft::protocol::{Access, Hit, RandomOp, RandomOps};
 
 /// How long a killed node stays down before a restart.
@@ -54,8 +54,8 @@ struct Nodes {
 }
 
 impl Nodes {
-    async fn start(cfg: &BenchConfig, mode: ReplicationMode, dir: &std::path::Path) -> Result<Nodes> {
-        let n = if mode == ReplicationMode::Raft { 3 } else { 2 };
+    async fn start(cfg: &BenchConfig, mode: BenchMode, dir: &std::path::Path) -> Result<Nodes> {
+        let n = if mode == BenchMode::Heartbeat { 2 } else { 3 };
         let real: BTreeMap<u64, String> = (1..=n).map(|id| (id, format!("127.0.0.1:{}", free_port()))).collect();
         let peers: Vec<String> = real.iter().map(|(id, a)| format!("{id}={a}")).collect();
         let mut cms = BTreeMap::new();
@@ -64,8 +64,12 @@ impl Nodes {
             let _ = std::fs::remove_dir_all(&data);
             let mut args: Vec<String> =
                 vec!["cm".into(), "--id".into(), id.to_string(), "--peers".into(), peers.join(",")];
-            args.extend(["--data-dir".into(), data.display().to_string(), "--mode".into(), mode.name().into()]);
+            let replication = mode.replication().name();
+            args.extend(["--data-dir".into(), data.display().to_string(), "--mode".into(), replication.into()]);
             args.extend(["--pulse-ms".into(), cfg.pulse_ms.to_string()]);
+            if mode == BenchMode::RaftSkipSync {
+                args.push("--unsafe-skip-sync".into());
+            }
             let cm = CmProc::new(&cfg.bin, *id, addr.clone(), args, dir.join(format!("cm-{id}.log")));
             cm.start()?;
             cms.insert(*id, cm);
@@ -80,7 +84,7 @@ impl Nodes {
 pub async fn run_one(
     cfg: &BenchConfig,
     work: &Workload,
-    mode: ReplicationMode,
+    mode: BenchMode,
     scenario: Scenario,
     progress: &ProgressBar,
 ) -> Result<RunResult> {
@@ -96,6 +100,7 @@ pub async fn run_one(
     for p in 1..=work.pages {
         clients[0].write(&format!("P{p}"), format!("seed-{p}").as_bytes()).await?;
     }
+    let before = sample(&nodes.cms).await;
     let began = Instant::now();
     let done = Arc::new(OpCounter::default());
     let total = (work.clients * work.ops) as u64;
@@ -114,6 +119,7 @@ pub async fn run_one(
     }
     let wall = began.elapsed();
     let marks = chaos.await.map_err(|e| anyhow!("scenario task: {e}"))?;
+    let syncs = SyncStats::between(&before, &sample(&nodes.cms).await, &marks.killed);
     let finals = read_back(&nodes, work.pages, began).await;
     for c in clients {
         if let Ok(c) = Arc::try_unwrap(c) {
@@ -121,7 +127,9 @@ pub async fn run_one(
         }
     }
     nodes.cms.kill_all().await;
-    Ok(summarise(work, mode, scenario, &per_client, &finals, &marks, wall))
+    let mut result = summarise(work, mode, scenario, &per_client, &finals, &marks, wall);
+    result.syncs = Some(syncs);
+    Ok(result)
 }
 
 /// One client's operations, back to back, until done or halted.
@@ -177,6 +185,8 @@ struct Marks {
     kills: Vec<Duration>,
     /// The pages the killed client held.
     client_pages: Vec<String>,
+    /// The CM nodes killed (their sync counters restarted).
+    killed: BTreeSet<u64>,
 }
 
 /// Kills the client holding the most copies: it stops issuing operations, then
@@ -193,7 +203,7 @@ async fn kill_client(fleet: &Fleet) -> Vec<String> {
 }
 
 /// Kills and restarts nodes (or kills a client) as the scenario says; returns
-/// when each kill happened.
+/// when each kill happened and which nodes were killed.
 async fn apply_scenario(fleet: Fleet, scenario: Scenario, done: Arc<OpCounter>, total: u64, began: Instant) -> Marks {
     let nodes = &fleet.nodes;
     let mut marks = Marks::default();
@@ -220,6 +230,7 @@ async fn apply_scenario(fleet: Fleet, scenario: Scenario, done: Arc<OpCounter>, 
         for id in &victims {
             nodes.cms.kill(*id).await;
         }
+        marks.killed.extend(victims.iter().copied());
         if scenario == Scenario::KillLeader {
             continue;
         }
@@ -255,7 +266,7 @@ async fn read_back(nodes: &Nodes, pages: usize, began: Instant) -> Vec<Rec> {
 
 fn summarise(
     work: &Workload,
-    mode: ReplicationMode,
+    mode: BenchMode,
     scenario: Scenario,
     per_client: &[Vec<Rec>],
     finals: &[Rec],
@@ -304,6 +315,7 @@ fn summarise(
         wall_ms: wall.as_secs_f64() * 1e3,
         timeline,
         fault_marks_ms: kills.iter().map(|k| k.as_secs_f64() * 1e3).collect(),
+        syncs: None,
     }
 }
 
