@@ -6,6 +6,8 @@
 //! - [`demo`]: the original experiment on an in-process cluster.
 //! - [`chaos`]: real processes, injected faults, a history and its checker.
 //! - [`bench`]: Raft against the heartbeat baseline on CM processes.
+//! - [`lazyfs`]: a FUSE filesystem that keeps writes in memory until they are
+//!   synced and drops them on a simulated power cut.
 //! - [`workload`]: the workload shape the demo and the bench share.
 //! - [`netns`]: a network of Linux namespaces with silent partitions, for tests
 //!   that cut real links.
@@ -18,6 +20,7 @@ pub mod bench;
 pub mod chaos;
 pub mod cluster;
 pub mod demo;
+pub mod lazyfs;
 pub mod logging;
 pub mod multihost;
 pub mod netns;
