@@ -245,7 +245,8 @@ struct ChaosArgs {
     /// Probability that an operation is a read.
     #[arg(long, env = "IVY_CHAOS_READ_RATIO", default_value_t = 0.5, value_parser = parse_ratio)]
     read_ratio: f64,
-    /// Fault kinds, comma separated; none for a run without faults.
+    /// Fault kinds, comma separated; none for a run without faults (power-cut
+    /// needs FUSE: root and /dev/fuse).
     #[arg(long, env = "IVY_CHAOS_FAULTS", value_enum, value_delimiter = ',', num_args = 0..,
           default_value = "kill,pause,partition,restart-all,client-pause,client-kill,client-isolate")]
     faults: Vec<Nemesis>,
@@ -274,6 +275,9 @@ struct ChaosArgs {
     /// build the checker must catch).
     #[arg(long, env = "IVY_UNSAFE_IGNORE_LEASE", hide = true)]
     unsafe_ignore_lease: bool,
+    /// Testing only: CM nodes never sync their store (a broken build power cuts must expose).
+    #[arg(long, env = "IVY_UNSAFE_SKIP_SYNC", hide = true)]
+    unsafe_skip_sync: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -569,6 +573,7 @@ async fn run_chaos(args: ChaosArgs) -> Result<()> {
         client_timeout_ms: args.client_timeout_ms,
         unsafe_skip_invalidation: args.unsafe_skip_invalidation,
         unsafe_ignore_lease: args.unsafe_ignore_lease,
+        unsafe_skip_sync: args.unsafe_skip_sync,
     };
     let report = chaos::run(&config).await?;
     println!("{report}");

@@ -7,10 +7,16 @@
 //! workload (writes of unique values `c<client>w<worker>-<n>`) until `--duration`
 //! passes, while a seeded schedule injects one fault every 3-5 s: kill -9 and
 //! restart a CM (biased to the leader), kill and restart them all, SIGSTOP a CM or
-//! a client, or a partition (leader isolated, one-way, a client cut off from the
-//! leader, a blackhole, delays). Then everything is healed, every client reads
-//! every page, and the history is checked (see [`checker`]). `history.jsonl` and
-//! `report.json` go to `--out`; the run passes only on a clean verdict.
+//! a client, a partition (leader isolated, one-way, a client cut off from the
+//! leader, a blackhole, delays), or a power cut. Then everything is healed, every
+//! client reads every page, and the history is checked (see [`checker`]).
+//! `history.jsonl` and `report.json` go to `--out`; the run passes only on a
+//! clean verdict.
+//!
+//! A power cut needs the CM data dirs on a [`lazyfs`](crate::lazyfs) mount: when
+//! the fault kinds include it, the run mounts one under `--out` (`lazyfs/mnt`
+//! over `lazyfs/backing`) and keeps the data dirs there; a cut kills every CM
+//! node, drops every write they did not sync, and restarts them.
 
 pub mod checker;
 #[cfg(test)]
@@ -68,6 +74,8 @@ pub struct ChaosConfig {
     /// Testing only: clients serve local hits after their lease ran out (a broken
     /// build the checker must catch).
     pub unsafe_ignore_lease: bool,
+    /// Testing only: CM nodes never sync their store (a broken build a power cut exposes).
+    pub unsafe_skip_sync: bool,
 }
 
 pub use workload::{run, CLIENT_OP_TIMEOUT_MS};

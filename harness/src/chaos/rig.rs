@@ -12,6 +12,7 @@ use super::client_proc::ClientSlot;
 use super::history::LifeKind;
 use super::procs::{signal, CmProc, CmSet};
 use super::proxy::{LinkState, Proxy};
+use crate::lazyfs::LazyFsHandle;
 
 /// The kinds of fault the harness injects (`--faults`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
@@ -32,12 +33,20 @@ pub enum Nemesis {
     /// Cut a client off from everyone (its links to the CM nodes, and the CM
     /// nodes' and other clients' links to it) for 1.5-3.5 s longer than its lease.
     ClientIsolate,
+    /// kill -9 every CM node, lose every write to their data dirs not yet
+    /// synced (a lazyfs power cut), restart them all; needs FUSE.
+    PowerCut,
 }
 
 impl Nemesis {
     /// Every kind.
     pub fn all() -> Vec<Nemesis> {
         <Nemesis as clap::ValueEnum>::value_variants().to_vec()
+    }
+
+    /// True for the kinds that need the CM data dirs on a lazyfs mount.
+    pub fn needs_fuse(self) -> bool {
+        self == Nemesis::PowerCut
     }
 
     /// The kind's name on the command line and in the report.
@@ -60,6 +69,8 @@ pub struct Rig {
     pub lease: Duration,
     /// How long the harness waits for a client's answer.
     pub op_timeout: Duration,
+    /// The lazyfs the CM data dirs live on, when power cuts are injected.
+    pub power: Option<LazyFsHandle>,
 }
 
 impl Rig {
@@ -118,7 +129,28 @@ impl Rig {
             Nemesis::ClientKill => self.client_kill(rng, on_client).await,
             Nemesis::ClientIsolate => self.client_isolate(rng, on_client).await,
             Nemesis::Partition => self.partition(rng).await,
+            Nemesis::PowerCut => self.power_cut(rng).await,
         }
+    }
+
+    /// kill -9 every CM node, drop what they did not sync, restart them.
+    async fn power_cut(&self, rng: &mut StdRng) -> String {
+        let down = ms(rng, 300, 1000);
+        self.cms.kill_all().await;
+        let Some(fs) = &self.power else {
+            return "no power cut: the CM data dirs are not on a lazyfs".into();
+        };
+        let cut = fs.power_cut();
+        tokio::time::sleep(down).await;
+        for id in self.cms.ids() {
+            self.cms.restart(id);
+        }
+        format!(
+            "kill -9 every CM, power cut dropped {} unsynced bytes of {} files, restarted after {} ms",
+            cut.bytes_dropped,
+            cut.files_dropped,
+            down.as_millis()
+        )
     }
 
     /// A pause longer than the lease outlasts it by 0.5-2 s.

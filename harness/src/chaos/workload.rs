@@ -1,6 +1,7 @@
 //! One chaos run from start to verdict.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -22,6 +23,7 @@ use super::proxy::Proxy;
 use super::report::Report;
 use super::rig::Rig;
 use super::{checker, history, ChaosConfig, Nemesis};
+use crate::lazyfs::{self, LazyFs, LazyFsHandle};
 
 /// A client's default deadline for one operation, ms.
 pub const CLIENT_OP_TIMEOUT_MS: u64 = 3000;
@@ -77,14 +79,11 @@ impl Recorder {
 /// Runs the harness; the report says whether the verdict is clean.
 pub async fn run(cfg: &ChaosConfig) -> Result<Report> {
     std::fs::create_dir_all(&cfg.out).map_err(|e| anyhow!("{}: {e}", cfg.out.display()))?;
-    // The CM data dirs are the harness's own: every run starts from empty ones.
-    for id in 1..=3 {
-        let _ = std::fs::remove_dir_all(cfg.out.join(format!("cm-{id}")));
-    }
+    let (data_root, power) = data_root(cfg)?;
     let rec = Recorder::new();
     let (life_tx, life_rx) = mpsc::unbounded_channel();
     let lives = tokio::spawn(record_lives(life_rx, rec.clone()));
-    let rig = Arc::new(build_rig(cfg, life_tx).await?);
+    let rig = Arc::new(build_rig(cfg, life_tx, &data_root, power).await?);
     let end = Instant::now() + cfg.duration;
     announce(cfg);
     let mut workers = Vec::new();
@@ -112,6 +111,7 @@ pub async fn run(cfg: &ChaosConfig) -> Result<Report> {
         slot.proc().await.quit().await;
     }
     rig.cms.kill_all().await;
+    // The last reference: the lazyfs, if any, is unmounted now no CM node uses it.
     drop(rig);
     let _ = tokio::time::timeout(Duration::from_secs(1), lives).await;
     let history = rec.with(std::mem::take);
@@ -142,8 +142,34 @@ async fn record_lives(mut rx: mpsc::UnboundedReceiver<Life>, rec: Recorder) {
     }
 }
 
-/// CM processes, proxies on every link, then client slots.
-async fn build_rig(cfg: &ChaosConfig, life: mpsc::UnboundedSender<Life>) -> Result<Rig> {
+/// Where the CM data dirs go, emptied, and the lazyfs they live on when power
+/// cuts are injected. The data dirs are the harness's own: every run starts
+/// from empty ones.
+fn data_root(cfg: &ChaosConfig) -> Result<(PathBuf, Option<LazyFsHandle>)> {
+    for id in 1..=3 {
+        let _ = std::fs::remove_dir_all(cfg.out.join(format!("cm-{id}")));
+    }
+    if !cfg.faults.iter().any(|f| f.needs_fuse()) {
+        return Ok((cfg.out.clone(), None));
+    }
+    lazyfs::fuse_available().map_err(|why| anyhow!("power-cut faults need a FUSE mount, and {why}"))?;
+    let (backing, mnt) = (cfg.out.join("lazyfs").join("backing"), cfg.out.join("lazyfs").join("mnt"));
+    let _ = std::fs::remove_dir_all(&backing);
+    for dir in [&backing, &mnt] {
+        std::fs::create_dir_all(dir).map_err(|e| anyhow!("{}: {e}", dir.display()))?;
+    }
+    let fs = LazyFs::mount(&backing, &mnt)?;
+    Ok((mnt, Some(fs)))
+}
+
+/// CM processes with their data dirs under `data_root`, proxies on every link,
+/// then client slots.
+async fn build_rig(
+    cfg: &ChaosConfig,
+    life: mpsc::UnboundedSender<Life>,
+    data_root: &Path,
+    power: Option<LazyFsHandle>,
+) -> Result<Rig> {
     let n = match cfg.mode {
         ReplicationMode::Raft => 3,
         ReplicationMode::Heartbeat => 2,
@@ -166,15 +192,15 @@ async fn build_rig(cfg: &ChaosConfig, life: mpsc::UnboundedSender<Life>) -> Resu
                 format!("{p}={via}")
             })
             .collect();
-        let args = cm_args(cfg, *id, addr, &peers.join(","));
+        let args = cm_args(cfg, *id, addr, &peers.join(","), data_root);
         let cm = CmProc::new(&cfg.bin, *id, addr.clone(), args, cfg.out.join(format!("cm-{id}.log")));
         cm.start()?;
         cms.insert(*id, cm);
     }
     let lease = Duration::from_millis(cfg.client_lease_ms);
     let op_timeout = Duration::from_millis(cfg.client_timeout_ms) + HARNESS_GRACE;
-    let mut rig =
-        Rig { cms: CmSet(cms), clients: Vec::new(), cm_links, client_links: BTreeMap::new(), lease, op_timeout };
+    let client_links = BTreeMap::new();
+    let mut rig = Rig { cms: CmSet(cms), clients: Vec::new(), cm_links, client_links, lease, op_timeout, power };
     rig.wait_leader(RECOVERY_TIMEOUT).await.ok_or_else(|| anyhow!("the CM nodes elected no leader"))?;
     for c in 0..cfg.clients {
         let mut via = Vec::new();
@@ -197,8 +223,8 @@ async fn build_rig(cfg: &ChaosConfig, life: mpsc::UnboundedSender<Life>) -> Resu
     Ok(rig)
 }
 
-fn cm_args(cfg: &ChaosConfig, id: u64, listen: &str, peers: &str) -> Vec<String> {
-    let data = cfg.out.join(format!("cm-{id}"));
+fn cm_args(cfg: &ChaosConfig, id: u64, listen: &str, peers: &str, data_root: &Path) -> Vec<String> {
+    let data = data_root.join(format!("cm-{id}"));
     let mut args: Vec<String> = ["cm", "--id", &id.to_string(), "--listen", listen, "--peers", peers, "--data-dir"]
         .iter()
         .map(|s| s.to_string())
@@ -211,6 +237,9 @@ fn cm_args(cfg: &ChaosConfig, id: u64, listen: &str, peers: &str) -> Vec<String>
     }
     if cfg.unsafe_skip_invalidation {
         args.push("--unsafe-skip-invalidation".into());
+    }
+    if cfg.unsafe_skip_sync {
+        args.push("--unsafe-skip-sync".into());
     }
     args
 }
