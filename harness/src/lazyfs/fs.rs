@@ -15,7 +15,7 @@ use fuser::{
     ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
 
-use super::ops::{reply_empty, reply_entry, set_mode, LazyFsImpl};
+use super::ops::{reply_empty, reply_entry, set_mode, LazyFsImpl, SetAttr};
 use super::table::{bump, errno, lock, TTL};
 
 impl Filesystem for LazyFsImpl {
@@ -49,7 +49,7 @@ impl Filesystem for LazyFsImpl {
         _flags: Option<BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        match self.do_setattr(ino.0, mode, uid, gid, size, atime, mtime) {
+        match self.do_setattr(ino.0, &SetAttr { mode, uid, gid, size, atime, mtime }) {
             Ok(a) => reply.attr(&TTL, &a),
             Err(e) => reply.error(e),
         }

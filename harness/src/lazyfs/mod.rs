@@ -8,7 +8,7 @@
 //! What it promises (the power-loss test depends on each point):
 //!
 //! - **File data is cached.** `write`, `truncate` and `fallocate` change only an
-//!   in-memory cache per file over the backing file ([`cache`]). Every process
+//!   in-memory cache per file over the backing file (`cache`). Every process
 //!   reads the cached contents; the backing file is untouched.
 //! - **Only `fsync`/`fdatasync` make data durable.** They write that file's
 //!   cached changes to the backing file (and sync it, unless
@@ -40,11 +40,11 @@
 //! or a setuid `fusermount3`; [`fuse_available`] says whether this machine can,
 //! and why not, so a test can skip with a clear message.
 //!
-//! Layout: [`cache`] (one file's cached changes), `table` (inodes, open files,
+//! Layout: `cache` (one file's cached changes), `table` (inodes, open files,
 //! counters, power cut), `ops` and `fs` (the FUSE requests), `mount`
 //! (mounting, unmounting, the probe).
 
-pub mod cache;
+mod cache;
 mod fs;
 mod mount;
 mod ops;

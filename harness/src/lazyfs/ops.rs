@@ -20,6 +20,7 @@ pub(super) struct LazyFsImpl {
     pub(super) shared: Arc<Shared>,
 }
 
+/// Replies to a lookup-like request with `res`.
 pub(super) fn reply_entry(reply: ReplyEntry, res: Result<FileAttr, Errno>) {
     match res {
         Ok(a) => reply.entry(&TTL, &a, Generation(0)),
@@ -27,6 +28,7 @@ pub(super) fn reply_entry(reply: ReplyEntry, res: Result<FileAttr, Errno>) {
     }
 }
 
+/// Replies to a request that returns nothing with `res`.
 pub(super) fn reply_empty(reply: ReplyEmpty, res: Result<(), Errno>) {
     match res {
         Ok(()) => reply.ok(),
@@ -34,6 +36,7 @@ pub(super) fn reply_empty(reply: ReplyEmpty, res: Result<(), Errno>) {
     }
 }
 
+/// Sets the permission bits of `path`.
 pub(super) fn set_mode(path: &Path, mode: u32) -> Result<(), Errno> {
     fs::set_permissions(path, fs::Permissions::from_mode(mode & 0o7777)).map_err(|e| errno(&e))
 }
@@ -45,72 +48,99 @@ fn system_time(t: TimeOrNow) -> SystemTime {
     }
 }
 
+/// What one setattr request changes (each field: leave as is when `None`).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct SetAttr {
+    /// New permission bits.
+    pub(super) mode: Option<u32>,
+    /// New owner.
+    pub(super) uid: Option<u32>,
+    /// New group.
+    pub(super) gid: Option<u32>,
+    /// New length (a cached truncate or extend).
+    pub(super) size: Option<u64>,
+    /// New access time.
+    pub(super) atime: Option<TimeOrNow>,
+    /// New modification time.
+    pub(super) mtime: Option<TimeOrNow>,
+}
+
+impl SetAttr {
+    /// The times to set, if any.
+    fn times(&self) -> Option<FileTimes> {
+        if self.atime.is_none() && self.mtime.is_none() {
+            return None;
+        }
+        let mut times = FileTimes::new();
+        if let Some(t) = self.atime {
+            times = times.set_accessed(system_time(t));
+        }
+        if let Some(t) = self.mtime {
+            times = times.set_modified(system_time(t));
+        }
+        Some(times)
+    }
+}
+
+/// Applies `change` to a regular file through its open backing file (so an
+/// unlinked file still open works too); a new length goes to the cache.
+fn setattr_file(of: &mut OpenFile, change: &SetAttr) -> Result<(), Errno> {
+    if let Some(m) = change.mode {
+        of.file.set_permissions(fs::Permissions::from_mode(m & 0o7777)).map_err(|e| errno(&e))?;
+    }
+    if change.uid.is_some() || change.gid.is_some() {
+        std::os::unix::fs::fchown(&of.file, change.uid, change.gid).map_err(|e| errno(&e))?;
+    }
+    if let Some(size) = change.size {
+        of.cache.set_size(size);
+    }
+    if let Some(times) = change.times() {
+        of.file.set_times(times).map_err(|e| errno(&e))?;
+        if change.mtime.is_some() {
+            of.cache.clear_mtime();
+        }
+    }
+    Ok(())
+}
+
+/// Applies `change` to a directory or symlink at `path` (no length to change).
+fn setattr_other(kind: FileType, path: &Path, change: &SetAttr) -> Result<(), Errno> {
+    if change.size.is_some() {
+        return Err(if kind == FileType::Directory { Errno::EISDIR } else { Errno::EINVAL });
+    }
+    if change.uid.is_some() || change.gid.is_some() {
+        std::os::unix::fs::lchown(path, change.uid, change.gid).map_err(|e| errno(&e))?;
+    }
+    if kind == FileType::Symlink {
+        return Ok(());
+    }
+    if let Some(m) = change.mode {
+        set_mode(path, m)?;
+    }
+    if let Some(times) = change.times() {
+        File::open(path).and_then(|f| f.set_times(times)).map_err(|e| errno(&e))?;
+    }
+    Ok(())
+}
+
 impl LazyFsImpl {
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn do_setattr(
-        &self,
-        ino: u64,
-        mode: Option<u32>,
-        uid: Option<u32>,
-        gid: Option<u32>,
-        size: Option<u64>,
-        atime: Option<TimeOrNow>,
-        mtime: Option<TimeOrNow>,
-    ) -> Result<FileAttr, Errno> {
+    /// Applies a setattr request to `ino` and returns its new attributes.
+    pub(super) fn do_setattr(&self, ino: u64, change: &SetAttr) -> Result<FileAttr, Errno> {
         let s = &*self.shared;
         let (kind, path) = {
             let t = lock(&s.table);
             let n = t.nodes.get(&ino).ok_or(Errno::ENOENT)?;
             (n.kind, t.path(&s.root, ino))
         };
-        let mut times = FileTimes::new();
-        if let Some(t) = atime {
-            times = times.set_accessed(system_time(t));
-        }
-        if let Some(t) = mtime {
-            times = times.set_modified(system_time(t));
-        }
-        let want_times = atime.is_some() || mtime.is_some();
         if kind == FileType::RegularFile {
-            // Through the open backing fd, so unlinked-but-open files work too.
-            s.with_file(ino, |_, of| {
-                if let Some(m) = mode {
-                    of.file.set_permissions(fs::Permissions::from_mode(m & 0o7777)).map_err(|e| errno(&e))?;
-                }
-                if uid.is_some() || gid.is_some() {
-                    std::os::unix::fs::fchown(&of.file, uid, gid).map_err(|e| errno(&e))?;
-                }
-                if let Some(sz) = size {
-                    of.cache.set_size(sz);
-                }
-                if want_times {
-                    of.file.set_times(times).map_err(|e| errno(&e))?;
-                    if mtime.is_some() {
-                        of.cache.clear_mtime();
-                    }
-                }
-                Ok(())
-            })?;
+            s.with_file(ino, |_, of| setattr_file(of, change))?;
         } else {
-            if size.is_some() {
-                return Err(if kind == FileType::Directory { Errno::EISDIR } else { Errno::EINVAL });
-            }
-            let path = path?;
-            if uid.is_some() || gid.is_some() {
-                std::os::unix::fs::lchown(&path, uid, gid).map_err(|e| errno(&e))?;
-            }
-            if kind != FileType::Symlink {
-                if let Some(m) = mode {
-                    set_mode(&path, m)?;
-                }
-                if want_times {
-                    File::open(&path).and_then(|f| f.set_times(times)).map_err(|e| errno(&e))?;
-                }
-            }
+            setattr_other(kind, &path?, change)?;
         }
         s.getattr_ino(ino)
     }
 
+    /// Creates (or, without O_EXCL, opens) `parent/name` and returns its attributes.
     pub(super) fn do_create(&self, parent: u64, name: &OsStr, mode: u32, flags: i32) -> Result<FileAttr, Errno> {
         let s = &*self.shared;
         let path = s.child_path(parent, name)?;
@@ -143,6 +173,7 @@ impl LazyFsImpl {
         s.getattr_ino(ino)
     }
 
+    /// Creates a regular file `parent/name`; other node kinds are refused.
     pub(super) fn do_mknod(&self, parent: u64, name: &OsStr, mode: u32) -> Result<FileAttr, Errno> {
         if mode & libc::S_IFMT != libc::S_IFREG {
             return Err(Errno::EPERM);
@@ -155,6 +186,7 @@ impl LazyFsImpl {
         self.shared.entry(parent, name, &path)
     }
 
+    /// Removes the file or empty directory `parent/name`.
     pub(super) fn do_remove(&self, parent: u64, name: &OsStr, dir: bool) -> Result<(), Errno> {
         let s = &*self.shared;
         let path = s.child_path(parent, name)?;
@@ -165,6 +197,7 @@ impl LazyFsImpl {
         Ok(())
     }
 
+    /// Renames `parent/name` to `newparent/newname` (flags as renameat2).
     pub(super) fn do_rename(
         &self,
         parent: u64,
@@ -205,6 +238,7 @@ impl LazyFsImpl {
         Ok(())
     }
 
+    /// Lists directory `ino` into a new handle for readdir.
     pub(super) fn do_opendir(&self, ino: u64) -> Result<FileHandle, Errno> {
         let s = &*self.shared;
         let path = s.path(ino)?;
@@ -232,6 +266,7 @@ impl LazyFsImpl {
         Ok(fh)
     }
 
+    /// Allocates, punches or zeroes a range of `ino`, in the cache.
     pub(super) fn do_fallocate(&self, ino: u64, offset: u64, length: u64, mode: i32) -> Result<(), Errno> {
         const KEEP: i32 = libc::FALLOC_FL_KEEP_SIZE;
         const PUNCH: i32 = libc::FALLOC_FL_PUNCH_HOLE;

@@ -20,13 +20,16 @@ use super::{LazyFsOptions, LazyFsStats, PowerCutReport};
 /// Entry/attribute cache timeout given to the kernel. Zero so that sizes are
 /// always asked from us (they change behind the kernel's back at a power cut).
 pub(super) const TTL: Duration = Duration::ZERO;
+/// The inode of the mount's root.
 pub(super) const ROOT: u64 = 1;
 
+/// Locks `m`, recovering it if a handler panicked while holding it.
 pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic in one handler must not wedge the whole filesystem.
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The errno of an IO error (EIO when it has none).
 pub(super) fn errno(e: &io::Error) -> Errno {
     Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO))
 }
@@ -49,6 +52,7 @@ pub(super) struct Counters {
     pub(super) io_errors: AtomicU64,
 }
 
+/// Adds `n` to a counter.
 pub(super) fn bump(c: &AtomicU64, n: u64) {
     c.fetch_add(n, Ordering::Relaxed);
 }
@@ -66,6 +70,7 @@ pub(super) struct FileNode {
     pub(super) state: Mutex<Option<OpenFile>>,
 }
 
+/// One inode: where it sits in the namespace, and its file state.
 pub(super) struct Node {
     pub(super) parent: u64,
     pub(super) name: OsString,
@@ -82,6 +87,7 @@ pub(super) struct DirEnt {
     pub(super) name: OsString,
 }
 
+/// Every inode seen, by number and by backing (device, inode) key.
 pub(super) struct Table {
     pub(super) nodes: HashMap<u64, Node>,
     pub(super) by_key: HashMap<(u64, u64), u64>,
@@ -134,6 +140,7 @@ impl Table {
         ino
     }
 
+    /// Marks the inode of a backing object as gone from the namespace.
     pub(super) fn mark_unlinked(&mut self, key: (u64, u64)) {
         if let Some(ino) = self.by_key.remove(&key) {
             if let Some(n) = self.nodes.get_mut(&ino) {
@@ -143,6 +150,7 @@ impl Table {
     }
 }
 
+/// The FUSE file type of backing metadata.
 pub(super) fn kind_of(meta: &Metadata) -> FileType {
     FileType::from_std(meta.file_type()).unwrap_or(FileType::RegularFile)
 }
@@ -155,6 +163,7 @@ fn to_time(secs: i64, nsecs: i64) -> SystemTime {
     }
 }
 
+/// The attributes of `ino`, its length and mtime from the cache when it has one.
 pub(super) fn attr(ino: u64, meta: &Metadata, cache: Option<&FileCache>) -> FileAttr {
     let size = cache.map_or(meta.len(), FileCache::size);
     let blocks = if cache.is_some_and(FileCache::is_dirty) { size.div_ceil(512) } else { meta.blocks() };
@@ -187,6 +196,7 @@ pub(super) struct Shared {
 }
 
 impl Shared {
+    /// The state of a mount of `root`.
     pub(super) fn new(root: PathBuf, opts: LazyFsOptions) -> io::Result<Self> {
         let meta = fs::metadata(&root)?;
         let key = (meta.dev(), meta.ino());
@@ -206,14 +216,17 @@ impl Shared {
         })
     }
 
+    /// The backing path of `ino`.
     pub(super) fn path(&self, ino: u64) -> Result<PathBuf, Errno> {
         lock(&self.table).path(&self.root, ino)
     }
 
+    /// The backing path of `parent/name`.
     pub(super) fn child_path(&self, parent: u64, name: &OsStr) -> Result<PathBuf, Errno> {
         Ok(self.path(parent)?.join(name))
     }
 
+    /// A fresh file handle.
     pub(super) fn fh(&self) -> FileHandle {
         FileHandle(self.next_fh.fetch_add(1, Ordering::Relaxed))
     }
@@ -304,6 +317,7 @@ impl Shared {
         })
     }
 
+    /// Every regular file's state, by inode.
     pub(super) fn file_nodes(&self) -> Vec<(u64, Arc<FileNode>)> {
         lock(&self.table).nodes.iter().filter_map(|(ino, n)| n.file.clone().map(|f| (*ino, f))).collect()
     }
@@ -344,6 +358,7 @@ impl Shared {
         Ok(bytes)
     }
 
+    /// The counters now.
     pub(super) fn stats(&self) -> LazyFsStats {
         let (mut unsynced_bytes, mut unsynced_files) = (0, 0);
         for (_, node) in self.file_nodes() {
