@@ -12,7 +12,7 @@ use crate::error::Error;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum ReplicationMode {
-    /// Committed through Raft on every CM node and kept in sled.
+    /// Committed through Raft on every CM node and kept on disk (synced) there.
     #[default]
     Raft,
     /// The original primary/backup design: the backup copies the primary's

@@ -7,7 +7,8 @@
 //!   ([`protocol::FaultRun`] on the manager, [`protocol::ClientOp`] on a client).
 //! - [`rpc`]: the gRPC edge: the generated code and the one place it is converted
 //!   to and from domain types; connections and servers.
-//! - [`raft`]: the directory replicated through openraft, stored in sled.
+//! - [`raft`]: the directory replicated through openraft; the log in a file of
+//!   its own, synced before anything counts, snapshots in sled.
 //! - [`heartbeat`]: the baseline: the original primary/backup replication.
 //! - [`cm`] and [`client`]: the manager node and the client node, executors of
 //!   the protocol's state machines.

@@ -1,12 +1,13 @@
 //! The central manager node: one member of the replicated CM cluster.
 //!
 //! A node serves the client-facing `Manager` service and its replication's peer
-//! service on one listener. In Raft mode it opens its sled store, starts openraft
-//! and serves `RaftTransport`; on first start (an empty store) every node proposes
-//! the same initial membership, which openraft accepts once, and restarting is
-//! running the same command again. In heartbeat mode (the baseline) it serves
-//! `Heartbeat`: the backup polls the primary every pulse and takes over when a
-//! pulse is missed; a restarted primary reclaims the title first.
+//! service on one listener. In Raft mode it opens its store (`raft.wal` and
+//! sled), starts openraft and serves `RaftTransport`; on first start (an empty
+//! store) every node proposes the same initial membership, which openraft
+//! accepts once, and restarting is running the same command again. In heartbeat
+//! mode (the baseline) it serves `Heartbeat`: the backup polls the primary every
+//! pulse and takes over when a pulse is missed; a restarted primary reclaims the
+//! title first.
 //!
 //! [`RequestServer`] serves registrations, keepalives and faults on the leader
 //! and evicts clients whose lease ran out ([`Leases`]); [`Replica`] is the one
@@ -60,7 +61,7 @@ pub struct CmConfig {
     pub id: u64,
     /// Every CM node's id and address.
     pub peers: BTreeMap<u64, String>,
-    /// Where the sled store lives (Raft mode).
+    /// Where the store (`raft.wal` and sled) lives (Raft mode).
     pub data_dir: PathBuf,
     /// How the directory is replicated.
     pub mode: ReplicationMode,
@@ -188,7 +189,7 @@ impl CmNode {
         self.server.replica().status()
     }
 
-    /// Stops serving and shuts replication down, releasing the sled store.
+    /// Stops serving and shuts replication down, releasing the store.
     pub async fn shutdown(mut self) {
         self.watcher.abort();
         self.health.shutting_down().await;

@@ -2,7 +2,8 @@
 //!
 //! - [`TypeConfig`] and [`Raft`]: the openraft types of the CM cluster; log entries
 //!   carry [`Batch`]es of directory commands.
-//! - [`store`]: the sled log store and the directory state machine.
+//! - [`store`]: the log and vote in `raft.wal` (one `fdatasync` per append and
+//!   per vote), the directory state machine and its snapshots in sled.
 //! - [`node`]: start-up (open the store, start openraft, propose the initial
 //!   membership, log role changes) and [`RaftReplica`], the read barrier and
 //!   status of one node.
