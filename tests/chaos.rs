@@ -26,6 +26,7 @@ fn config(out: &std::path::Path, duration: Duration) -> ChaosConfig {
         unsafe_skip_invalidation: false,
         unsafe_ignore_lease: false,
         unsafe_skip_sync: false,
+        snapshot_every: None,
     }
 }
 

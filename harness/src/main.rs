@@ -20,7 +20,7 @@ use ivy_raft::config::{
 };
 use ivy_raft::metrics::exporter::MetricsServer;
 use ivy_raft::protocol::DEFAULT_MAX_PAGE_BYTES;
-use ivy_raft::raft::RaftTimers;
+use ivy_raft::raft::{RaftTimers, SNAPSHOT_EVERY};
 
 /// IVY distributed shared memory with a Raft-replicated central manager.
 #[derive(Parser)]
@@ -123,6 +123,11 @@ struct CmArgs {
     /// the lease plus a quarter of it is evicted.
     #[arg(long, env = "IVY_CLIENT_LEASE_MS", default_value_t = DEFAULT_CLIENT_LEASE.as_millis() as u64)]
     client_lease_ms: u64,
+    /// Raft: log entries between snapshots of the directory; a restart replays at
+    /// most about this many.
+    #[arg(long, env = "IVY_SNAPSHOT_EVERY", default_value_t = SNAPSHOT_EVERY,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    snapshot_every: u64,
     /// Announce readiness as one JSON line on stdout ({"event":"ready",...}).
     #[arg(long, env = "IVY_JSON")]
     json: bool,
@@ -278,6 +283,9 @@ struct ChaosArgs {
     /// Testing only: CM nodes never sync their store (a broken build power cuts must expose).
     #[arg(long, env = "IVY_UNSAFE_SKIP_SYNC", hide = true)]
     unsafe_skip_sync: bool,
+    /// Log entries between the CM nodes' snapshots [default: the nodes' own default].
+    #[arg(long, env = "IVY_SNAPSHOT_EVERY", value_parser = clap::value_parser!(u64).range(1..))]
+    snapshot_every: Option<u64>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -412,6 +420,7 @@ async fn run_cm(args: CmArgs) -> Result<()> {
     config.timers = mode.timers;
     config.pulse = mode.pulse;
     config.client_lease = Duration::from_millis(args.client_lease_ms);
+    config.snapshot_every = args.snapshot_every;
     config.unsafe_skip_invalidation = args.unsafe_skip_invalidation;
     config.unsafe_skip_sync = args.unsafe_skip_sync;
     config.validate()?;
@@ -431,7 +440,11 @@ async fn run_cm(args: CmArgs) -> Result<()> {
         let metrics = metrics_addr.map_or(String::new(), |a| format!(", metrics on http://{a}/metrics"));
         println!("CM node {} serving on {} (data dir {data_dir}{metrics})", config.id, node.addr);
     }
-    shutdown_signal().await;
+    tokio::select! {
+        _ = shutdown_signal() => {}
+        // A node whose Raft core died (a failed sync, a panic) must not linger.
+        why = node.failed() => bail!("CM node {} stopped: {why}", config.id),
+    }
     eprintln!("CM node {} stopping", config.id);
     node.shutdown().await;
     Ok(())
@@ -574,6 +587,7 @@ async fn run_chaos(args: ChaosArgs) -> Result<()> {
         unsafe_skip_invalidation: args.unsafe_skip_invalidation,
         unsafe_ignore_lease: args.unsafe_ignore_lease,
         unsafe_skip_sync: args.unsafe_skip_sync,
+        snapshot_every: args.snapshot_every,
     };
     let report = chaos::run(&config).await?;
     println!("{report}");

@@ -36,7 +36,7 @@ use crate::heartbeat::HeartbeatReplica;
 use crate::raft::network::TransportHandler;
 use crate::raft::node::RaftStart;
 use crate::raft::store::SyncPolicy;
-use crate::raft::RaftTimers;
+use crate::raft::{RaftTimers, SNAPSHOT_EVERY};
 use crate::rpc::{Channels, Health, HeartbeatClient, HolderClient, PeerService, RaftClient, Server, MANAGER_SERVICE};
 use crate::status::{NodeStatus, Role};
 
@@ -67,6 +67,8 @@ pub struct CmConfig {
     pub mode: ReplicationMode,
     /// Raft mode: the timers.
     pub timers: RaftTimers,
+    /// Raft mode: log entries between snapshots.
+    pub snapshot_every: u64,
     /// Heartbeat mode: how often the backup polls the primary.
     pub pulse: Duration,
     /// The lease each client holds after each keepalive.
@@ -88,6 +90,7 @@ impl CmConfig {
             data_dir,
             mode: ReplicationMode::Raft,
             timers: RaftTimers::default(),
+            snapshot_every: SNAPSHOT_EVERY,
             pulse: DEFAULT_PULSE,
             client_lease: DEFAULT_CLIENT_LEASE,
             unsafe_skip_invalidation: false,
@@ -115,7 +118,7 @@ impl CmConfig {
             )));
         }
         match self.mode {
-            ReplicationMode::Raft => self.timers.config().map(|_| ()),
+            ReplicationMode::Raft => self.timers.config(self.snapshot_every).map(|_| ()),
             ReplicationMode::Heartbeat if self.pulse.is_zero() => {
                 Err(Error::InvalidConfig("the pulse must be positive".into()))
             }
@@ -154,6 +157,7 @@ impl CmNode {
                     data_dir: &config.data_dir,
                     sync: if config.unsafe_skip_sync { SyncPolicy::UnsafeSkip } else { SyncPolicy::Sync },
                     timers: config.timers,
+                    snapshot_every: config.snapshot_every,
                     transport: RaftClient::new(channels.clone()),
                 };
                 let (replica, dir) = crate::raft::node::start(start).await?;
@@ -187,6 +191,13 @@ impl CmNode {
     /// This node's status (role, term, indexes, leader).
     pub fn status(&self) -> NodeStatus {
         self.server.replica().status()
+    }
+
+    /// Returns, with the reason, once the node can no longer serve: its Raft core
+    /// stopped without being asked to (a panic, or a storage error such as a
+    /// failed sync). The process should then exit.
+    pub async fn failed(&self) -> Error {
+        self.server.replica().stopped().await
     }
 
     /// Stops serving and shuts replication down, releasing the store.

@@ -89,4 +89,13 @@ impl Replica {
             r.shutdown().await;
         }
     }
+
+    /// Returns, with the reason, once replication has stopped by itself (a Raft
+    /// core that panicked or hit a storage error); never in heartbeat mode.
+    pub async fn stopped(&self) -> Error {
+        match self {
+            Replica::Raft(r) => r.core_stopped().await,
+            Replica::Heartbeat(_) => std::future::pending().await,
+        }
+    }
 }

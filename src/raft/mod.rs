@@ -53,7 +53,8 @@ openraft::declare_raft_types!(
 /// A running openraft node of the CM cluster.
 pub type Raft = openraft::Raft<TypeConfig>;
 
-/// Log entries between snapshots; bounds the log replayed at restart.
+/// Default log entries between snapshots (`--snapshot-every`); bounds the log
+/// replayed at restart and kept in memory.
 pub const SNAPSHOT_EVERY: u64 = 1000;
 
 /// Raft timers, in milliseconds.
@@ -75,15 +76,19 @@ impl Default for RaftTimers {
 }
 
 impl RaftTimers {
-    /// The openraft configuration for these timers, validated.
-    pub fn config(&self) -> Result<Arc<Config>, Error> {
+    /// The openraft configuration for these timers and a snapshot every
+    /// `snapshot_every` log entries, validated.
+    pub fn config(&self, snapshot_every: u64) -> Result<Arc<Config>, Error> {
+        if snapshot_every == 0 {
+            return Err(Error::InvalidConfig("--snapshot-every must be at least 1".into()));
+        }
         let config = Config {
             cluster_name: "ivy-cm".to_string(),
             heartbeat_interval: self.heartbeat_ms,
             election_timeout_min: self.election_min_ms,
             election_timeout_max: self.election_max_ms,
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(SNAPSHOT_EVERY),
-            max_in_snapshot_log_to_keep: SNAPSHOT_EVERY,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(snapshot_every),
+            max_in_snapshot_log_to_keep: snapshot_every,
             ..Default::default()
         };
         let config = config.validate().map_err(|e| Error::InvalidConfig(format!("raft timers: {e}")))?;

@@ -33,6 +33,8 @@ pub struct RaftStart<'a> {
     pub sync: SyncPolicy,
     /// The timers.
     pub timers: RaftTimers,
+    /// Log entries between snapshots.
+    pub snapshot_every: u64,
     /// The transport to peers.
     pub transport: RaftClient,
 }
@@ -43,7 +45,7 @@ pub async fn start(s: RaftStart<'_>) -> Result<(RaftReplica, SharedDirectory), E
     let store = store::open(s.data_dir, s.sync)?;
     let dir = store.state_machine.directory();
     let network = NetworkFactory::new(s.transport, s.peers.clone());
-    let raft = Raft::new(s.id, s.timers.config()?, network, store.log, store.state_machine)
+    let raft = Raft::new(s.id, s.timers.config(s.snapshot_every)?, network, store.log, store.state_machine)
         .await
         .map_err(|e| Error::Internal(format!("raft start: {e}")))?;
     initialize(&raft, s.peers).await?;
@@ -236,5 +238,23 @@ impl RaftReplica {
     /// Stops openraft (requests in flight fail fast instead of committing).
     pub async fn shutdown(&self) {
         let _ = self.raft.shutdown().await;
+    }
+
+    /// Returns once the Raft core has stopped, and why. Unless the node was
+    /// asked to shut down, that is fatal: a panic, or a storage error such as a
+    /// failed sync, after which the node must not go on (it could no longer keep
+    /// what it acknowledged).
+    pub async fn core_stopped(&self) -> Error {
+        let mut metrics = self.raft.metrics();
+        while metrics.borrow_and_update().state != ServerState::Shutdown {
+            if metrics.changed().await.is_err() {
+                break;
+            }
+        }
+        match self.raft.is_initialized().await {
+            Err(openraft::error::Fatal::StorageError(e)) => Error::Storage(format!("the Raft core stopped: {e}")),
+            Err(fatal) => Error::Internal(format!("the Raft core stopped: {fatal}")),
+            Ok(_) => Error::Internal("the Raft core stopped".into()),
+        }
     }
 }

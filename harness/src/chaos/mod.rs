@@ -76,6 +76,8 @@ pub struct ChaosConfig {
     pub unsafe_ignore_lease: bool,
     /// Testing only: CM nodes never sync their store (a broken build a power cut exposes).
     pub unsafe_skip_sync: bool,
+    /// Log entries between the CM nodes' snapshots (`None`: their default).
+    pub snapshot_every: Option<u64>,
 }
 
 pub use workload::{run, CLIENT_OP_TIMEOUT_MS};

@@ -73,6 +73,26 @@ impl CmProc {
         self.child().is_some()
     }
 
+    /// True when the process exited by itself (it was started and not killed).
+    pub fn exited(&self) -> bool {
+        match &mut *self.child() {
+            Some(child) => !matches!(child.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// When the process exited by itself: its exit status and the last line of
+    /// its log (where `ivy cm` prints the error it stopped on).
+    pub fn exit_note(&self) -> Option<String> {
+        let status = match &mut *self.child() {
+            Some(child) => child.try_wait().ok().flatten()?,
+            None => return None,
+        };
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let last = log.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("(empty log)");
+        Some(format!("CM {} exited ({status}): {}", self.id, last.trim()))
+    }
+
     /// Restarts the node if it was killed or has exited by itself.
     pub fn ensure_running(&self) -> Result<()> {
         let exited = match &mut *self.child() {
@@ -117,7 +137,9 @@ impl CmSet {
         None
     }
 
-    /// Waits up to `timeout` for a serving node.
+    /// Waits up to `timeout` for a serving node; gives up at once when more than
+    /// half of the nodes exited by themselves (say, refused to start), since no
+    /// leader can come then.
     pub async fn wait_leader(&self, timeout: Duration) -> Option<u64> {
         const POLL: Duration = Duration::from_millis(20);
         let give_up = tokio::time::Instant::now() + timeout;
@@ -125,9 +147,17 @@ impl CmSet {
             if let Some(id) = self.leader().await {
                 return Some(id);
             }
+            if self.0.values().filter(|c| c.exited()).count() > self.0.len() / 2 {
+                return None;
+            }
             tokio::time::sleep(POLL).await;
         }
         None
+    }
+
+    /// Why each node that exited by itself did, one line each.
+    pub fn exit_notes(&self) -> Vec<String> {
+        self.0.values().filter_map(CmProc::exit_note).collect()
     }
 
     /// The node ids.

@@ -105,8 +105,16 @@ pub async fn run(cfg: &ChaosConfig) -> Result<Report> {
 
     rig.heal_all().await;
     let leader = rig.wait_leader(RECOVERY_TIMEOUT).await;
-    eprintln!("chaos: healed; leader {leader:?}; final reads");
-    final_reads(&rig, cfg.pages, &rec).await;
+    if leader.is_some() {
+        eprintln!("chaos: healed; leader {leader:?}; final reads");
+        final_reads(&rig, cfg.pages, &rec).await;
+    } else {
+        // Every read would only wait out its deadline; the report says it did not recover.
+        eprintln!("chaos: healed, but no CM node leads; no final reads");
+        for note in rig.cms.exit_notes() {
+            eprintln!("chaos: {note}");
+        }
+    }
     for slot in &rig.clients {
         slot.proc().await.quit().await;
     }
@@ -201,7 +209,13 @@ async fn build_rig(
     let op_timeout = Duration::from_millis(cfg.client_timeout_ms) + HARNESS_GRACE;
     let client_links = BTreeMap::new();
     let mut rig = Rig { cms: CmSet(cms), clients: Vec::new(), cm_links, client_links, lease, op_timeout, power };
-    rig.wait_leader(RECOVERY_TIMEOUT).await.ok_or_else(|| anyhow!("the CM nodes elected no leader"))?;
+    if rig.wait_leader(RECOVERY_TIMEOUT).await.is_none() {
+        let notes = rig.cms.exit_notes();
+        return Err(anyhow!(
+            "the CM nodes elected no leader; {}",
+            if notes.is_empty() { "none exited".into() } else { notes.join("; ") }
+        ));
+    }
     for c in 0..cfg.clients {
         let mut via = Vec::new();
         for (id, addr) in &real {
@@ -240,6 +254,9 @@ fn cm_args(cfg: &ChaosConfig, id: u64, listen: &str, peers: &str, data_root: &Pa
     }
     if cfg.unsafe_skip_sync {
         args.push("--unsafe-skip-sync".into());
+    }
+    if let Some(n) = cfg.snapshot_every {
+        args.extend(["--snapshot-every".into(), n.to_string()]);
     }
     args
 }

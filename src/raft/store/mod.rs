@@ -79,7 +79,34 @@ pub fn open(dir: &Path, policy: SyncPolicy) -> Result<Store, Error> {
     let state_machine = StateMachine::new(&db, sled_files).map_err(|e| {
         Error::Storage(format!("cannot restore the state machine from the snapshot in {}: {e}", dir.display()))
     })?;
+    check_vote(dir, &state, state_machine.last_applied())?;
     Ok(Store { log: LogStore::new(wal, state), state_machine, syncs: syncer.counter() })
+}
+
+/// Refuses a store whose saved vote is older than the log it holds.
+///
+/// A node saves the vote of a leader before it accepts that leader's entries or
+/// snapshot, so its vote's term is never below the term of the last entry it
+/// holds (or of its snapshot or purge point). A store where it is has lost writes
+/// it had synced, or never synced them (`--unsafe-skip-sync`); starting from it
+/// could vote twice in one term, so the node does not start.
+fn check_vote(dir: &Path, log: &wal::LogState, snapshot: Option<openraft::LogId<u64>>) -> Result<(), Error> {
+    let last_entry = log.entries.values().next_back().map(|e| e.log_id);
+    let Some(last) = last_entry.max(log.last_purged).max(snapshot) else {
+        return Ok(());
+    };
+    let vote_term = log.vote.map_or(0, |v| v.leader_id.term);
+    if vote_term >= last.leader_id.term {
+        return Ok(());
+    }
+    Err(Error::Storage(format!(
+        "{}: the saved vote (term {vote_term}) is older than the log it holds (term {}, index {}): this data dir \
+         lost writes it had synced (a disk that ignores flushes, or a node run with --unsafe-skip-sync); refusing \
+         to start, since the node could vote twice in one term",
+        dir.display(),
+        last.leader_id.term,
+        last.index
+    )))
 }
 
 /// Describes a failed open of the database in `dir`, calling out a held lock.

@@ -107,6 +107,11 @@ impl StateMachine {
         Ok(sm)
     }
 
+    /// The last log id the state covers (after opening: the snapshot's).
+    pub(super) fn last_applied(&self) -> Option<LogId<NodeId>> {
+        self.applied().last_applied
+    }
+
     /// The directory, for the manager to read; never hold its lock across an await.
     pub fn directory(&self) -> SharedDirectory {
         Arc::clone(&self.directory)

@@ -84,7 +84,7 @@ async fn state_survives_reopen() {
 async fn purge_and_truncate_survive_reopen() {
     let dir = TempDir::new().unwrap();
     {
-        let mut log = open(dir.path(), SyncPolicy::Sync).unwrap().log;
+        let mut log = voted_log(&dir).await;
         log.blocking_append((1..=6).map(register)).await.unwrap();
         log.purge(log_id(1, 2)).await.unwrap();
         log.truncate(log_id(1, 5)).await.unwrap();
@@ -105,6 +105,14 @@ fn second_open_says_the_data_dir_is_in_use() {
     let msg = err.to_string();
     assert!(msg.contains("in use"), "{msg}");
     assert!(msg.contains(&dir.path().display().to_string()), "{msg}");
+}
+
+/// A fresh log in `dir` that has voted in term 1, as a node does before it takes
+/// entries of term 1.
+async fn voted_log(dir: &TempDir) -> LogStore {
+    let mut log = open(dir.path(), SyncPolicy::Sync).unwrap().log;
+    log.save_vote(&Vote::new_committed(1, 1)).await.unwrap();
+    log
 }
 
 fn wal_path(dir: &TempDir) -> std::path::PathBuf {
@@ -159,7 +167,7 @@ async fn a_snapshot_is_synced_before_it_is_reported_stored() {
 async fn an_unsynced_tail_is_cut_and_what_precedes_it_kept() {
     let dir = TempDir::new().unwrap();
     {
-        let mut log = open(dir.path(), SyncPolicy::Sync).unwrap().log;
+        let mut log = voted_log(&dir).await;
         log.blocking_append((1..=3).map(register)).await.unwrap();
         log.blocking_append([register(4)]).await.unwrap();
     }
@@ -181,7 +189,7 @@ async fn an_unsynced_tail_is_cut_and_what_precedes_it_kept() {
 async fn a_checksum_failure_ends_the_log() {
     let dir = TempDir::new().unwrap();
     {
-        let mut log = open(dir.path(), SyncPolicy::Sync).unwrap().log;
+        let mut log = voted_log(&dir).await;
         log.blocking_append([register(1)]).await.unwrap();
         log.blocking_append([register(2)]).await.unwrap();
     }
@@ -257,7 +265,7 @@ async fn a_purge_that_leaves_the_file_mostly_dead_rewrites_it() {
 async fn a_left_over_temp_file_is_removed_and_the_log_kept() {
     let dir = TempDir::new().unwrap();
     {
-        let mut log = open(dir.path(), SyncPolicy::Sync).unwrap().log;
+        let mut log = voted_log(&dir).await;
         log.blocking_append([register(1)]).await.unwrap();
     }
     std::fs::write(dir.path().join("raft.wal.tmp"), b"half a rewrite").unwrap();
@@ -284,4 +292,28 @@ async fn a_log_kept_in_sled_by_an_earlier_version_moves_into_the_file() {
     let db = sled::Config::new().path(dir.path()).open().unwrap();
     let names: Vec<String> = db.tree_names().iter().map(|n| String::from_utf8_lossy(n).into_owned()).collect();
     assert!(!names.iter().any(|n| n.starts_with("raft_")), "old trees dropped: {names:?}");
+}
+
+#[tokio::test]
+async fn a_vote_older_than_the_log_refuses_to_open() {
+    let dir = TempDir::new().unwrap();
+    {
+        let mut log = open(dir.path(), SyncPolicy::Sync).unwrap().log;
+        log.blocking_append((1..=2).map(register)).await.unwrap();
+    }
+    let err = open(dir.path(), SyncPolicy::Sync).expect_err("entries of term 1 with no vote");
+    let msg = err.to_string();
+    assert!(msg.contains("older than the log") && msg.contains("refusing to start"), "{msg}");
+}
+
+#[tokio::test]
+async fn a_snapshot_newer_than_the_vote_refuses_to_open() {
+    let dir = TempDir::new().unwrap();
+    {
+        let mut sm = open(dir.path(), SyncPolicy::Sync).unwrap().state_machine;
+        sm.apply([register(1)]).await.unwrap();
+        sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    }
+    let err = open(dir.path(), SyncPolicy::Sync).expect_err("a snapshot of term 1 with no vote");
+    assert!(err.to_string().contains("term 1, index 1"), "{err}");
 }
