@@ -181,6 +181,8 @@ fn health_reflection_metrics_and_json_logs() -> Result<()> {
     for counter in ["ivy_evictions_total", "ivy_store_syncs_total", "ivy_raft_leader_changes_total"] {
         assert!(m.contains_key(counter), "{counter} missing: {m:?}");
     }
+    // Every commit is synced: at least one sync per write the leader committed.
+    assert!(m["ivy_store_syncs_total"] >= 5.0, "{m:?}");
     let c = parse_exposition(&scrape(&client_metrics)?)?;
     assert!(sum_of(&c, "ivy_client_ops_total{op=\"write\"") >= 5.0, "{c:?}");
     assert!(sum_of(&c, "ivy_client_fault_duration_seconds_count") >= 5.0, "{c:?}");

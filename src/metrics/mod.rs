@@ -84,7 +84,7 @@ pub fn eviction() {
     metrics::counter!(EVICTIONS).increment(1);
 }
 
-/// Counts `n` flushes of this node's store.
+/// Counts `n` syncs (`fdatasync`/`fsync`) of this node's store.
 pub fn store_syncs(n: u64) {
     metrics::counter!(STORE_SYNCS).increment(n);
 }
@@ -198,7 +198,7 @@ pub fn describe() {
     describe_gauge!(PAGES, "Pages in the directory.");
     describe_counter!(EVICTIONS, "Clients evicted by this node as leader.");
     describe_counter!(ERRORS, "Requests this CM node answered with an error, by kind.");
-    describe_counter!(STORE_SYNCS, "Flushes (fsyncs) of this node's store.");
+    describe_counter!(STORE_SYNCS, "fdatasync/fsync calls of this node's store: one per log append and per vote.");
     describe_counter!(CLIENT_OPS, "Client reads and writes, by op and how they were served.");
     describe_histogram!(CLIENT_FAULT_DURATION, Unit::Seconds, "A client's faults, round trip with retries.");
 }

@@ -3,7 +3,8 @@
 //!
 //! Every sync the store makes goes through a [`Syncer`], which counts it in a
 //! [`SyncCounter`] readable from outside (the node's status carries it, so
-//! `ivy bench` can report syncs per commit). [`SledFiles`] makes sled's own
+//! `ivy bench` can report syncs per commit) and in the `ivy_store_syncs_total`
+//! metric. [`SledFiles`] makes sled's own
 //! writes durable: sled 0.34's `flush` only calls `sync_file_range`, which pushes
 //! dirty pages to the device but flushes neither its volatile write cache nor the
 //! file's metadata, and it never syncs its blob files or directories at all.
@@ -39,8 +40,10 @@ impl SyncCounter {
         self.0.load(Ordering::Relaxed)
     }
 
+    /// Counts one sync here and in the node's metrics (`ivy_store_syncs_total`).
     fn bump(&self) {
         self.0.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::store_syncs(1);
     }
 }
 
