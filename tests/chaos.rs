@@ -67,8 +67,10 @@ async fn broken_build_is_caught() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn broken_lease_build_is_caught() -> Result<()> {
     let out = tempfile::tempdir()?;
-    let mut cfg = config(out.path(), Duration::from_secs(14));
+    let mut cfg = config(out.path(), Duration::from_secs(18));
     cfg.faults = vec![Nemesis::ClientIsolate];
+    // Cut-offs back to back (each outlasts its gap): three or four in the run.
+    cfg.fault_gap_ms = (1000, 1000);
     cfg.clients = 3;
     cfg.pages = 2;
     cfg.read_ratio = 0.9;
