@@ -64,6 +64,15 @@ pub enum Error {
     /// Another process or node holds the data dir (its store is locked).
     #[error("data dir {path} is in use by another process or CM node; stop it first or choose another --data-dir")]
     DataDirInUse { path: String },
+    /// The caller's credentials (token, or node certificate) were missing or wrong.
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
+    /// A registration beyond `--max-clients`; nothing was registered.
+    #[error("the directory already holds {max} clients, the cap set by --max-clients; a client must leave or be evicted first")]
+    TooManyClients { max: u64 },
+    /// A page creation beyond `--max-pages`; nothing was created.
+    #[error("cannot create page {page}: the directory already holds {max} pages, the cap set by --max-pages")]
+    TooManyPages { page: String, max: u64 },
     /// A setting (flag, environment variable, peer list) is not usable.
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),
@@ -126,6 +135,9 @@ impl Error {
             Error::DataDirInUse { .. } => "data_dir_in_use",
             Error::InvalidConfig(_) => "invalid_config",
             Error::Internal(_) => "internal",
+            Error::Unauthenticated(_) => "unauthenticated",
+            Error::TooManyClients { .. } => "too_many_clients",
+            Error::TooManyPages { .. } => "too_many_pages",
         }
     }
 }

@@ -13,7 +13,9 @@ use anyhow::{bail, Context, Result};
 use ivy_raft::client::{Client, ClientConfig};
 use ivy_raft::cm::{CmConfig, CmNode};
 use ivy_raft::config::ReplicationMode;
+use ivy_raft::protocol::Caps;
 use ivy_raft::raft::RaftTimers;
+use ivy_raft::rpc::Security;
 use ivy_raft::Error;
 use tokio::net::TcpListener;
 
@@ -47,11 +49,23 @@ impl ClusterMode {
     }
 }
 
+/// What every node of an in-process cluster is configured with besides its mode.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterOptions {
+    /// Each node's security, by id (a missing id: none).
+    pub security: BTreeMap<u64, Security>,
+    /// The caps the nodes commit (default: the CM's defaults).
+    pub caps: Option<Caps>,
+    /// The security of the clients [`Cluster::client`] starts.
+    pub client_security: Security,
+}
+
 /// An in-process cluster of CM nodes.
 pub struct Cluster {
     nodes: BTreeMap<u64, Option<CmNode>>,
     peers: BTreeMap<u64, String>,
     mode: ClusterMode,
+    options: ClusterOptions,
     dir: tempfile::TempDir,
 }
 
@@ -59,6 +73,11 @@ impl Cluster {
     /// Starts the CM nodes of `mode` (ids 1..=3 for Raft, 1..=2 for heartbeat)
     /// and waits for a leader.
     pub async fn start(mode: ClusterMode) -> Result<Cluster> {
+        Cluster::start_with(mode, ClusterOptions::default()).await
+    }
+
+    /// Like [`Cluster::start`], with `options` (security, caps).
+    pub async fn start_with(mode: ClusterMode, options: ClusterOptions) -> Result<Cluster> {
         let n = match mode.mode {
             ReplicationMode::Raft => 3,
             ReplicationMode::Heartbeat => 2,
@@ -72,7 +91,7 @@ impl Cluster {
         for (id, l) in &listeners {
             peers.insert(*id, l.local_addr()?.to_string());
         }
-        let mut cluster = Cluster { nodes: BTreeMap::new(), peers, mode, dir };
+        let mut cluster = Cluster { nodes: BTreeMap::new(), peers, mode, options, dir };
         for (id, listener) in listeners {
             let node = CmNode::start(cluster.config(id), listener).await?;
             cluster.nodes.insert(id, Some(node));
@@ -86,7 +105,16 @@ impl Cluster {
         config.mode = self.mode.mode;
         config.timers = self.mode.timers;
         config.pulse = self.mode.pulse;
+        config.security = self.options.security.get(&id).cloned().unwrap_or_default();
+        if let Some(caps) = self.options.caps {
+            config.caps = caps;
+        }
         config
+    }
+
+    /// The config node `id` runs with, for a test that starts one like it.
+    pub fn node_config(&self, id: u64) -> CmConfig {
+        self.config(id)
     }
 
     /// The CM addresses, for clients.
@@ -146,7 +174,9 @@ impl Cluster {
 
     /// Starts a client of this cluster.
     pub async fn client(&self) -> Result<Client, Error> {
-        Client::start(ClientConfig::new(self.addrs())).await
+        let mut config = ClientConfig::new(self.addrs());
+        config.security = self.options.client_security.clone();
+        Client::start(config).await
     }
 
     /// Stops every node.

@@ -2,12 +2,15 @@
 //! demo, chaos harness and benchmark, and the in-process cluster the tests and
 //! benches start.
 //!
+//! - [`certs`]: `ivy certs init`: a CA, node and client certificates, a token.
 //! - [`cluster`]: CM nodes in this process on ephemeral loopback ports.
 //! - [`demo`]: the original experiment on an in-process cluster.
 //! - [`chaos`]: real processes, injected faults, a history and its checker.
 //! - [`bench`]: Raft against the heartbeat baseline on CM processes.
 //! - [`lazyfs`]: a FUSE filesystem that keeps writes in memory until they are
 //!   synced and drops them on a simulated power cut.
+//! - [`secure`]: the security flags every subcommand shares, and `ivy certs`.
+//! - [`flood`]: a bounded flood of registrations and page creations (caps, RSS).
 //! - [`workload`]: the workload shape the demo and the bench share.
 //! - [`netns`]: a network of Linux namespaces with silent partitions, for tests
 //!   that cut real links.
@@ -17,13 +20,16 @@
 //!   network, faults between hosts, the chaos checker on the history.
 
 pub mod bench;
+pub mod certs;
 pub mod chaos;
 pub mod cluster;
 pub mod demo;
+pub mod flood;
 pub mod lazyfs;
 pub mod logging;
 pub mod multihost;
 pub mod netns;
 mod op_counter;
 pub mod probe;
+pub mod secure;
 pub mod workload;

@@ -10,16 +10,18 @@ use ivy_harness::bench::{self, BenchConfig, BenchMode, Scenario, Workload};
 use ivy_harness::chaos::{self, ChaosConfig, Nemesis};
 use ivy_harness::cluster::ClusterMode;
 use ivy_harness::demo;
+use ivy_harness::flood::{self, FloodConfig};
 use ivy_harness::logging::{self, LogArgs, LogLevel};
 use ivy_harness::probe;
+use ivy_harness::secure::{run_certs, CertsCommand, SecurityArgs};
 use ivy_raft::client::repl::{self, Event, LineSource, Output};
 use ivy_raft::client::{Client, ClientConfig, CmConn, CLIENT_RPC_TIMEOUT, DEFAULT_OP_TIMEOUT};
-use ivy_raft::cm::{CmConfig, CmNode, DEFAULT_CLIENT_LEASE, DEFAULT_PULSE};
+use ivy_raft::cm::{CmConfig, CmNode, DEFAULT_CLIENT_LEASE, DEFAULT_MAX_CLIENTS, DEFAULT_MAX_PAGES, DEFAULT_PULSE};
 use ivy_raft::config::{
     hostname, id_from_hostname, parse_addrs, parse_peers, ReplicationMode, DEFAULT_CMS, DEFAULT_PEERS,
 };
 use ivy_raft::metrics::exporter::MetricsServer;
-use ivy_raft::protocol::DEFAULT_MAX_PAGE_BYTES;
+use ivy_raft::protocol::{Caps, DEFAULT_MAX_PAGE_BYTES};
 use ivy_raft::raft::{RaftTimers, SNAPSHOT_EVERY};
 
 /// IVY distributed shared memory with a Raft-replicated central manager.
@@ -52,6 +54,27 @@ enum Command {
     Chaos(ChaosArgs),
     /// Measure Raft against the heartbeat baseline on CM processes, with and without CM kills.
     Bench(BenchArgs),
+    /// Create the certificates and token of a secure cluster (see README, "Secure cluster").
+    #[command(subcommand)]
+    Certs(CertsCommand),
+    /// Testing only: flood a cluster with registrations and page creations for a bounded time.
+    #[command(hide = true)]
+    Flood(FloodArgs),
+}
+
+#[derive(Args)]
+struct FloodArgs {
+    /// CM node addresses, comma separated.
+    #[arg(long, env = "IVY_CM", default_value = DEFAULT_CMS)]
+    cm: String,
+    /// How long the flood runs, e.g. 10s.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Concurrent workers.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=256))]
+    workers: u64,
+    #[command(flatten)]
+    security: SecurityArgs,
 }
 
 /// How the directory is replicated, with each mode's settings.
@@ -128,6 +151,14 @@ struct CmArgs {
     #[arg(long, env = "IVY_SNAPSHOT_EVERY", default_value_t = SNAPSHOT_EVERY,
           value_parser = clap::value_parser!(u64).range(1..))]
     snapshot_every: u64,
+    /// Most registered clients; a registration beyond it is refused, naming the cap.
+    #[arg(long, env = "IVY_MAX_CLIENTS", default_value_t = DEFAULT_MAX_CLIENTS, value_parser = clap::value_parser!(u64).range(1..))]
+    max_clients: u64,
+    /// Most pages in the directory; a write that would create one more is refused, naming the cap.
+    #[arg(long, env = "IVY_MAX_PAGES", default_value_t = DEFAULT_MAX_PAGES, value_parser = clap::value_parser!(u64).range(1..))]
+    max_pages: u64,
+    #[command(flatten)]
+    security: SecurityArgs,
     /// Announce readiness as one JSON line on stdout ({"event":"ready",...}).
     #[arg(long, env = "IVY_JSON")]
     json: bool,
@@ -173,6 +204,8 @@ struct ClientArgs {
     /// Deadline of one read or write, retries included, ms.
     #[arg(long, env = "IVY_TIMEOUT_MS", default_value_t = 5000)]
     timeout_ms: u64,
+    #[command(flatten)]
+    security: SecurityArgs,
     /// Testing only: serve local hits after the lease ran out (a broken build the
     /// chaos checker must catch).
     #[arg(long, env = "IVY_UNSAFE_IGNORE_LEASE", hide = true)]
@@ -193,6 +226,8 @@ struct PagesArgs {
     #[arg(long, env = "IVY_PAGES_WATCH_MS", num_args = 0..=1, default_missing_value = "1000",
           value_parser = clap::value_parser!(u64).range(100..))]
     watch: Option<u64>,
+    #[command(flatten)]
+    security: SecurityArgs,
 }
 
 #[derive(Args)]
@@ -203,6 +238,8 @@ struct EvictArgs {
     /// CM node addresses, comma separated.
     #[arg(long, env = "IVY_CM", default_value = DEFAULT_CMS)]
     cm: String,
+    #[command(flatten)]
+    security: SecurityArgs,
 }
 
 #[derive(Args)]
@@ -213,6 +250,8 @@ struct StatusArgs {
     /// Print JSON instead of a table.
     #[arg(long, env = "IVY_JSON")]
     json: bool,
+    #[command(flatten)]
+    security: SecurityArgs,
 }
 
 #[derive(Args)]
@@ -394,6 +433,8 @@ fn main() -> ExitCode {
             Command::Demo(args) => run_demo(args).await,
             Command::Chaos(args) => run_chaos(args).await,
             Command::Bench(args) => run_bench(args).await,
+            Command::Certs(cmd) => run_certs(&cmd),
+            Command::Flood(args) => run_flood(args).await,
         };
         done.map(|()| ExitCode::SUCCESS)
     });
@@ -421,6 +462,8 @@ async fn run_cm(args: CmArgs) -> Result<()> {
     config.pulse = mode.pulse;
     config.client_lease = Duration::from_millis(args.client_lease_ms);
     config.snapshot_every = args.snapshot_every;
+    config.caps = Caps { max_clients: args.max_clients, max_pages: args.max_pages };
+    config.security = args.security.load()?;
     config.unsafe_skip_invalidation = args.unsafe_skip_invalidation;
     config.unsafe_skip_sync = args.unsafe_skip_sync;
     config.validate()?;
@@ -481,6 +524,7 @@ async fn run_client(args: ClientArgs) -> Result<()> {
             max_page_bytes: args.max_page_bytes,
             op_timeout: Duration::from_millis(args.timeout_ms),
             record_grants: false,
+            security: args.security.load()?,
             unsafe_ignore_lease: args.unsafe_ignore_lease,
         };
         Client::start(config).await
@@ -501,7 +545,8 @@ async fn run_client(args: ClientArgs) -> Result<()> {
 
 async fn run_status(args: StatusArgs) -> Result<()> {
     let addrs = parse_addrs(&args.cm)?;
-    let rpc = ivy_raft::rpc::ManagerClient::new(ivy_raft::rpc::Channels::new(ivy_raft::client::STATUS_TIMEOUT));
+    let channels = ivy_raft::rpc::Channels::new(ivy_raft::client::STATUS_TIMEOUT, args.security.load()?);
+    let rpc = ivy_raft::rpc::ManagerClient::new(channels);
     let report = ivy_raft::client::status_of(&rpc, &addrs).await;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -515,7 +560,7 @@ async fn run_status(args: StatusArgs) -> Result<()> {
 }
 
 async fn run_pages(args: PagesArgs) -> Result<()> {
-    let cm = CmConn::new(parse_addrs(&args.cm)?, CLIENT_RPC_TIMEOUT, DEFAULT_OP_TIMEOUT)?;
+    let cm = CmConn::new(parse_addrs(&args.cm)?, CLIENT_RPC_TIMEOUT, DEFAULT_OP_TIMEOUT, args.security.load()?)?;
     for name in &args.pages {
         ivy_raft::protocol::PageName::new(name)?;
     }
@@ -538,12 +583,24 @@ async fn run_pages(args: PagesArgs) -> Result<()> {
 }
 
 async fn run_evict(args: EvictArgs) -> Result<()> {
-    let cm = CmConn::new(parse_addrs(&args.cm)?, CLIENT_RPC_TIMEOUT, DEFAULT_OP_TIMEOUT)?;
+    let cm = CmConn::new(parse_addrs(&args.cm)?, CLIENT_RPC_TIMEOUT, DEFAULT_OP_TIMEOUT, args.security.load()?)?;
     let removal = cm.evict(args.client).await?;
     println!(
         "evicted client {}: {} pages passed to a copy holder, {} lost",
         args.client, removal.promoted, removal.lost
     );
+    Ok(())
+}
+
+async fn run_flood(args: FloodArgs) -> Result<()> {
+    let config = FloodConfig {
+        cms: parse_addrs(&args.cm)?,
+        duration: args.duration,
+        workers: args.workers as usize,
+        security: args.security.load()?,
+    };
+    let report = flood::run(&config).await?;
+    println!("{}", serde_json::to_string(&report)?);
     Ok(())
 }
 

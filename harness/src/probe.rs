@@ -9,6 +9,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use ivy_raft::rpc::health::{check, list_services, HealthState};
+use ivy_raft::rpc::Security;
+
+use crate::secure::SecurityArgs;
 
 /// `ivy health`'s flags.
 #[derive(Debug, Clone, clap::Args)]
@@ -28,12 +31,21 @@ pub struct HealthArgs {
     /// List the node's gRPC services (server reflection) instead of checking health.
     #[arg(long)]
     pub list: bool,
+    #[command(flatten)]
+    pub security: SecurityArgs,
 }
 
 /// Runs `ivy health` and returns its exit code.
 pub async fn run(args: HealthArgs) -> ExitCode {
     let timeout = Duration::from_millis(args.timeout_ms);
-    let p = Probe { addr: args.addr, service: args.service, timeout, json: args.json };
+    let security = match args.security.load() {
+        Ok(security) => security,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::from(EXIT_UNREACHABLE);
+        }
+    };
+    let p = Probe { addr: args.addr, service: args.service, timeout, json: args.json, security };
     if args.list {
         list(&p).await
     } else {
@@ -52,6 +64,8 @@ pub struct Probe {
     pub timeout: Duration,
     /// One JSON object instead of a word.
     pub json: bool,
+    /// TLS and token of the probe's calls.
+    pub security: Security,
 }
 
 /// Exit code: SERVING.
@@ -63,7 +77,7 @@ pub const EXIT_UNREACHABLE: u8 = 2;
 
 /// Runs one check, prints the answer and returns the exit code.
 pub async fn health(p: &Probe) -> ExitCode {
-    let (word, code, error) = match check(&p.addr, &p.service, p.timeout).await {
+    let (word, code, error) = match check(&p.addr, &p.service, p.timeout, &p.security).await {
         Ok(HealthState::Serving) => (HealthState::Serving.name(), EXIT_SERVING, None),
         Ok(state) => (state.name(), EXIT_NOT_SERVING, None),
         Err(err) => ("UNREACHABLE", EXIT_UNREACHABLE, Some(err.to_string())),
@@ -82,7 +96,7 @@ pub async fn health(p: &Probe) -> ExitCode {
 
 /// Lists the services `addr` serves (server reflection), one per line or as JSON.
 pub async fn list(p: &Probe) -> ExitCode {
-    match list_services(&p.addr, p.timeout).await {
+    match list_services(&p.addr, p.timeout, &p.security).await {
         Ok(services) if p.json => {
             println!("{}", serde_json::json!({"addr": p.addr, "services": services}));
             ExitCode::from(EXIT_SERVING)

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 use crate::error::Error;
 use crate::protocol::{ClientId, FaultRequest, Grant};
-use crate::rpc::{Channels, ManagerClient, Removal};
+use crate::rpc::{Channels, ManagerClient, Removal, Security};
 use crate::status::{NodeReport, PagesReport, StatusReport};
 
 /// Pause before following a leader hint (bounds ping-pong during an election).
@@ -50,12 +50,18 @@ pub struct CmConn {
 }
 
 impl CmConn {
-    /// A connection to the CM nodes at `addrs`; each call gives up after `deadline`.
-    pub fn new(addrs: Vec<String>, rpc_timeout: Duration, deadline: Duration) -> Result<Self, Error> {
+    /// A connection to the CM nodes at `addrs`, secured by `security`; each call
+    /// gives up after `deadline`.
+    pub fn new(
+        addrs: Vec<String>,
+        rpc_timeout: Duration,
+        deadline: Duration,
+        security: Security,
+    ) -> Result<Self, Error> {
         if addrs.is_empty() {
             return Err(Error::InvalidConfig("no CM address given".into()));
         }
-        let rpc = ManagerClient::new(Channels::new(rpc_timeout));
+        let rpc = ManagerClient::new(Channels::new(rpc_timeout, security));
         let given = addrs.len();
         Ok(CmConn { addrs: Mutex::new(addrs), given, follow_hints: false, leader: Mutex::new(0), rpc, deadline })
     }

@@ -39,7 +39,7 @@ use crate::protocol::{
     check_size, ClientId, ClientOp, Epoch, FaultKind, FaultRequest, Grant, LocalPage, OpDone, OpEvent, OpStep,
     PageName, PageTable, DEFAULT_MAX_PAGE_BYTES,
 };
-use crate::rpc::{holder_router, Channels, HolderClient, Removal, Server};
+use crate::rpc::{holder_router, Channels, HolderClient, Removal, Security, Server};
 
 /// Deadline of one RPC from a client.
 pub const CLIENT_RPC_TIMEOUT: Duration = Duration::from_secs(3);
@@ -69,6 +69,8 @@ pub struct ClientConfig {
     pub op_timeout: Duration,
     /// Keep every write grant's epoch (for exactly-once checks; grows with use).
     pub record_grants: bool,
+    /// TLS and token for every connection, to the CM and between clients.
+    pub security: Security,
     /// Testing only: serve local hits after the lease ran out (a broken build the
     /// chaos checker must catch).
     pub unsafe_ignore_lease: bool,
@@ -85,6 +87,7 @@ impl ClientConfig {
             max_page_bytes: DEFAULT_MAX_PAGE_BYTES,
             op_timeout: DEFAULT_OP_TIMEOUT,
             record_grants: false,
+            security: Security::default(),
             unsafe_ignore_lease: false,
         }
     }
@@ -205,7 +208,8 @@ impl Client {
             .map_err(|e| Error::Unavailable(format!("cannot listen on {}: {e}", config.listen)))?;
         let addr = listener.local_addr().map_err(|e| Error::Internal(format!("listener: {e}")))?;
         let advertised = advertised_addr(config.advertise.as_deref(), addr)?;
-        let cm = CmConn::new(config.cms.clone(), CLIENT_RPC_TIMEOUT, config.op_timeout)?
+        let security = config.security.clone();
+        let cm = CmConn::new(config.cms.clone(), CLIENT_RPC_TIMEOUT, config.op_timeout, security.clone())?
             .following_hints(config.follow_hints);
         let sent = Instant::now();
         let (id, lease) = cm.register(&advertised).await?;
@@ -214,14 +218,16 @@ impl Client {
             advertised,
             cm,
             table: Mutex::new(PageTable::new(id)),
-            peers: HolderClient::new(Channels::new(PAGE_SEND_TIMEOUT)),
+            peers: HolderClient::new(Channels::new(PAGE_SEND_TIMEOUT, security.clone())),
             max_page_bytes: config.max_page_bytes,
             lease: LeaseView::new(config.unsafe_ignore_lease),
             events: broadcast::channel(EVENT_BACKLOG).0,
             rejoining: tokio::sync::Mutex::new(()),
         });
         shared.lease.extend(sent, lease);
-        let server = holder_router(Arc::new(HolderService::new(shared.clone())), listener);
+        let holder = Arc::new(HolderService::new(shared.clone()));
+        let server = holder_router(holder, listener, &security, config.max_page_bytes)?;
+        security.warn_if_exposed("this client's page holder", addr);
         let keepalive = tokio::spawn(shared.clone().keep_alive());
         tracing::info!(client = id, %addr, advertised = shared.advertised.as_str(), lease_ms = lease.as_millis() as u64, "client registered");
         Ok(Client {

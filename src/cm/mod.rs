@@ -13,6 +13,7 @@
 //! and evicts clients whose lease ran out ([`Leases`]); [`Replica`] is the one
 //! place the two modes differ.
 
+mod admission;
 mod leases;
 mod replica;
 mod request_server;
@@ -25,6 +26,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+pub use admission::{Admission, MAX_FAULTS_IN_FLIGHT};
 pub use leases::{Leases, DEFAULT_CLIENT_LEASE, LEASE_MARGIN_SHARE};
 pub use replica::Replica;
 pub use request_server::{ManagerHandler, RequestServer, FAULT_REPLY_DEADLINE};
@@ -33,11 +35,14 @@ use crate::config::ReplicationMode;
 use crate::error::Error;
 use crate::heartbeat::service::{poll_primary, reclaim, Links, PulseHandler};
 use crate::heartbeat::HeartbeatReplica;
+use crate::protocol::Caps;
 use crate::raft::network::TransportHandler;
 use crate::raft::node::RaftStart;
 use crate::raft::store::SyncPolicy;
 use crate::raft::{RaftTimers, SNAPSHOT_EVERY};
-use crate::rpc::{Channels, Health, HeartbeatClient, HolderClient, PeerService, RaftClient, Server, MANAGER_SERVICE};
+use crate::rpc::{
+    Channels, Health, HeartbeatClient, HolderClient, PeerService, RaftClient, Security, Server, MANAGER_SERVICE,
+};
 use crate::status::{NodeStatus, Role};
 
 /// Deadline of one call from the manager to a client or a peer.
@@ -49,6 +54,12 @@ pub const HEALTH_REFRESH: Duration = Duration::from_millis(100);
 
 /// Default heartbeat-mode pulse: the original design's 1 s.
 pub const DEFAULT_PULSE: Duration = Duration::from_secs(1);
+
+/// Default `--max-clients`: registered clients a directory admits.
+pub const DEFAULT_MAX_CLIENTS: u64 = 10_000;
+
+/// Default `--max-pages`: pages a directory admits.
+pub const DEFAULT_MAX_PAGES: u64 = 1_000_000;
 
 /// Shortest client lease accepted (a keepalive every third of it must fit
 /// several round trips).
@@ -73,6 +84,10 @@ pub struct CmConfig {
     pub pulse: Duration,
     /// The lease each client holds after each keepalive.
     pub client_lease: Duration,
+    /// How many clients and pages the directory admits (committed by the leader).
+    pub caps: Caps,
+    /// TLS and token for every connection.
+    pub security: Security,
     /// Testing only: skip invalidations, breaking coherence on purpose so the
     /// chaos harness can show it catches a broken build.
     pub unsafe_skip_invalidation: bool,
@@ -93,6 +108,8 @@ impl CmConfig {
             snapshot_every: SNAPSHOT_EVERY,
             pulse: DEFAULT_PULSE,
             client_lease: DEFAULT_CLIENT_LEASE,
+            caps: Caps { max_clients: DEFAULT_MAX_CLIENTS, max_pages: DEFAULT_MAX_PAGES },
+            security: Security::default(),
             unsafe_skip_invalidation: false,
             unsafe_skip_sync: false,
         }
@@ -109,6 +126,9 @@ impl CmConfig {
             // A name (a Kubernetes pod's stable DNS name) or an address.
             crate::config::parse_addr(addr)
                 .map_err(|_| Error::InvalidConfig(format!("peer {id} address {addr:?} is not host:port")))?;
+        }
+        if self.caps.max_clients == 0 || self.caps.max_pages == 0 {
+            return Err(Error::InvalidConfig("--max-clients and --max-pages must be positive".into()));
         }
         if self.client_lease < MIN_CLIENT_LEASE {
             return Err(Error::InvalidConfig(format!(
@@ -145,7 +165,7 @@ impl CmNode {
         config.validate()?;
         crate::metrics::cm_counters_at_zero();
         let addr = listener.local_addr().map_err(|e| Error::Internal(format!("listener: {e}")))?;
-        let channels = Channels::new(HOLDER_RPC_TIMEOUT);
+        let channels = Channels::new(HOLDER_RPC_TIMEOUT, config.security.clone());
         let holders = HolderClient::new(channels.clone());
         let skip = config.unsafe_skip_invalidation;
         let leases = || Leases::new(config.client_lease);
@@ -179,10 +199,21 @@ impl CmNode {
                 (RequestServer::new(Replica::Heartbeat(replica), dir, holders, leases(), skip), peers, poller)
             }
         };
-        let server = Arc::new(server);
-        let lease_watch = tokio::spawn(server.clone().watch_leases());
+        let server = Arc::new(server.with_caps(config.caps));
+        let manager = Arc::new(ManagerHandler(server.clone()));
         let health = Health::new().await;
-        let grpc = crate::rpc::serve_cm(Arc::new(ManagerHandler(server.clone())), peers, &health, listener)?;
+        let grpc = match crate::rpc::serve_cm(manager, peers, &health, listener, &config.security) {
+            Ok(grpc) => grpc,
+            Err(err) => {
+                if let Some(poller) = &poller {
+                    poller.abort();
+                }
+                server.replica().shutdown().await;
+                return Err(err);
+            }
+        };
+        config.security.warn_if_exposed(&format!("CM node {}", config.id), addr);
+        let lease_watch = tokio::spawn(server.clone().watch_leases());
         let watcher = tokio::spawn(watch(server.clone(), health.clone(), config.pulse));
         tracing::info!(id = config.id, %addr, mode = %config.mode, "CM node started");
         Ok(CmNode { addr, server, poller, lease_watch, health, watcher, grpc })

@@ -20,12 +20,13 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use super::admission::Admission;
 use super::leases::Leases;
 use super::replica::Replica;
 use crate::error::Error;
 use crate::metrics;
 use crate::protocol::{
-    Applied, ClientId, DirCmd, Directory, Epoch, FaultEvent, FaultRequest, FaultRun, FaultStep, Forward, Grant,
+    Applied, Caps, ClientId, DirCmd, Directory, Epoch, FaultEvent, FaultRequest, FaultRun, FaultStep, Forward, Grant,
     PageName, SharedDirectory,
 };
 use crate::rpc::{HolderClient, HolderRef, ManagerApi, Removal};
@@ -59,6 +60,7 @@ pub struct RequestServer {
     holders: HolderClient,
     leases: Leases,
     skip_invalidation: bool,
+    admission: Admission,
     locks: Mutex<HashMap<PageName, Arc<tokio::sync::Mutex<()>>>>,
 }
 
@@ -80,7 +82,30 @@ impl RequestServer {
         if skip_invalidation {
             tracing::warn!("UNSAFE: invalidations are skipped; copies will go stale");
         }
-        RequestServer { replica, dir, holders, leases, skip_invalidation, locks: Mutex::default() }
+        let admission = Admission::default();
+        RequestServer { replica, dir, holders, leases, skip_invalidation, admission, locks: Mutex::default() }
+    }
+
+    /// This server, committing `caps` to the directory before it admits anything.
+    pub fn with_caps(mut self, caps: Caps) -> Self {
+        self.admission = Admission::new(caps);
+        self
+    }
+
+    /// Commits this node's caps unless the directory has them already.
+    async fn ensure_caps(&self) -> Result<(), Error> {
+        let caps = self.admission.caps();
+        if self.read(|d| d.caps()) == caps {
+            return Ok(());
+        }
+        let committed = tokio::time::timeout(FAULT_REPLY_DEADLINE, self.replica.commit(DirCmd::SetCaps { caps }));
+        let committed = committed.await.map_err(|_| {
+            Error::NoQuorum(format!("the caps did not commit within {} ms", FAULT_REPLY_DEADLINE.as_millis()))
+        })?;
+        match committed? {
+            Applied::CapsSet => Ok(()),
+            other => Err(Error::Internal(format!("setting the caps gave {other:?}"))),
+        }
     }
 
     /// The replication this server commits through.
@@ -117,13 +142,21 @@ impl RequestServer {
         reply_within: Option<Duration>,
     ) -> Result<Grant, Error> {
         self.replica.ensure_leader().await?;
+        self.ensure_caps().await?;
+        if request.kind == crate::protocol::FaultKind::Write {
+            self.read(|d| d.admits_page(&request.page))?;
+        }
+        let permit = self.admission.fault()?;
         let deadline =
             reply_within.map_or(FAULT_REPLY_DEADLINE, |w| w.saturating_sub(REPLY_MARGIN).min(FAULT_REPLY_DEADLINE));
         let page = request.page.clone();
         let (this, waiting) = (self.clone(), Waiting::default());
         let task = {
             let waiting = waiting.clone();
-            tokio::spawn(async move { this.fault_locked(request, &waiting).await })
+            tokio::spawn(async move {
+                let _permit = permit;
+                this.fault_locked(request, &waiting).await
+            })
         };
         match tokio::time::timeout(deadline, task).await {
             Ok(Ok(served)) => served,
@@ -309,6 +342,7 @@ impl RequestServer {
     /// Commits any other directory command (registration) on the leader.
     async fn commit(&self, cmd: DirCmd) -> Result<Applied, Error> {
         self.replica.ensure_leader().await?;
+        self.ensure_caps().await?;
         match tokio::time::timeout(FAULT_REPLY_DEADLINE, self.replica.commit(cmd)).await {
             Ok(applied) => applied,
             Err(_) => Err(Error::NoQuorum(format!(
@@ -391,8 +425,10 @@ pub struct ManagerHandler(pub Arc<RequestServer>);
 impl ManagerApi for ManagerHandler {
     async fn register(&self, addr: String, nonce: u64) -> Result<(ClientId, Duration), Error> {
         let received = Instant::now();
+        self.0.read(|d| d.admits_client(nonce))?;
         let client = match self.0.commit(DirCmd::Register { addr, nonce }).await? {
             Applied::Registered { client } => client,
+            Applied::Rejected(err) => return Err(err),
             other => return Err(Error::Internal(format!("registration gave {other:?}"))),
         };
         // The commit proves this node led after `received`: the registration is

@@ -146,6 +146,7 @@ impl HeartbeatReplica {
     /// The backup installs the copy a pulse brought.
     pub fn install(&self, version: u64, bytes: &[u8]) -> Result<(), Error> {
         let copy: Directory = codec::decode(bytes).map_err(|e| Error::Malformed(format!("pulse directory: {e}")))?;
+        copy.check().map_err(|why| Error::Malformed(format!("pulse directory breaks an invariant: {why}")))?;
         let mut state = self.state();
         *self.dir.write().unwrap_or_else(|e| e.into_inner()) = copy;
         state.version = version;

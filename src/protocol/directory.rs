@@ -13,6 +13,11 @@
 //! its owner holds it read-only, so every copy at that epoch has the same bytes and
 //! no transfer is needed. A page with no copy is *lost*: reads fail naming the
 //! client and the epoch, and the next write creates the page afresh.
+//!
+//! The directory also holds its [`Caps`]: how many clients and pages it admits.
+//! They are replicated state, set by a `SetCaps` command the leader commits from
+//! its flags, so every node refuses exactly the same registrations and page
+//! creations whatever its own flags say, and a refused command changes nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock};
@@ -86,6 +91,26 @@ pub struct Grant {
     pub created: bool,
 }
 
+/// How many clients and pages the directory admits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Caps {
+    /// Most registered clients (`--max-clients`).
+    pub max_clients: u64,
+    /// Most pages, lost ones included (`--max-pages`).
+    pub max_pages: u64,
+}
+
+impl Caps {
+    /// No cap at all: the directory a script or a fresh store starts with.
+    pub const UNLIMITED: Caps = Caps { max_clients: u64::MAX, max_pages: u64::MAX };
+}
+
+impl Default for Caps {
+    fn default() -> Self {
+        Caps::UNLIMITED
+    }
+}
+
 /// One command in the replicated log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DirCmd {
@@ -100,6 +125,8 @@ pub enum DirCmd {
     /// Commit a fault whose transfer is done; `seen` is the epoch the manager
     /// acted on (`None` for a write fault that creates the page).
     Fault { client: ClientId, seq: u64, page: PageName, kind: FaultKind, seen: Option<Epoch> },
+    /// Set the caps later registrations and page creations are checked against.
+    SetCaps { caps: Caps },
 }
 
 /// What applying one [`DirCmd`] did.
@@ -114,6 +141,8 @@ pub enum Applied {
     Granted(Grant),
     /// The command changed nothing.
     Rejected(Error),
+    /// The caps are set.
+    CapsSet,
 }
 
 /// The replicated directory: pages, clients and sessions.
@@ -125,6 +154,8 @@ pub struct Directory {
     next_client: ClientId,
     /// Clients removed by eviction, so their later requests get a clear answer.
     evicted: BTreeSet<ClientId>,
+    /// What the directory admits.
+    caps: Caps,
 }
 
 impl PageEntry {
@@ -148,7 +179,40 @@ impl Directory {
                 self.remove_client(*client)
             }
             DirCmd::Fault { client, seq, page, kind, seen } => self.fault(*client, *seq, page, *kind, *seen),
+            DirCmd::SetCaps { caps } => {
+                self.caps = *caps;
+                Applied::CapsSet
+            }
         }
+    }
+
+    /// The caps registrations and page creations are checked against.
+    pub fn caps(&self) -> Caps {
+        self.caps
+    }
+
+    /// Number of pages, lost ones included.
+    pub fn page_count(&self) -> usize {
+        self.pages.len()
+    }
+
+    /// Fails with `TooManyClients` when registering `nonce` would add a client
+    /// beyond the cap (a retried registration adds none).
+    pub fn admits_client(&self, nonce: u64) -> Result<(), Error> {
+        let known = self.clients.values().any(|c| c.nonce == nonce);
+        if !known && self.clients.len() as u64 >= self.caps.max_clients {
+            return Err(Error::TooManyClients { max: self.caps.max_clients });
+        }
+        Ok(())
+    }
+
+    /// Fails with `TooManyPages` when a write fault on `page` would create a
+    /// page beyond the cap (a page that exists, even lost, adds none).
+    pub fn admits_page(&self, page: &PageName) -> Result<(), Error> {
+        if !self.pages.contains_key(page) && self.pages.len() as u64 >= self.caps.max_pages {
+            return Err(Error::TooManyPages { page: page.to_string(), max: self.caps.max_pages });
+        }
+        Ok(())
     }
 
     /// The entry of `page`, if it exists.
@@ -198,6 +262,9 @@ impl Directory {
     fn register(&mut self, addr: &str, nonce: u64) -> Applied {
         if let Some((id, _)) = self.clients.iter().find(|(_, c)| c.nonce == nonce) {
             return Applied::Registered { client: *id };
+        }
+        if let Err(err) = self.admits_client(nonce) {
+            return Applied::Rejected(err);
         }
         self.next_client += 1;
         let client = self.next_client;
@@ -284,6 +351,7 @@ impl Directory {
             if seen.is_some() {
                 return Err(not_found(page));
             }
+            self.admits_page(page)?;
             let state = PageState::Owned { owner: client };
             let entry = PageEntry { state, copy_set: BTreeSet::new(), epoch: 1, created: true };
             self.pages.insert(page.clone(), entry);
@@ -299,6 +367,47 @@ impl Directory {
         entry.epoch += 1;
         entry.created = created;
         Ok(Grant { epoch: entry.epoch, created })
+    }
+}
+
+impl Directory {
+    /// Checks the invariants every directory built by `apply` keeps; a decoded
+    /// snapshot or pulse that breaks one is corrupt. Says which one broke.
+    pub fn check(&self) -> Result<(), String> {
+        for (name, entry) in &self.pages {
+            if entry.epoch == 0 {
+                return Err(format!("page {name} has epoch 0"));
+            }
+            match entry.state {
+                PageState::Owned { owner } if entry.copy_set.contains(&owner) => {
+                    return Err(format!("page {name}: owner {owner} is in its own copy set"));
+                }
+                PageState::Owned { owner } if !self.clients.contains_key(&owner) => {
+                    return Err(format!("page {name}: owner {owner} is not registered"));
+                }
+                PageState::Lost { .. } if !entry.copy_set.is_empty() => {
+                    return Err(format!("page {name} is lost but has copies"));
+                }
+                _ => {}
+            }
+            if let Some(c) = entry.copy_set.iter().find(|c| !self.clients.contains_key(c)) {
+                return Err(format!("page {name}: copy holder {c} is not registered"));
+            }
+        }
+        self.check_clients()
+    }
+
+    fn check_clients(&self) -> Result<(), String> {
+        if let Some(c) = self.sessions.keys().find(|c| !self.clients.contains_key(c)) {
+            return Err(format!("client {c} has a session but is not registered"));
+        }
+        if let Some(c) = self.clients.keys().find(|c| **c == 0 || **c > self.next_client) {
+            return Err(format!("client id {c} was never handed out (next is {})", self.next_client + 1));
+        }
+        if let Some(c) = self.evicted.iter().find(|c| self.clients.contains_key(c)) {
+            return Err(format!("client {c} is both evicted and registered"));
+        }
+        Ok(())
     }
 }
 

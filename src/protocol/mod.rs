@@ -26,7 +26,9 @@ mod script;
 mod types;
 
 pub use client_op::{ClientOp, OpDone, OpEvent, OpStep, MAX_FAULT_ROUNDS};
-pub use directory::{Applied, ClientInfo, DirCmd, Directory, Grant, PageEntry, PageState, Session, SharedDirectory};
+pub use directory::{
+    Applied, Caps, ClientInfo, DirCmd, Directory, Grant, PageEntry, PageState, Session, SharedDirectory,
+};
 pub use fault_run::{FaultEvent, FaultRequest, FaultRun, FaultStep, MAX_REPLANS, REPLAN_BACKOFF};
 pub use page_table::{LocalPage, PageTable, Transfer};
 pub use plan::{FaultPlan, Forward, Plan};

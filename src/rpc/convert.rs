@@ -71,6 +71,8 @@ pub fn status_from_error(err: &Error) -> Status {
         Error::ClientUnreachable { .. } => Code::Unavailable,
         Error::EpochMoved { .. } | Error::NotHeld { .. } | Error::TransferLost { .. } => Code::Aborted,
         Error::Storage(_) | Error::DataDirInUse { .. } | Error::Internal(_) => Code::Internal,
+        Error::Unauthenticated(_) => Code::Unauthenticated,
+        Error::TooManyClients { .. } | Error::TooManyPages { .. } => Code::ResourceExhausted,
     };
     let details = serde_json::to_vec(err).unwrap_or_default();
     Status::with_details(code, err.to_string(), details.into())
@@ -82,12 +84,17 @@ pub fn error_from_status(status: &Status, peer: &str) -> Error {
     if let Ok(err) = serde_json::from_slice::<Error>(status.details()) {
         return err;
     }
-    let what = format!("{peer}: {}", status.message());
+    let mut what = format!("{peer}: {}", status.message());
+    if status.message().contains("h2 protocol error") {
+        // What a plaintext call to a TLS server sees.
+        what.push_str(" (does it require TLS? give --tls-ca, --tls-cert and --tls-key)");
+    }
     match status.code() {
         Code::InvalidArgument => Error::Malformed(what),
         Code::DeadlineExceeded | Code::Cancelled => {
             Error::Unavailable(format!("{peer}: no answer within the deadline"))
         }
+        Code::Unauthenticated | Code::PermissionDenied => Error::Unauthenticated(what),
         _ => Error::Unavailable(what),
     }
 }

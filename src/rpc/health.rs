@@ -22,6 +22,7 @@ use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 use tonic_reflection::pb::v1::ServerReflectionRequest;
 
 use super::net::channel;
+use super::security::Security;
 use crate::error::Error;
 
 /// The health service name of the client-facing manager: SERVING while the node
@@ -117,8 +118,8 @@ pub(super) fn reflection(
 
 /// One `Health/Check` of `service` at `addr`, within `timeout`. An error means
 /// the node did not answer (unreachable, timed out, or not a gRPC server).
-pub async fn check(addr: &str, service: &str, timeout: Duration) -> Result<HealthState, Error> {
-    let mut client = HealthClient::new(channel(addr, timeout)?);
+pub async fn check(addr: &str, service: &str, timeout: Duration, security: &Security) -> Result<HealthState, Error> {
+    let mut client = HealthClient::new(channel(addr, timeout, security)?);
     let request = HealthCheckRequest { service: service.to_string() };
     let answer = tokio::time::timeout(timeout, client.check(request)).await;
     let answer = answer.map_err(|_| Error::Unavailable(format!("{addr} did not answer within {timeout:?}")))?;
@@ -134,8 +135,8 @@ pub async fn check(addr: &str, service: &str, timeout: Duration) -> Result<Healt
 }
 
 /// The services `addr` lists through server reflection (v1), within `timeout`.
-pub async fn list_services(addr: &str, timeout: Duration) -> Result<Vec<String>, Error> {
-    let mut client = ServerReflectionClient::new(channel(addr, timeout)?);
+pub async fn list_services(addr: &str, timeout: Duration, security: &Security) -> Result<Vec<String>, Error> {
+    let mut client = ServerReflectionClient::new(channel(addr, timeout, security)?);
     let ask = ServerReflectionRequest {
         host: String::new(),
         message_request: Some(MessageRequest::ListServices(String::new())),

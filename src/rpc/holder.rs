@@ -9,6 +9,7 @@ use super::convert::{access_mode, epoch, error_from_status, fault_kind, mode, pa
 use super::net::{Channels, Server};
 use super::pb;
 use super::pb::page_holder_client::PageHolderClient as PbClient;
+use super::security::{require_node, AuthChannel, Callers, Security};
 use crate::error::Error;
 use crate::protocol::{ClientId, Epoch, Forward, Grant, PageName, Transfer};
 
@@ -40,21 +41,47 @@ pub trait HolderApi: Send + Sync + 'static {
     async fn change_cm(&self, addr: String) -> Result<(), Error>;
 }
 
-/// Serves `api` as a client's PageHolder service on `listener`.
-pub fn holder_router(api: Arc<dyn HolderApi>, listener: tokio::net::TcpListener) -> Server {
-    let service = pb::page_holder_server::PageHolderServer::new(Adapter(api));
-    Server::spawn(super::net::server_builder().add_service(service), listener)
+/// Room in a `SendPage` message for everything but the page's bytes.
+pub const PAGE_ENVELOPE_BYTES: usize = 4096;
+
+/// Serves `api` as a client's PageHolder service on `listener`, to members of
+/// the cluster only, decoding no message larger than a page of
+/// `max_page_bytes` and its envelope.
+pub fn holder_router(
+    api: Arc<dyn HolderApi>,
+    listener: tokio::net::TcpListener,
+    security: &Security,
+    max_page_bytes: usize,
+) -> Result<Server, Error> {
+    let adapter = Adapter { api, tls: security.is_tls() };
+    let service = pb::page_holder_server::PageHolderServer::new(adapter)
+        .max_decoding_message_size(max_page_bytes.saturating_add(PAGE_ENVELOPE_BYTES));
+    let guarded = tonic::service::interceptor::InterceptedService::new(service, security.guard(Callers::Members));
+    Ok(Server::spawn(security.server()?.add_service(guarded), listener))
 }
 
 /// Converts requests, calls the handler, converts answers.
-struct Adapter(Arc<dyn HolderApi>);
+struct Adapter {
+    api: Arc<dyn HolderApi>,
+    /// With TLS, the manager's calls must come with a node certificate.
+    tls: bool,
+}
 
 impl Adapter {
     /// Refuses a request meant for another client (0: unaddressed).
     fn addressed(&self, to: ClientId) -> Result<(), Error> {
-        let me = self.0.me();
+        let me = self.api.me();
         if to != 0 && to != me {
             return Err(Error::Unavailable(format!("client {to} is not here (client {me} serves this address)")));
+        }
+        Ok(())
+    }
+
+    /// Refuses a call only the manager makes unless a CM node made it (TLS only;
+    /// the token was checked before).
+    fn from_manager<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        if self.tls {
+            require_node(req).map_err(|e| super::status_from_error(&e))?;
         }
         Ok(())
     }
@@ -63,6 +90,7 @@ impl Adapter {
 #[tonic::async_trait]
 impl pb::page_holder_server::PageHolder for Adapter {
     async fn forward(&self, req: Request<pb::ForwardRequest>) -> Result<Response<pb::ForwardReply>, Status> {
+        self.from_manager(&req)?;
         let r = req.into_inner();
         let forwarded = async {
             self.addressed(r.to)?;
@@ -71,7 +99,7 @@ impl pb::page_holder_server::PageHolder for Adapter {
             let fwd =
                 Forward { owner: 0, epoch: epoch(r.epoch)?, kind: fault_kind(r.mode)?, seq: r.seq, created: r.created };
             let requester = HolderRef { id: r.requester, addr: socket_addr("requester address", &r.requester_addr)? };
-            self.0.forward(page, fwd, requester).await
+            self.api.forward(page, fwd, requester).await
         };
         reply(forwarded.await.map(|()| pb::ForwardReply {}))
     }
@@ -82,42 +110,46 @@ impl pb::page_holder_server::PageHolder for Adapter {
             self.addressed(r.to)?;
             let page = page_name(&r.page)?;
             let copy = Transfer { epoch: epoch(r.epoch)?, access: fault_kind(r.mode)?.access(), content: r.content };
-            self.0.send_page(page, copy, r.seq).await
+            self.api.send_page(page, copy, r.seq).await
         };
         reply(sent.await.map(|()| pb::SendPageReply {}))
     }
 
     async fn invalidate(&self, req: Request<pb::InvalidateRequest>) -> Result<Response<pb::InvalidateReply>, Status> {
+        self.from_manager(&req)?;
         let r = req.into_inner();
         let done = async {
             self.addressed(r.to)?;
-            self.0.invalidate(page_name(&r.page)?, epoch(r.epoch)?).await
+            self.api.invalidate(page_name(&r.page)?, epoch(r.epoch)?).await
         };
         reply(done.await.map(|()| pb::InvalidateReply {}))
     }
 
     async fn release(&self, req: Request<pb::InvalidateRequest>) -> Result<Response<pb::InvalidateReply>, Status> {
+        self.from_manager(&req)?;
         let r = req.into_inner();
         let done = async {
             self.addressed(r.to)?;
-            self.0.release(page_name(&r.page)?, epoch(r.epoch)?).await
+            self.api.release(page_name(&r.page)?, epoch(r.epoch)?).await
         };
         reply(done.await.map(|()| pb::InvalidateReply {}))
     }
 
     async fn confirm(&self, req: Request<pb::ConfirmRequest>) -> Result<Response<pb::ConfirmReply>, Status> {
+        self.from_manager(&req)?;
         let r = req.into_inner();
         let done = async {
             self.addressed(r.to)?;
             let grant = Grant { epoch: epoch(r.epoch)?, created: r.created };
-            self.0.confirm(page_name(&r.page)?, grant, r.seq).await
+            self.api.confirm(page_name(&r.page)?, grant, r.seq).await
         };
         reply(done.await.map(|()| pb::ConfirmReply {}))
     }
 
     async fn change_cm(&self, req: Request<pb::ChangeCmRequest>) -> Result<Response<pb::ChangeCmReply>, Status> {
+        self.from_manager(&req)?;
         let r = req.into_inner();
-        let done = async { self.0.change_cm(socket_addr("CM address", &r.addr)?).await };
+        let done = async { self.api.change_cm(socket_addr("CM address", &r.addr)?).await };
         reply(done.await.map(|()| pb::ChangeCmReply {}))
     }
 }
@@ -134,7 +166,7 @@ impl HolderClient {
         HolderClient { channels }
     }
 
-    fn stub(&self, to: &HolderRef) -> Result<PbClient<tonic::transport::Channel>, Error> {
+    fn stub(&self, to: &HolderRef) -> Result<PbClient<AuthChannel>, Error> {
         Ok(PbClient::new(self.channels.get(&to.addr)?))
     }
 

@@ -10,6 +10,7 @@ use super::convert::{error_from_status, page_name, positive, reply, socket_addr}
 use super::net::Channels;
 use super::pb;
 use super::pb::manager_client::ManagerClient as PbClient;
+use super::security::AuthChannel;
 use crate::config::ReplicationMode;
 use crate::error::Error;
 use crate::protocol::{ClientId, FaultKind, FaultRequest, Grant, PageName};
@@ -46,9 +47,13 @@ pub trait ManagerApi: Send + Sync + 'static {
     async fn pages(&self, pages: Vec<PageName>) -> Result<PagesReport, Error>;
 }
 
+/// Largest request the manager decodes: its requests carry ids and page names,
+/// never page bytes (a `pages` request naming 10,000 pages is under 1 MiB).
+pub const MAX_MANAGER_MESSAGE_BYTES: usize = 1024 * 1024;
+
 /// The tonic server for `api`.
 pub(super) fn server(api: Arc<dyn ManagerApi>) -> pb::manager_server::ManagerServer<Adapter> {
-    pb::manager_server::ManagerServer::new(Adapter(api))
+    pb::manager_server::ManagerServer::new(Adapter(api)).max_decoding_message_size(MAX_MANAGER_MESSAGE_BYTES)
 }
 
 /// Converts requests, calls the handler, converts answers.
@@ -240,7 +245,7 @@ impl ManagerClient {
         ManagerClient { channels }
     }
 
-    fn stub(&self, addr: &str) -> Result<PbClient<tonic::transport::Channel>, Error> {
+    fn stub(&self, addr: &str) -> Result<PbClient<AuthChannel>, Error> {
         Ok(PbClient::new(self.channels.get(addr)?))
     }
 

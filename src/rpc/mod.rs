@@ -22,6 +22,7 @@ mod holder;
 mod manager;
 pub mod net;
 mod raft;
+mod security;
 pub mod socket;
 
 /// Code generated from `proto/ivy.proto`.
@@ -36,6 +37,10 @@ pub use heartbeat::{HeartbeatApi, HeartbeatClient, Pulse};
 pub use holder::{holder_router, HolderApi, HolderClient, HolderRef};
 pub use manager::{ManagerApi, ManagerClient, Removal};
 pub use net::{Channels, Server};
+pub use security::{
+    Callers, Security, TlsFiles, CLIENT_ROLE_NAME, MAX_CONCURRENT_PER_CONNECTION, NODE_ROLE_NAME,
+    SERVER_REQUEST_TIMEOUT, TLS_HANDSHAKE_TIMEOUT,
+};
 /// The attribute the handler traits are implemented with (async fns in a dyn-safe trait).
 pub use tonic::async_trait;
 
@@ -50,14 +55,18 @@ pub enum PeerService {
 }
 
 /// Serves a CM node's services on `listener` until the returned server stops:
-/// `Manager`, the peer service, `grpc.health.v1.Health` with `health`'s
-/// statuses, and server reflection.
+/// `Manager` and reflection to every member, the peer service to CM nodes only,
+/// and `grpc.health.v1.Health` with `health`'s statuses to anyone who may
+/// connect (with TLS: a certificate of the CA; no token, so probes need none).
 pub fn serve_cm(
     manager: std::sync::Arc<dyn ManagerApi>,
     peers: PeerService,
     health: &Health,
     listener: tokio::net::TcpListener,
+    security: &Security,
 ) -> Result<Server, crate::Error> {
+    use tonic::service::interceptor::InterceptedService;
+    let (members, nodes) = (security.guard(Callers::Members), security.guard(Callers::Nodes));
     let peer_service = match &peers {
         PeerService::Raft(_) => "ivy.RaftTransport",
         PeerService::Heartbeat(_) => "ivy.Heartbeat",
@@ -67,14 +76,15 @@ pub fn serve_cm(
     let health = tonic_health::pb::health_server::HealthServer::new(
         tonic_health::server::HealthService::from_health_reporter(health.reporter()),
     );
-    let router = net::server_builder()
-        .add_service(manager::server(manager))
+    let router = security
+        .server()?
+        .add_service(InterceptedService::new(manager::server(manager), members.clone()))
         .add_service(health)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha);
+        .add_service(InterceptedService::new(reflection_v1, members.clone()))
+        .add_service(InterceptedService::new(reflection_v1alpha, members));
     let router = match peers {
-        PeerService::Raft(raft) => router.add_service(raft::server(raft)),
-        PeerService::Heartbeat(heartbeat) => router.add_service(heartbeat::server(heartbeat)),
+        PeerService::Raft(raft) => router.add_service(InterceptedService::new(raft::server(raft), nodes)),
+        PeerService::Heartbeat(hb) => router.add_service(InterceptedService::new(heartbeat::server(hb), nodes)),
     };
     Ok(Server::spawn(router, listener))
 }

@@ -16,8 +16,9 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_stream::StreamExt;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 
+use super::security::{AuthChannel, Security};
 use super::socket::{self, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT};
 use crate::error::Error;
 
@@ -29,20 +30,26 @@ pub const RPC_CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// down the very connection that carries the heartbeats.
 pub const MAX_PENDING_RESETS: usize = 10_000;
 
-/// A lazily connected channel to `addr` (host:port) whose every call has `timeout`.
-pub fn channel(addr: &str, timeout: Duration) -> Result<Channel, Error> {
-    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+/// Most channels a cache keeps; past it the cache starts afresh, so addresses
+/// of clients long gone do not pile up.
+pub const MAX_CACHED_CHANNELS: usize = 4096;
+
+/// A lazily connected channel to `addr` (host:port) whose every call has
+/// `timeout`, secured as `security` says.
+pub fn channel(addr: &str, timeout: Duration, security: &Security) -> Result<AuthChannel, Error> {
+    let endpoint = Endpoint::from_shared(format!("{}://{addr}", security.scheme()))
         .map_err(|e| Error::Malformed(format!("bad address {addr:?}: {e}")))?
         .timeout(timeout)
         .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
         .keep_alive_timeout(KEEPALIVE_TIMEOUT)
         .keep_alive_while_idle(true);
+    let endpoint = security.secure(endpoint)?;
     let authority = addr.to_string();
     let connector = tower::service_fn(move |_: tonic::transport::Uri| {
         let authority = authority.clone();
         async move { socket::connect(&authority, RPC_CONNECT_TIMEOUT).await.map(hyper_util::rt::TokioIo::new) }
     });
-    Ok(endpoint.connect_with_connector_lazy(connector))
+    Ok(security.stamped(endpoint.connect_with_connector_lazy(connector)))
 }
 
 /// A server builder with keepalive pings and the reset-stream allowance.
@@ -57,22 +64,31 @@ pub fn server_builder() -> tonic::transport::Server {
 #[derive(Clone)]
 pub struct Channels {
     timeout: Duration,
-    cache: Arc<Mutex<HashMap<String, Channel>>>,
+    security: Security,
+    cache: Arc<Mutex<HashMap<String, AuthChannel>>>,
 }
 
 impl Channels {
-    /// An empty cache whose channels use `timeout` per call.
-    pub fn new(timeout: Duration) -> Self {
-        Channels { timeout, cache: Arc::default() }
+    /// An empty cache whose channels use `timeout` per call and `security`.
+    pub fn new(timeout: Duration, security: Security) -> Self {
+        Channels { timeout, security, cache: Arc::default() }
+    }
+
+    /// The security every channel of this cache uses.
+    pub fn security(&self) -> &Security {
+        &self.security
     }
 
     /// The channel to `addr`, created on first use.
-    pub fn get(&self, addr: &str) -> Result<Channel, Error> {
+    pub fn get(&self, addr: &str) -> Result<AuthChannel, Error> {
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(ch) = cache.get(addr) {
             return Ok(ch.clone());
         }
-        let ch = channel(addr, self.timeout)?;
+        let ch = channel(addr, self.timeout, &self.security)?;
+        if cache.len() >= MAX_CACHED_CHANNELS {
+            cache.clear();
+        }
         cache.insert(addr.to_string(), ch.clone());
         Ok(ch)
     }

@@ -63,7 +63,7 @@ impl SyncStats {
 /// [`SETTLE`]: a node that lags is sampled as it is).
 pub async fn sample(cms: &CmSet) -> BTreeMap<u64, Sample> {
     const POLL: Duration = Duration::from_millis(20);
-    let rpc = ManagerClient::new(Channels::new(STATUS_TIMEOUT));
+    let rpc = ManagerClient::new(Channels::new(STATUS_TIMEOUT, Default::default()));
     let give_up = tokio::time::Instant::now() + SETTLE;
     loop {
         let mut samples = BTreeMap::new();

@@ -128,7 +128,7 @@ pub struct CmSet(pub BTreeMap<u64, CmProc>);
 impl CmSet {
     /// The id of a running node that says it serves faults, asking each directly.
     pub async fn leader(&self) -> Option<u64> {
-        let rpc = ManagerClient::new(Channels::new(STATUS_TIMEOUT));
+        let rpc = ManagerClient::new(Channels::new(STATUS_TIMEOUT, Default::default()));
         for cm in self.0.values().filter(|c| c.running()) {
             if rpc.status(&cm.addr).await.is_ok_and(|s| s.serving) {
                 return Some(cm.id);

@@ -35,7 +35,7 @@ impl CmContainers {
             ids.push(project.container(&format!("cm{n}")).await?);
         }
         let addrs = (1..=3).map(|n| format!("{}.1{n}:7101", project.prefix)).collect();
-        Ok(CmContainers { ids, addrs, rpc: ManagerClient::new(Channels::new(STATUS_TIMEOUT)) })
+        Ok(CmContainers { ids, addrs, rpc: ManagerClient::new(Channels::new(STATUS_TIMEOUT, Default::default())) })
     }
 
     /// The CM addresses as a client's `--cm`.

@@ -20,7 +20,10 @@
 //! (a checksummed prefix) that fits in a page. Snapshots are rare and stay in sled.
 //! [`SyncPolicy::UnsafeSkip`] is the testing switch that syncs nothing.
 //!
-//! Everything stored is encoded with postcard ([`codec`]).
+//! Everything stored is encoded with postcard ([`codec`]) and checksummed: the
+//! log's frames by the log file, the snapshot record in sled by
+//! [`codec::encode_stored`]; a corrupted record is a storage error naming the
+//! data dir.
 
 pub(crate) mod codec;
 mod legacy;
@@ -76,7 +79,7 @@ pub fn open(dir: &Path, policy: SyncPolicy) -> Result<Store, Error> {
         .map_err(|e| Error::Storage(format!("cannot sync the sled files in {}: {e}", dir.display())))?;
     legacy::migrate(&db, dir, &syncer, &sled_files)?;
     let (wal, state) = wal::open(dir, syncer.clone())?;
-    let state_machine = StateMachine::new(&db, sled_files).map_err(|e| {
+    let state_machine = StateMachine::new(&db, sled_files, dir).map_err(|e| {
         Error::Storage(format!("cannot restore the state machine from the snapshot in {}: {e}", dir.display()))
     })?;
     check_vote(dir, &state, state_machine.last_applied())?;

@@ -20,6 +20,11 @@
 //! directory's write lock, a snapshot sees a directory and a last applied log id
 //! that belong together. A poisoned lock is recovered, not propagated: `apply`
 //! does not panic, so the data behind it is whole.
+//!
+//! A stored snapshot is sealed with a checksum ([`codec::encode_stored`]) and
+//! every snapshot's directory, stored or sent by the leader, must keep the
+//! directory's invariants ([`Directory::check`]): corrupted bytes are refused
+//! with a storage error naming the data dir, never restored as another directory.
 
 // openraft's traits fix the error type to `StorageError`; the helpers share it.
 #![allow(clippy::result_large_err)]
@@ -85,12 +90,14 @@ pub struct StateMachine {
     stored: Arc<Mutex<Option<Meta>>>,
     built: Arc<AtomicU64>,
     sled_files: SledFiles,
+    /// The data dir, named in every error.
+    dir: Arc<str>,
 }
 
 impl StateMachine {
-    /// Opens the snapshot tree of `db` (whose files are `sled_files`) and restores
-    /// the state from its snapshot.
-    pub(super) fn new(db: &sled::Db, sled_files: SledFiles) -> StorageResult<Self> {
+    /// Opens the snapshot tree of `db` (whose files are `sled_files`, in data dir
+    /// `dir`) and restores the state from its snapshot.
+    pub(super) fn new(db: &sled::Db, sled_files: SledFiles, dir: &std::path::Path) -> StorageResult<Self> {
         let snapshots = db.open_tree(SNAPSHOT_TREE).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
         let sm = StateMachine {
             directory: SharedDirectory::default(),
@@ -99,9 +106,10 @@ impl StateMachine {
             stored: Arc::default(),
             built: Arc::default(),
             sled_files,
+            dir: dir.display().to_string().into(),
         };
         if let Some((meta, data)) = sm.load_snapshot()? {
-            sm.restore(decode_state(&meta, &data)?);
+            sm.restore(sm.decode_state(&meta, &data)?);
             *sm.stored.lock().unwrap_or_else(PoisonError::into_inner) = Some(meta);
         }
         Ok(sm)
@@ -153,12 +161,26 @@ impl StateMachine {
 
     /// The stored snapshot's meta and data, if a snapshot was ever stored.
     fn load_snapshot(&self) -> StorageResult<Option<(Meta, Vec<u8>)>> {
-        let read_err = |e: &DynError| StorageIOError::read_snapshot(None, AnyError::from_dyn(e, None));
+        let read_err = |e: &DynError| StorageIOError::read_snapshot(None, self.source(e));
         let Some(bytes) = self.snapshots.get(CURRENT_KEY).map_err(|e| read_err(&e))? else {
             return Ok(None);
         };
-        let stored = codec::decode(&bytes).map_err(|e| read_err(&e))?;
+        let stored = codec::decode_stored(&bytes).map_err(|e| read_err(&e))?;
         Ok(Some(stored))
+    }
+
+    /// `e`, as the source of a storage error, with the data dir named.
+    fn source(&self, e: &DynError) -> AnyError {
+        let dir = self.dir.clone();
+        AnyError::from_dyn(e, None).add_context(move || format!("in data dir {dir}"))
+    }
+
+    /// Decodes a snapshot's data and checks its directory's invariants.
+    fn decode_state(&self, meta: &Meta, data: &[u8]) -> StorageResult<SnapshotState> {
+        let read_err = |e: &DynError| StorageIOError::read_snapshot(Some(meta.signature()), self.source(e));
+        let state: SnapshotState = codec::decode(data).map_err(|e| read_err(&e))?;
+        state.directory.check().map_err(|why| read_err(&CorruptDirectory(why)))?;
+        Ok(state)
     }
 
     /// Stores `meta` and `data` as the one current snapshot and makes it durable.
@@ -166,9 +188,8 @@ impl StateMachine {
     /// A built snapshot older than the stored one is not stored: a build runs in
     /// its own task and may finish after a newer snapshot was installed.
     async fn store_snapshot(&self, meta: &Meta, data: &[u8], kind: Store) -> StorageResult<()> {
-        let write_err =
-            |e: &DynError| StorageIOError::write_snapshot(Some(meta.signature()), AnyError::from_dyn(e, None));
-        let record = codec::encode(&(meta, data)).map_err(|e| write_err(&e))?;
+        let write_err = |e: &DynError| StorageIOError::write_snapshot(Some(meta.signature()), self.source(e));
+        let record = codec::encode_stored(&(meta, data)).map_err(|e| write_err(&e))?;
         {
             let mut stored = self.stored.lock().unwrap_or_else(PoisonError::into_inner);
             let newer_stored = stored.as_ref().is_some_and(|s| s.last_log_id > meta.last_log_id);
@@ -234,7 +255,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn install_snapshot(&mut self, meta: &Meta, snapshot: Box<Cursor<Vec<u8>>>) -> StorageResult<()> {
         let data = snapshot.into_inner();
-        let state = decode_state(meta, &data)?;
+        let state = self.decode_state(meta, &data)?;
         self.store_snapshot(meta, &data, Store::Installed).await?;
         self.restore(state);
         Ok(())
@@ -258,7 +279,7 @@ fn apply_entry(dir: &mut Directory, applied: &mut AppliedState, entry: Entry<Typ
     }
 }
 
-/// Decodes a snapshot's data.
-fn decode_state(meta: &Meta, data: &[u8]) -> StorageResult<SnapshotState> {
-    codec::decode(data).map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e).into())
-}
+/// A snapshot's directory that breaks an invariant: corrupt or forged.
+#[derive(Debug, thiserror::Error)]
+#[error("the snapshot's directory is corrupt: {0}")]
+struct CorruptDirectory(String);
