@@ -1,0 +1,296 @@
+//! Security on loopback, with certificates made at test time: a TLS cluster
+//! serving TLS clients, plaintext and foreign-CA callers refused, tokens
+//! checked, a client's page holder closed to strangers, and the caps holding
+//! under a flood while another client is served.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use ivy_harness::certs::{self, Bundle, CertsPlan, Pem};
+use ivy_harness::cluster::{Cluster, ClusterMode, ClusterOptions};
+use ivy_harness::flood::{self, FloodConfig};
+use ivy_raft::client::{Client, ClientConfig, CmConn, Hit};
+use ivy_raft::cm::CmNode;
+use ivy_raft::protocol::{Caps, Epoch, PageName};
+use ivy_raft::rpc::{Channels, HolderClient, HolderRef, ManagerClient, RaftCall, RaftClient, Security};
+use ivy_raft::Error;
+use tokio::time::Instant;
+
+/// Deadline of one operation of a client these tests start.
+const OP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A refused client gives up after this long.
+const REFUSED_TIMEOUT: Duration = Duration::from_millis(1500);
+
+const TOKEN: &str = "correct-horse-battery-staple-42";
+
+fn bundle() -> Result<Bundle> {
+    certs::generate(&CertsPlan { nodes: 3, clients: 3, hosts: Vec::new() })
+}
+
+fn tls(pem: &Pem, ca: &Pem) -> Result<Security> {
+    Ok(Security::default().with_tls_pem(pem.cert.as_bytes(), pem.key.as_bytes(), ca.cert.as_bytes())?)
+}
+
+/// Every node with its own node certificate (and the token, when given);
+/// clients with client-1's.
+fn options(b: &Bundle, token: Option<&str>) -> Result<ClusterOptions> {
+    let with_token = |s: Security| -> Result<Security> {
+        Ok(match token {
+            Some(t) => s.with_token(t)?,
+            None => s,
+        })
+    };
+    let mut security = BTreeMap::new();
+    for (i, node) in b.nodes.iter().enumerate() {
+        security.insert(i as u64 + 1, with_token(tls(node, &b.ca)?)?);
+    }
+    let client_security = with_token(tls(&b.clients[0], &b.ca)?)?;
+    Ok(ClusterOptions { security, caps: None, client_security })
+}
+
+async fn client_with(cluster: &Cluster, security: Security, op_timeout: Duration) -> Result<Client, Error> {
+    let mut config = ClientConfig::new(cluster.addrs());
+    config.security = security;
+    config.op_timeout = op_timeout;
+    Client::start(config).await
+}
+
+/// The leader's registered client ids, asked with `security`.
+async fn registered(cluster: &Cluster, security: Security) -> Result<Vec<u64>> {
+    let leader = cluster.leader().context("a leader")?;
+    let addr = cluster.node(leader).context("the leader runs")?.addr.to_string();
+    let rpc = ManagerClient::new(Channels::new(Duration::from_secs(2), security));
+    Ok(rpc.status(&addr).await?.client_list.iter().map(|c| c.id).collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tls_cluster_serves_tls_clients_and_refuses_plaintext() -> Result<()> {
+    let b = bundle()?;
+    let cluster = Cluster::start_with(ClusterMode::raft(), options(&b, None)?).await?;
+    let c1 = cluster.client().await?;
+    let c2 = client_with(&cluster, tls(&b.clients[1], &b.ca)?, OP_TIMEOUT).await?;
+
+    // Faults to the CM, and page bytes from client to client, all over TLS.
+    assert_eq!(c1.write("P1", b"over tls").await?, Hit::Fault);
+    assert_eq!(c2.read("P1").await?, (b"over tls".to_vec(), Hit::Fault));
+    c2.write("P1", b"second").await?;
+    assert_eq!(c1.read("P1").await?, (b"second".to_vec(), Hit::Fault), "c1 was invalidated over TLS");
+
+    // A plaintext client, and one with a certificate from another CA, are refused.
+    let plain = client_with(&cluster, Security::default(), REFUSED_TIMEOUT).await;
+    let err = plain.err().context("a plaintext client must be refused")?;
+    assert!(err.to_string().contains("TLS"), "the error should point at TLS: {err}");
+    let other = bundle()?;
+    let foreign = client_with(&cluster, tls(&other.clients[0], &other.ca)?, REFUSED_TIMEOUT).await;
+    ensure!(foreign.is_err(), "a client with a certificate from another CA must be refused");
+
+    let ids = registered(&cluster, tls(&b.clients[2], &b.ca)?).await?;
+    assert_eq!(ids, vec![c1.id(), c2.id()], "only the TLS clients registered");
+    cluster.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn missing_or_wrong_token_is_refused_and_changes_nothing() -> Result<()> {
+    let node = Security::default().with_token(TOKEN)?;
+    let security = (1..=3).map(|id| (id, node.clone())).collect();
+    let opts = ClusterOptions { security, caps: None, client_security: node.clone() };
+    let cluster = Cluster::start_with(ClusterMode::raft(), opts).await?;
+    let owner = cluster.client().await?;
+    owner.write("P1", b"mine").await?;
+
+    let wrong = Security::default().with_token("not-the-cluster-token")?;
+    for (name, security) in [("no token", Security::default()), ("a wrong token", wrong.clone())] {
+        let started = Instant::now();
+        let refused = client_with(&cluster, security.clone(), OP_TIMEOUT).await;
+        assert!(matches!(refused, Err(Error::Unauthenticated(_))), "{name}: {:?}", refused.err());
+        assert!(started.elapsed() < OP_TIMEOUT, "{name}: refused at once, not retried");
+        // Admin calls are refused too, and change nothing.
+        let cm = CmConn::new(cluster.addrs(), Duration::from_secs(2), Duration::from_secs(2), security)?;
+        assert!(matches!(cm.evict(owner.id()).await, Err(Error::Unauthenticated(_))), "{name}: evict");
+        assert!(matches!(cm.unregister(owner.id()).await, Err(Error::Unauthenticated(_))), "{name}: unregister");
+        assert!(matches!(cm.pages(&[]).await, Err(Error::Unauthenticated(_))), "{name}: pages");
+    }
+    assert_eq!(registered(&cluster, node.clone()).await?, vec![owner.id()], "the cluster is unchanged");
+    let cm = CmConn::new(cluster.addrs(), Duration::from_secs(2), Duration::from_secs(2), node)?;
+    let p1 = cm.pages(&["P1".to_string()]).await?;
+    assert_eq!((p1.pages[0].owner, p1.pages[0].epoch), (owner.id(), 1), "P1 is unchanged");
+    assert_eq!(owner.read("P1").await?, (b"mine".to_vec(), Hit::Local));
+
+    // The owner's page holder refuses a caller without the token.
+    let stranger = HolderClient::new(Channels::new(Duration::from_secs(1), wrong));
+    let me = HolderRef { id: owner.id(), addr: owner.addr().to_string() };
+    let page = PageName::new("P1")?;
+    assert!(matches!(stranger.invalidate(&me, &page, 99).await, Err(Error::Unauthenticated(_))));
+    assert_eq!(owner.read("P1").await?, (b"mine".to_vec(), Hit::Local), "still valid after the refused invalidation");
+    cluster.shutdown().await;
+    Ok(())
+}
+
+/// Tries to invalidate `owner`'s copy of `page` and to have its bytes forwarded
+/// to the caller; both must fail.
+async fn stranger_is_refused(security: Security, owner: &HolderRef, page: &PageName, epoch: Epoch) -> Result<()> {
+    let stranger = HolderClient::new(Channels::new(Duration::from_secs(1), security));
+    let invalidated = stranger.invalidate(owner, page, epoch + 1).await;
+    ensure!(invalidated.is_err(), "the invalidation went through");
+    let thief = HolderRef { id: 999, addr: "127.0.0.1:9".into() };
+    let fwd = ivy_raft::protocol::Forward {
+        owner: owner.id,
+        epoch,
+        kind: ivy_raft::protocol::FaultKind::Write,
+        seq: 1,
+        created: false,
+    };
+    ensure!(stranger.forward(owner, page, &fwd, &thief).await.is_err(), "the forward went through");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn strangers_cannot_invalidate_or_pull_a_clients_pages() -> Result<()> {
+    let b = bundle()?;
+    let cluster = Cluster::start_with(ClusterMode::raft(), options(&b, Some(TOKEN))?).await?;
+    let owner = cluster.client().await?;
+    owner.write("P1", b"secret").await?;
+    let (me, page) = (HolderRef { id: owner.id(), addr: owner.addr().to_string() }, PageName::new("P1")?);
+
+    let other = bundle()?;
+    let callers = [
+        ("plaintext with the token", Security::default().with_token(TOKEN)?),
+        ("another CA's node with the token", tls(&other.nodes[0], &other.ca)?.with_token(TOKEN)?),
+        ("a member client without the token", tls(&b.clients[1], &b.ca)?),
+        ("a member client with the token (not a CM node)", tls(&b.clients[1], &b.ca)?.with_token(TOKEN)?),
+    ];
+    for (who, security) in callers {
+        stranger_is_refused(security, &me, &page, 1).await.with_context(|| who.to_string())?;
+    }
+    assert_eq!(owner.read("P1").await?, (b"secret".to_vec(), Hit::Local), "the copy is intact");
+    // The real manager's calls still reach it: another client's write invalidates it.
+    let writer = client_with(&cluster, tls(&b.clients[2], &b.ca)?.with_token(TOKEN)?, OP_TIMEOUT).await?;
+    writer.write("P1", b"changed").await?;
+    assert_eq!(owner.read("P1").await?, (b"changed".to_vec(), Hit::Fault));
+    cluster.shutdown().await;
+    Ok(())
+}
+
+/// Runs a node configured like node `like` of `cluster` on a fresh port and
+/// data dir, with `security`, until its term is `ahead` past the cluster's;
+/// then checks the cluster's nodes kept their terms and leader.
+async fn rogue_cannot_disturb(cluster: &Cluster, like: u64, security: Security, ahead: u64) -> Result<()> {
+    let leader = cluster.leader().context("a leader")?;
+    let terms: Vec<u64> = (1..=3).filter_map(|id| cluster.node(id)).map(|n| n.status().term).collect();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let data = tempfile::tempdir()?;
+    let mut config = cluster.node_config(like);
+    config.peers.insert(like, listener.local_addr()?.to_string());
+    config.data_dir = data.path().join("rogue");
+    config.security = security;
+    let rogue = CmNode::start(config, listener).await?;
+    // The rogue campaigns again and again; wait until it has tried often.
+    let give_up = Instant::now() + Duration::from_secs(20);
+    while rogue.status().term < terms.iter().max().copied().unwrap_or(0) + ahead {
+        ensure!(Instant::now() < give_up, "the rogue node did not campaign (term {})", rogue.status().term);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let after: Vec<u64> = (1..=3).filter_map(|id| cluster.node(id)).map(|n| n.status().term).collect();
+    assert_eq!(after, terms, "a rogue node raised the cluster's term");
+    assert_eq!(cluster.leader(), Some(leader), "a rogue node disturbed the leader");
+    rogue.shutdown().await;
+    Ok(())
+}
+
+/// Sends every node an AppendEntries from a leader `node` at a term far ahead,
+/// with `security`; returns how many nodes accepted it.
+async fn append_from_the_future(cluster: &Cluster, node: u64, security: Security) -> Result<usize> {
+    use openraft::raft::AppendEntriesRequest;
+    let term = (1..=3).filter_map(|id| cluster.node(id)).map(|n| n.status().term).max().unwrap_or(0) + 100;
+    let request: AppendEntriesRequest<ivy_raft::raft::TypeConfig> = AppendEntriesRequest {
+        vote: openraft::Vote::new_committed(term, node),
+        prev_log_id: None,
+        entries: Vec::new(),
+        leader_commit: None,
+    };
+    let data = postcard::to_allocvec(&request)?;
+    let rpc = RaftClient::new(Channels::new(Duration::from_secs(1), security));
+    let mut accepted = 0;
+    for id in (1..=3).filter(|id| *id != node) {
+        let addr = cluster.node(id).context("node runs")?.addr.to_string();
+        if rpc.call(&addr, RaftCall::Append, data.clone(), Duration::from_secs(1)).await.is_ok() {
+            accepted += 1;
+        }
+    }
+    Ok(accepted)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nodes_without_a_node_certificate_of_the_ca_cannot_join_or_disturb() -> Result<()> {
+    let b = bundle()?;
+    let cluster = Cluster::start_with(ClusterMode::raft(), options(&b, Some(TOKEN))?).await?;
+    let c = cluster.client().await?;
+    c.write("P1", b"v").await?;
+    let other = bundle()?;
+    let foreign = tls(&other.nodes[1], &other.ca)?.with_token(TOKEN)?;
+    let client_cert = tls(&b.clients[1], &b.ca)?.with_token(TOKEN)?;
+    let no_token = tls(&b.nodes[1], &b.ca)?;
+    // A node that campaigns with such credentials gets no vote.
+    rogue_cannot_disturb(&cluster, 2, foreign.clone(), 5).await.context("a node certified by another CA")?;
+    rogue_cannot_disturb(&cluster, 2, client_cert.clone(), 5).await.context("a client certificate")?;
+    // Nor can it depose the leader with an append from a later term.
+    let leader = cluster.leader().context("a leader")?;
+    let impostor = if leader == 1 { 2 } else { 1 };
+    let terms: Vec<u64> = (1..=3).filter_map(|id| cluster.node(id)).map(|n| n.status().term).collect();
+    for (who, security) in [("another CA", foreign), ("a client certificate", client_cert), ("no token", no_token)] {
+        assert_eq!(append_from_the_future(&cluster, impostor, security).await?, 0, "{who}: an append was accepted");
+    }
+    let after: Vec<u64> = (1..=3).filter_map(|id| cluster.node(id)).map(|n| n.status().term).collect();
+    assert_eq!((after, cluster.leader()), (terms, Some(leader)), "the cluster was disturbed");
+    assert_eq!(c.read("P1").await?.0, b"v".to_vec());
+    c.write("P1", b"w").await?;
+    // The same append with a genuine node certificate and the token is accepted:
+    // the refusals above were the credentials' doing.
+    let genuine = tls(&b.nodes[impostor as usize - 1], &b.ca)?.with_token(TOKEN)?;
+    assert!(append_from_the_future(&cluster, impostor, genuine).await? > 0, "the genuine append was refused");
+    cluster.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn caps_refuse_a_flood_while_another_client_is_served() -> Result<()> {
+    let caps = Caps { max_clients: 4, max_pages: 12 };
+    let opts = ClusterOptions { caps: Some(caps), ..ClusterOptions::default() };
+    let cluster = Cluster::start_with(ClusterMode::raft(), opts).await?;
+    let steady = cluster.client().await?;
+    steady.write("P1", b"0").await?;
+
+    let config = FloodConfig {
+        cms: cluster.addrs(),
+        duration: Duration::from_secs(3),
+        workers: 8,
+        security: Security::default(),
+    };
+    let flooding = tokio::spawn(async move { flood::run(&config).await });
+    let mut served = 0;
+    while !flooding.is_finished() {
+        served += 1;
+        let value = format!("{served}");
+        steady.write("P1", value.as_bytes()).await.context("a write during the flood")?;
+        assert_eq!(steady.read("P1").await?.0, value.into_bytes());
+    }
+    let report = flooding.await??;
+    println!("flood: {report:?}; the steady client did {served} writes and reads meanwhile");
+    assert!(report.refused_clients > 0 && report.refused_pages > 0, "the flood reached both caps: {report:?}");
+
+    let cm = CmConn::new(cluster.addrs(), Duration::from_secs(2), Duration::from_secs(2), Security::default())?;
+    let pages = cm.pages(&[]).await?;
+    assert!(pages.pages.len() as u64 <= caps.max_pages, "{} pages", pages.pages.len());
+    assert!(registered(&cluster, Security::default()).await?.len() as u64 <= caps.max_clients);
+    // A creation beyond the cap names it; writes to existing pages go on.
+    let err = steady.write("brand-new", b"x").await.err().context("a creation beyond the cap")?;
+    assert!(matches!(err, Error::TooManyPages { .. }) && err.to_string().contains("--max-pages"), "{err}");
+    steady.write("P1", b"after").await?;
+    cluster.shutdown().await;
+    Ok(())
+}
