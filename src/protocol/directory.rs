@@ -175,7 +175,11 @@ impl Directory {
             DirCmd::Register { addr, nonce } => self.register(addr, *nonce),
             DirCmd::Unregister { client } => self.remove_client(*client),
             DirCmd::Evict { client } => {
-                self.evicted.insert(*client);
+                // Only a registered client is marked: an id not handed out yet
+                // must not be born evicted.
+                if self.clients.contains_key(client) {
+                    self.evicted.insert(*client);
+                }
                 self.remove_client(*client)
             }
             DirCmd::Fault { client, seq, page, kind, seen } => self.fault(*client, *seq, page, *kind, *seen),

@@ -20,6 +20,8 @@ mod directory;
 mod fault_run;
 mod page_table;
 mod plan;
+#[cfg(test)]
+mod proptests;
 mod random_ops;
 #[cfg(test)]
 mod script;

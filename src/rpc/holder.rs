@@ -61,10 +61,10 @@ pub fn holder_router(
 }
 
 /// Converts requests, calls the handler, converts answers.
-struct Adapter {
-    api: Arc<dyn HolderApi>,
+pub(super) struct Adapter {
+    pub(super) api: Arc<dyn HolderApi>,
     /// With TLS, the manager's calls must come with a node certificate.
-    tls: bool,
+    pub(super) tls: bool,
 }
 
 impl Adapter {

@@ -57,7 +57,7 @@ pub(super) fn server(api: Arc<dyn ManagerApi>) -> pb::manager_server::ManagerSer
 }
 
 /// Converts requests, calls the handler, converts answers.
-pub(super) struct Adapter(Arc<dyn ManagerApi>);
+pub(super) struct Adapter(pub(super) Arc<dyn ManagerApi>);
 
 impl Adapter {
     async fn fault(&self, req: Request<pb::FaultRequest>, kind: FaultKind) -> Result<pb::FaultReply, Error> {
@@ -139,7 +139,7 @@ fn page_info(p: PageView) -> pb::PageInfo {
     }
 }
 
-fn page_view(p: pb::PageInfo) -> Result<PageView, Error> {
+pub(super) fn page_view(p: pb::PageInfo) -> Result<PageView, Error> {
     let state = match p.state.as_str() {
         "live" => PageState::Live,
         "faulting" => PageState::Faulting,
@@ -205,7 +205,7 @@ fn status_reply(st: NodeStatus) -> pb::StatusReply {
     }
 }
 
-fn node_status(r: pb::StatusReply) -> Result<NodeStatus, Error> {
+pub(super) fn node_status(r: pb::StatusReply) -> Result<NodeStatus, Error> {
     let role = Role::parse(&r.role).ok_or_else(|| Error::Malformed(format!("unknown role {:?}", r.role)))?;
     let mode = match r.mode.as_str() {
         "raft" => ReplicationMode::Raft,

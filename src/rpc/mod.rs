@@ -21,6 +21,8 @@ mod heartbeat;
 mod holder;
 mod manager;
 pub mod net;
+#[cfg(test)]
+mod proptests;
 mod raft;
 mod security;
 pub mod socket;

@@ -148,4 +148,34 @@ mod tests {
         assert_eq!(split_tag("#7 read P1"), (Some("7".into()), "read P1"));
         assert_eq!(split_tag("read P1"), (None, "read P1"));
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            #[test]
+            fn any_line_parses_or_is_refused(line in prop_oneof![
+                ".{0,100}",
+                "(write|writePage|read|readPage|x|seed|print|status|help|quit) {0,3}[^\\n]{0,40}",
+            ]) {
+                match parse(&line) {
+                    Ok(Some(Command::Write { page, content })) => {
+                        prop_assert!(!page.is_empty() && !page.contains(char::is_whitespace));
+                        prop_assert!(line.contains(page.as_str()) && line.contains(content.as_str()));
+                    }
+                    Ok(Some(Command::Read { page })) => prop_assert!(!page.is_empty() && !page.contains(char::is_whitespace)),
+                    Ok(Some(Command::Random { n })) => prop_assert!((1..=MAX_X_OPS).contains(&n)),
+                    Ok(Some(Command::Seed { n })) => prop_assert!((1..=MAX_SEED_PAGES).contains(&n)),
+                    Ok(Some(_)) => {}
+                    Ok(None) => prop_assert!(line.trim().is_empty()),
+                    Err(why) => prop_assert!(!why.is_empty()),
+                }
+                let (_tag, rest) = split_tag(&line);
+                prop_assert!(line.contains(rest));
+            }
+        }
+    }
 }

@@ -48,7 +48,10 @@ use crate::raft::TypeConfig;
 /// Name of the sled tree holding the current snapshot.
 const SNAPSHOT_TREE: &str = "snapshot";
 /// Snapshot-tree key of the current snapshot: postcard of its (meta, data).
-const CURRENT_KEY: &str = "current";
+pub(super) const CURRENT_KEY: &str = "current-sealed";
+/// Where versions before checksums kept the snapshot (plain postcard); read
+/// when no sealed record exists, removed once a sealed one is stored.
+pub(super) const LEGACY_CURRENT_KEY: &str = "current";
 
 type NodeId = u64;
 type Meta = SnapshotMeta<NodeId, BasicNode>;
@@ -162,11 +165,13 @@ impl StateMachine {
     /// The stored snapshot's meta and data, if a snapshot was ever stored.
     fn load_snapshot(&self) -> StorageResult<Option<(Meta, Vec<u8>)>> {
         let read_err = |e: &DynError| StorageIOError::read_snapshot(None, self.source(e));
-        let Some(bytes) = self.snapshots.get(CURRENT_KEY).map_err(|e| read_err(&e))? else {
+        if let Some(bytes) = self.snapshots.get(CURRENT_KEY).map_err(|e| read_err(&e))? {
+            return Ok(Some(codec::decode_stored(&bytes).map_err(|e| read_err(&e))?));
+        }
+        let Some(bytes) = self.snapshots.get(LEGACY_CURRENT_KEY).map_err(|e| read_err(&e))? else {
             return Ok(None);
         };
-        let stored = codec::decode_stored(&bytes).map_err(|e| read_err(&e))?;
-        Ok(Some(stored))
+        Ok(Some(codec::decode(&bytes).map_err(|e| read_err(&e))?))
     }
 
     /// `e`, as the source of a storage error, with the data dir named.
@@ -197,6 +202,7 @@ impl StateMachine {
                 return Ok(());
             }
             self.snapshots.insert(CURRENT_KEY, record).map_err(|e| write_err(&e))?;
+            self.snapshots.remove(LEGACY_CURRENT_KEY).map_err(|e| write_err(&e))?;
             *stored = Some(meta.clone());
         }
         self.snapshots.flush_async().await.map_err(|e| write_err(&e))?;

@@ -317,3 +317,96 @@ async fn a_snapshot_newer_than_the_vote_refuses_to_open() {
     let err = open(dir.path(), SyncPolicy::Sync).expect_err("a snapshot of term 1 with no vote");
     assert!(err.to_string().contains("term 1, index 1"), "{err}");
 }
+
+/// Flips the last byte of the record under `key` in sled tree `tree` of `dir`.
+fn corrupt(dir: &std::path::Path, tree: &str, key: &[u8]) {
+    let db = sled::open(dir).unwrap();
+    let t = db.open_tree(tree).unwrap();
+    let mut record = t.get(key).unwrap().expect("a record to corrupt").to_vec();
+    let last = record.len() - 1;
+    record[last] ^= 0x5a;
+    t.insert(key, record).unwrap();
+    db.flush().unwrap();
+}
+
+#[tokio::test]
+async fn a_corrupted_snapshot_refuses_to_open_naming_the_data_dir() {
+    let dir = TempDir::new().unwrap();
+    {
+        let mut sm = open(dir.path(), SyncPolicy::Sync).unwrap().state_machine;
+        sm.apply((1..=3).map(register)).await.unwrap();
+        sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    }
+    corrupt(dir.path(), "snapshot", state_machine::CURRENT_KEY.as_bytes());
+    let err = open(dir.path(), SyncPolicy::Sync).expect_err("a corrupt snapshot must not restore");
+    let msg = err.to_string();
+    assert!(matches!(err, crate::Error::Storage(_)), "{msg}");
+    assert!(msg.contains(&dir.path().display().to_string()) && msg.contains("checksum"), "{msg}");
+}
+
+#[tokio::test]
+async fn a_snapshot_stored_by_an_earlier_version_still_opens() {
+    let dir = TempDir::new().unwrap();
+    let record = {
+        let Store { mut log, state_machine: mut sm, .. } = open(dir.path(), SyncPolicy::Sync).unwrap();
+        log.save_vote(&Vote::new_committed(1, 1)).await.unwrap();
+        sm.apply((1..=3).map(register)).await.unwrap();
+        let snapshot = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+        codec::encode(&(&snapshot.meta, snapshot.snapshot.get_ref())).unwrap()
+    };
+    {
+        // What an earlier version stored: the plain record under the old key.
+        let db = sled::open(dir.path()).unwrap();
+        let t = db.open_tree("snapshot").unwrap();
+        t.remove(state_machine::CURRENT_KEY).unwrap();
+        t.insert(state_machine::LEGACY_CURRENT_KEY, record).unwrap();
+        db.flush().unwrap();
+    }
+    let sm = open(dir.path(), SyncPolicy::Sync).unwrap().state_machine;
+    assert_eq!(sm.directory().read().unwrap().client_count(), 3);
+}
+
+mod properties {
+    use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::protocol::Directory;
+    use crate::raft::store::codec::{decode, decode_stored, encode_stored};
+
+    fn entry(n: u64, cmds: usize) -> Entry<TypeConfig> {
+        let batch = (0..cmds as u64).map(|i| register(n * 10 + i)).flat_map(|e| match e.payload {
+            EntryPayload::Normal(Batch(c)) => c,
+            _ => Vec::new(),
+        });
+        Entry { log_id: log_id(n, n), payload: EntryPayload::Normal(Batch(batch.collect())) }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn a_changed_byte_or_a_cut_is_always_caught(n in 1u64..1000, cmds in 0usize..5, at in any::<prop::sample::Index>(),
+                                                    flip in 1u8..=255, cut in any::<prop::sample::Index>()) {
+            let record = encode_stored(&entry(n, cmds)).unwrap();
+            let mut changed = record.clone();
+            changed[at.index(record.len())] ^= flip;
+            prop_assert!(decode_stored::<Entry<TypeConfig>>(&changed).is_err());
+            let short = &record[..cut.index(record.len())];
+            prop_assert!(decode_stored::<Entry<TypeConfig>>(short).is_err());
+            prop_assert_eq!(decode_stored::<Entry<TypeConfig>>(&record).unwrap(), entry(n, cmds));
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
+            let _ = decode_stored::<Entry<TypeConfig>>(&bytes);
+            let _ = decode_stored::<Vote<u64>>(&bytes);
+            let _ = decode::<AppendEntriesRequest<TypeConfig>>(&bytes);
+            let _ = decode::<VoteRequest<u64>>(&bytes);
+            let _ = decode::<InstallSnapshotRequest<TypeConfig>>(&bytes);
+            if let Ok(dir) = decode::<Directory>(&bytes) {
+                let _ = dir.check();
+            }
+        }
+    }
+}
