@@ -79,7 +79,7 @@ impl Adapter {
 
     /// Refuses a call only the manager makes unless a CM node made it (TLS only;
     /// the token was checked before).
-    fn from_manager<T>(&self, req: &Request<T>) -> Result<(), Status> {
+    fn only_manager<T>(&self, req: &Request<T>) -> Result<(), Status> {
         if self.tls {
             require_node(req).map_err(|e| super::status_from_error(&e))?;
         }
@@ -90,7 +90,7 @@ impl Adapter {
 #[tonic::async_trait]
 impl pb::page_holder_server::PageHolder for Adapter {
     async fn forward(&self, req: Request<pb::ForwardRequest>) -> Result<Response<pb::ForwardReply>, Status> {
-        self.from_manager(&req)?;
+        self.only_manager(&req)?;
         let r = req.into_inner();
         let forwarded = async {
             self.addressed(r.to)?;
@@ -116,7 +116,7 @@ impl pb::page_holder_server::PageHolder for Adapter {
     }
 
     async fn invalidate(&self, req: Request<pb::InvalidateRequest>) -> Result<Response<pb::InvalidateReply>, Status> {
-        self.from_manager(&req)?;
+        self.only_manager(&req)?;
         let r = req.into_inner();
         let done = async {
             self.addressed(r.to)?;
@@ -126,7 +126,7 @@ impl pb::page_holder_server::PageHolder for Adapter {
     }
 
     async fn release(&self, req: Request<pb::InvalidateRequest>) -> Result<Response<pb::InvalidateReply>, Status> {
-        self.from_manager(&req)?;
+        self.only_manager(&req)?;
         let r = req.into_inner();
         let done = async {
             self.addressed(r.to)?;
@@ -136,7 +136,7 @@ impl pb::page_holder_server::PageHolder for Adapter {
     }
 
     async fn confirm(&self, req: Request<pb::ConfirmRequest>) -> Result<Response<pb::ConfirmReply>, Status> {
-        self.from_manager(&req)?;
+        self.only_manager(&req)?;
         let r = req.into_inner();
         let done = async {
             self.addressed(r.to)?;
@@ -147,7 +147,7 @@ impl pb::page_holder_server::PageHolder for Adapter {
     }
 
     async fn change_cm(&self, req: Request<pb::ChangeCmRequest>) -> Result<Response<pb::ChangeCmReply>, Status> {
-        self.from_manager(&req)?;
+        self.only_manager(&req)?;
         let r = req.into_inner();
         let done = async { self.api.change_cm(socket_addr("CM address", &r.addr)?).await };
         reply(done.await.map(|()| pb::ChangeCmReply {}))
