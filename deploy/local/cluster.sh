@@ -16,6 +16,8 @@
 # (the node ids are IVY_PEERS's; `status` asks the same addresses, or IVY_CM if
 # set). Choose ports below 32768: Linux hands out 32768-60999 as ephemeral
 # ports, and a node restarted on one may find it taken by an outgoing connection.
+# With IVY_CERTS_DIR (made by `ivy certs init --dir DIR`), node N runs with mutual
+# TLS (DIR/node-N.crt) and the cluster token (DIR/token); status uses client-1.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 RUN_DIR=${IVY_RUN_DIR:-deploy/local/run}
@@ -40,6 +42,14 @@ running() {
   [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null
 }
 
+# secure ROLE N: with IVY_CERTS_DIR, exports the TLS and token variables of
+# ROLE-N (node-1, client-1).
+secure() {
+  [ -n "${IVY_CERTS_DIR:-}" ] || return 0
+  export IVY_TLS_CA="$IVY_CERTS_DIR/ca.crt" IVY_TOKEN_FILE="$IVY_CERTS_DIR/token"
+  export IVY_TLS_CERT="$IVY_CERTS_DIR/$1-$2.crt" IVY_TLS_KEY="$IVY_CERTS_DIR/$1-$2.key"
+}
+
 # start_node N: start node N and wait for its ready line; a node that exits
 # first (a port in use, a data dir in use) is an error showing its log.
 start_node() {
@@ -49,6 +59,7 @@ start_node() {
     return
   fi
   : >"$ready"
+  secure node "$id"
   IVY_LOG_FORMAT=${IVY_LOG_FORMAT:-text} nohup "$IVY" cm --id "$id" --json >"$ready" 2>>"$log" &
   pid=$!
   echo "$pid" >"$RUN_DIR/cm-$id.pid"
@@ -121,6 +132,6 @@ case "${1:-}" in
   stop) stop_all ;;
   restart) build; stop_node "${2:?node id}"; start_node "$2"; await_leader ;;
   kill) stop_node "${2:?node id}" KILL ;;
-  status) build; "$IVY" status ;;
+  status) build; secure client 1; "$IVY" status ;;
   *) sed -n '2,20p' "$0"; exit 2 ;;
 esac

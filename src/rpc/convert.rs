@@ -33,12 +33,22 @@ pub(super) fn access_mode(access: Access) -> i32 {
     mode(if access == Access::Write { FaultKind::Write } else { FaultKind::Read })
 }
 
-/// An epoch received over the wire: epochs start at 1.
+/// An epoch received over the wire: epochs start at 1, and the largest `u64`
+/// is refused so that the epoch after it always exists.
 pub(super) fn epoch(epoch: u64) -> Result<Epoch, Error> {
-    if epoch == 0 {
-        return Err(Error::Malformed("epoch 0 is not a page epoch".into()));
+    if epoch == 0 || epoch == u64::MAX {
+        return Err(Error::Malformed(format!("epoch {epoch} is not a page epoch")));
     }
     Ok(epoch)
+}
+
+/// Longest lease a client accepts from a CM: a longer one is cut to it, so a
+/// deadline computed from it cannot overflow.
+pub const MAX_LEASE: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// A lease received over the wire, in ms, cut to [`MAX_LEASE`].
+pub(super) fn lease(ms: u64) -> std::time::Duration {
+    std::time::Duration::from_millis(ms).min(MAX_LEASE)
 }
 
 /// A client id or request seq received over the wire: both start at 1.
@@ -84,11 +94,7 @@ pub fn error_from_status(status: &Status, peer: &str) -> Error {
     if let Ok(err) = serde_json::from_slice::<Error>(status.details()) {
         return err;
     }
-    let mut what = format!("{peer}: {}", status.message());
-    if status.message().contains("h2 protocol error") {
-        // What a plaintext call to a TLS server sees.
-        what.push_str(" (does it require TLS? give --tls-ca, --tls-cert and --tls-key)");
-    }
+    let what = format!("{peer}: {}", status.message());
     match status.code() {
         Code::InvalidArgument => Error::Malformed(what),
         Code::DeadlineExceeded | Code::Cancelled => {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tonic::{Request, Response, Status};
 
-use super::convert::{error_from_status, page_name, positive, reply, socket_addr};
+use super::convert::{error_from_status, lease, page_name, positive, reply, socket_addr};
 use super::net::Channels;
 use super::pb;
 use super::pb::manager_client::ManagerClient as PbClient;
@@ -252,7 +252,7 @@ impl ManagerClient {
     /// The error of a failed call; a call that timed out drops its channel.
     fn failed(&self, status: &Status, addr: &str) -> Error {
         self.channels.note(addr, status);
-        cm_error(status, addr)
+        self.error(status, addr)
     }
 
     /// Registers a client serving at `client_addr` with the CM at `addr`;
@@ -260,7 +260,7 @@ impl ManagerClient {
     pub async fn register(&self, addr: &str, client_addr: &str, nonce: u64) -> Result<(ClientId, Duration), Error> {
         let req = pb::RegisterRequest { addr: client_addr.to_string(), nonce };
         let reply = self.stub(addr)?.register(req).await.map_err(|s| self.failed(&s, addr))?.into_inner();
-        Ok((reply.client, Duration::from_millis(reply.lease_ms)))
+        Ok((reply.client, lease(reply.lease_ms)))
     }
 
     /// Asks the CM at `addr` to remove `client`, which leaves.
@@ -273,7 +273,7 @@ impl ManagerClient {
     /// Renews `client`'s lease with the CM at `addr`; returns the lease.
     pub async fn keep_alive(&self, addr: &str, client: ClientId) -> Result<Duration, Error> {
         let reply = self.stub(addr)?.keep_alive(pb::KeepAliveRequest { client }).await;
-        Ok(Duration::from_millis(reply.map_err(|s| self.failed(&s, addr))?.into_inner().lease_ms))
+        Ok(lease(reply.map_err(|s| self.failed(&s, addr))?.into_inner().lease_ms))
     }
 
     /// Asks the CM at `addr` to evict `client` at once.
@@ -313,6 +313,21 @@ impl ManagerClient {
     }
 }
 
-fn cm_error(status: &Status, addr: &str) -> Error {
-    error_from_status(status, &format!("CM {addr}"))
+impl ManagerClient {
+    /// The error a CM's status carries; a plaintext caller refused at the
+    /// transport is told TLS may be what is missing.
+    fn error(&self, status: &Status, addr: &str) -> Error {
+        match error_from_status(status, &format!("CM {addr}")) {
+            Error::Unavailable(why) if !self.channels.security().is_tls() && transport_refusal(status) => {
+                Error::Unavailable(format!("{why} (if the cluster uses TLS, give --tls-ca, --tls-cert and --tls-key)"))
+            }
+            err => err,
+        }
+    }
+}
+
+/// True for the statuses a plaintext call to a TLS server ends with.
+fn transport_refusal(status: &Status) -> bool {
+    let message = status.message();
+    message.contains("transport error") || message.contains("h2 protocol error")
 }
