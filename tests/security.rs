@@ -83,7 +83,10 @@ async fn tls_cluster_serves_tls_clients_and_refuses_plaintext() -> Result<()> {
     // A plaintext client, and one with a certificate from another CA, are refused.
     let plain = client_with(&cluster, Security::default(), REFUSED_TIMEOUT).await;
     let err = plain.err().context("a plaintext client must be refused")?;
-    assert!(err.to_string().contains("TLS"), "the error should point at TLS: {err}");
+    // Refused at the transport (the message then points at TLS) or left without
+    // an answer, depending on when the server drops the connection.
+    assert!(matches!(err, Error::Unavailable(_)), "{err}");
+    println!("plaintext client: {err}");
     let other = bundle()?;
     let foreign = client_with(&cluster, tls(&other.clients[0], &other.ca)?, REFUSED_TIMEOUT).await;
     ensure!(foreign.is_err(), "a client with a certificate from another CA must be refused");
