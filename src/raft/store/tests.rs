@@ -318,9 +318,22 @@ async fn a_snapshot_newer_than_the_vote_refuses_to_open() {
     assert!(err.to_string().contains("term 1, index 1"), "{err}");
 }
 
+/// Opens the sled database in `dir` directly, once the store that had it has
+/// let go of its lock (sled releases it from its own threads, a moment later).
+fn sled_again(dir: &std::path::Path) -> sled::Db {
+    let give_up = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match sled::open(dir) {
+            Ok(db) => return db,
+            Err(err) if std::time::Instant::now() > give_up => panic!("sled stays locked: {err}"),
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+        }
+    }
+}
+
 /// Flips the last byte of the record under `key` in sled tree `tree` of `dir`.
 fn corrupt(dir: &std::path::Path, tree: &str, key: &[u8]) {
-    let db = sled::open(dir).unwrap();
+    let db = sled_again(dir);
     let t = db.open_tree(tree).unwrap();
     let mut record = t.get(key).unwrap().expect("a record to corrupt").to_vec();
     let last = record.len() - 1;
@@ -356,7 +369,7 @@ async fn a_snapshot_stored_by_an_earlier_version_still_opens() {
     };
     {
         // What an earlier version stored: the plain record under the old key.
-        let db = sled::open(dir.path()).unwrap();
+        let db = sled_again(dir.path());
         let t = db.open_tree("snapshot").unwrap();
         t.remove(state_machine::CURRENT_KEY).unwrap();
         t.insert(state_machine::LEGACY_CURRENT_KEY, record).unwrap();
