@@ -201,6 +201,27 @@ async fn a_checksum_failure_ends_the_log() {
     assert_eq!(indexes(&mut log).await, vec![1]);
 }
 
+#[tokio::test]
+async fn a_damaged_record_before_valid_ones_is_corruption_not_a_tail() {
+    let dir = TempDir::new().unwrap();
+    {
+        let mut log = voted_log(&dir).await;
+        log.blocking_append([register(1)]).await.unwrap();
+        log.blocking_append([register(2)]).await.unwrap();
+        log.blocking_append([register(3)]).await.unwrap();
+    }
+    // A bit flipped inside entry 2's frame, synced long ago: entry 3 follows it.
+    let mut bytes = std::fs::read(wal_path(&dir)).unwrap();
+    let frame3 = wal::frame(&wal::Record::Entries(vec![register(3)])).unwrap();
+    let inside_frame2 = bytes.len() - frame3.len() - 3;
+    bytes[inside_frame2] ^= 0xff;
+    std::fs::write(wal_path(&dir), &bytes).unwrap();
+    let Err(err) = open(dir.path(), SyncPolicy::Sync) else { panic!("a corrupt log must be refused") };
+    let msg = err.to_string();
+    assert!(msg.contains("corrupt") && msg.contains("raft.wal"), "{msg}");
+    assert_eq!(std::fs::read(wal_path(&dir)).unwrap(), bytes, "nothing was cut");
+}
+
 #[test]
 fn a_record_that_checks_but_does_not_decode_is_an_error_not_a_cut() {
     let dir = TempDir::new().unwrap();

@@ -10,7 +10,9 @@
 //! sync covers every byte written before it, and after a crash the file holds a
 //! prefix of what was written, possibly followed by a torn or unwritten tail.
 //! Replay stops at the first frame that is incomplete or fails its checksum and
-//! cuts the file there (that tail was never synced, so never acknowledged). A
+//! cuts the file there (that tail was never synced, so never acknowledged);
+//! but when a valid frame follows the damaged one, the damage is corruption of
+//! synced data, not a torn tail, and the file is refused instead. A
 //! frame with a valid checksum that does not decode is an error, never cut: it
 //! was written by another version. A file shorter than the magic was never synced
 //! and counts as empty.
@@ -224,6 +226,14 @@ pub(super) fn open(dir: &Path, syncer: Syncer) -> Result<(Wal, LogState), Error>
         return Err(Error::Storage(format!("{} is not an ivy Raft log (unknown header)", path.display())));
     }
     let (state, valid) = replay(&buf, &path)?;
+    if let Some(later) = later_frame(&buf, valid) {
+        return Err(Error::Storage(format!(
+            "{}: the record at byte {valid} is damaged but a valid record follows at byte {later}; \
+             the log is corrupt, not cut short by a crash (restore this node from a peer: remove it, \
+             wipe its data dir, add it back)",
+            path.display()
+        )));
+    }
     if valid < buf.len() {
         tracing::warn!("{}: dropping {} bytes of an unsynced tail at byte {valid}", path.display(), buf.len() - valid);
         file.set_len(valid as u64)
@@ -231,6 +241,14 @@ pub(super) fn open(dir: &Path, syncer: Syncer) -> Result<(Wal, LogState), Error>
             .map_err(|e| io_err("cannot cut the tail of", e))?;
     }
     Ok((wal(file, valid as u64), state))
+}
+
+/// The offset of a valid frame somewhere after the damaged one at `at`, if any.
+/// Only the last write can be torn by a crash (each append is synced before the
+/// next one is written), so a valid frame after a damaged one means corruption
+/// of synced data, which must not be cut away silently.
+fn later_frame(buf: &[u8], at: usize) -> Option<usize> {
+    (at + 1..buf.len().saturating_sub(FRAME_HEADER)).find(|&i| frame_at(buf, i).is_some())
 }
 
 /// True for a file that cannot hold a synced record: shorter than the magic and
