@@ -171,7 +171,16 @@ fn health_reflection_metrics_and_json_logs() -> Result<()> {
             sum_of(&m, "ivy_fault_duration_seconds_count") > 0.0
         })
         .context("no node counted a fault")?;
-    let m = parse_exposition(&scrape(&nodes[leader].metrics)?)?;
+    // The directory gauges are refreshed on a 100 ms tick, not at each commit:
+    // await the tick rather than read a scrape taken just before it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let m = loop {
+        let m = parse_exposition(&scrape(&nodes[leader].metrics)?)?;
+        if m["ivy_pages"] >= 5.0 || Instant::now() > deadline {
+            break m;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     assert!(sum_of(&m, "ivy_fault_duration_seconds_count{kind=\"write\",outcome=\"ok\"}") >= 5.0, "{m:?}");
     assert!(m["ivy_proposer_batch_size_count"] >= 5.0, "{m:?}");
     assert!(m["ivy_pages"] >= 5.0 && m["ivy_clients_registered"] >= 1.0, "{m:?}");
