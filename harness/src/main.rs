@@ -325,6 +325,24 @@ struct ChaosArgs {
     /// Log entries between the CM nodes' snapshots [default: the nodes' own default].
     #[arg(long, env = "IVY_SNAPSHOT_EVERY", value_parser = clap::value_parser!(u64).range(1..))]
     snapshot_every: Option<u64>,
+    /// The network: proxies on loopback (the fault kinds of --faults), or every
+    /// process in its own network namespace with real, silent partitions (root;
+    /// cuts: isolate the leader, isolate a client, split the leader and a client
+    /// from the rest).
+    #[arg(long, env = "IVY_CHAOS_NET", value_enum, default_value_t = ChaosNet::Proxy)]
+    net: ChaosNet,
+    /// --net netns: how long each cut is held, ms: MIN-MAX.
+    #[arg(long, env = "IVY_CHAOS_CUT_HOLD_MS", default_value = "10000-30000", value_parser = parse_range)]
+    cut_hold_ms: (u64, u64),
+}
+
+/// The network a chaos run puts its processes on.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ChaosNet {
+    /// Loopback, every link through a proxy of the harness.
+    Proxy,
+    /// A network namespace per process on a bridge.
+    Netns,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -646,7 +664,10 @@ async fn run_chaos(args: ChaosArgs) -> Result<()> {
         unsafe_skip_sync: args.unsafe_skip_sync,
         snapshot_every: args.snapshot_every,
     };
-    let report = chaos::run(&config).await?;
+    let report = match args.net {
+        ChaosNet::Proxy => chaos::run(&config).await?,
+        ChaosNet::Netns => chaos::netns_run::run(&config, args.cut_hold_ms).await?,
+    };
     println!("{report}");
     println!("history: {}", config.out.join("history.jsonl").display());
     if !report.clean {

@@ -188,6 +188,21 @@ impl Host {
         cmd
     }
 
+    /// A `'static` maker of [`Host::command`]s, for code that starts (and restarts)
+    /// processes in this host after the borrow of the [`Net`] ends.
+    pub fn launcher(&self) -> impl Fn(&std::path::Path) -> Command + Send + Sync + 'static {
+        let fd = Arc::clone(&self.fd);
+        move |program| {
+            let mut cmd = Command::new(program);
+            let fd = Arc::clone(&fd);
+            // SAFETY: as in `command`: only the async-signal-safe setns(2) syscall.
+            unsafe {
+                cmd.pre_exec(move || setns_net(fd.as_raw_fd()));
+            }
+            cmd
+        }
+    }
+
     /// Runs `f` on a new thread that has joined this host's namespace, and returns its
     /// result. Sockets created by `f` belong to the host (they stay there for their
     /// whole life, whichever thread uses them later). A panic in `f` is propagated.

@@ -10,6 +10,8 @@
 //! - [`Proposer`]: batches directory commands into log entries (openraft 0.9
 //!   waits for each log flush before the next append).
 //! - [`network`]: openraft's RPCs over the `RaftTransport` gRPC service.
+//! - [`prevote`]: the campaigner that starts an election only once a majority
+//!   has lost the leader (openraft's own election timer is off).
 //! - [`freshness`]: whether this node stands in a working cluster right now
 //!   (readiness, status), judged in one place.
 //! - `observe`: structured logs of role, election and membership changes, and
@@ -20,6 +22,7 @@ pub mod freshness;
 pub mod network;
 pub mod node;
 mod observe;
+pub mod prevote;
 mod proposer;
 pub mod store;
 
@@ -89,6 +92,9 @@ impl RaftTimers {
             election_timeout_max: self.election_max_ms,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(snapshot_every),
             max_in_snapshot_log_to_keep: snapshot_every,
+            // Elections are started by the pre-vote campaigner (`prevote`), never
+            // by openraft's timer, which would raise the term without asking.
+            enable_elect: false,
             ..Default::default()
         };
         let config = config.validate().map_err(|e| Error::InvalidConfig(format!("raft timers: {e}")))?;

@@ -88,7 +88,7 @@ impl PeerNetwork {
             RaftCallError::Timeout { .. } => {
                 let action = match call {
                     RaftCall::Append => openraft::network::RPCTypes::AppendEntries,
-                    RaftCall::Vote => openraft::network::RPCTypes::Vote,
+                    RaftCall::Vote | RaftCall::PreVote => openraft::network::RPCTypes::Vote,
                     RaftCall::Snapshot => openraft::network::RPCTypes::InstallSnapshot,
                 };
                 RPCError::Timeout(Timeout { action, id: 0, target: self.target, timeout: ttl })
@@ -165,6 +165,7 @@ impl RaftApi for TransportHandler {
                 let rpc: VoteRequest<<TypeConfig as RaftTypeConfig>::NodeId> = decode(&request)?;
                 encode(&self.raft.vote(rpc).await)
             }
+            RaftCall::PreVote => super::prevote::answer(&self.raft, &self.contact, &request).await,
             RaftCall::Snapshot => {
                 let rpc: InstallSnapshotRequest<TypeConfig> = decode(&request)?;
                 let vote = rpc.vote;

@@ -44,11 +44,12 @@ pub struct RaftStart<'a> {
 pub async fn start(s: RaftStart<'_>) -> Result<(RaftReplica, SharedDirectory), Error> {
     let store = store::open(s.data_dir, s.sync)?;
     let dir = store.state_machine.directory();
-    let network = NetworkFactory::new(s.transport, s.peers.clone());
+    let network = NetworkFactory::new(s.transport.clone(), s.peers.clone());
     let raft = Raft::new(s.id, s.timers.config(s.snapshot_every)?, network, store.log, store.state_machine)
         .await
         .map_err(|e| Error::Internal(format!("raft start: {e}")))?;
     initialize(&raft, s.peers).await?;
+    tokio::spawn(super::prevote::campaign(raft.clone(), s.id, s.peers.clone(), s.transport));
     let proposer = Proposer::spawn(raft.clone());
     let contact = Arc::new(Contact::default());
     tokio::spawn(super::observe::observe(raft.clone(), contact.clone()));

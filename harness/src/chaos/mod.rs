@@ -17,12 +17,16 @@
 //! the fault kinds include it, the run mounts one under `--out` (`lazyfs/mnt`
 //! over `lazyfs/backing`) and keeps the data dirs there; a cut kills every CM
 //! node, drops every write they did not sync, and restarts them.
+//!
+//! `--net netns` ([`netns_run`]) replaces the proxies by real partitions:
+//! every process in its own network namespace, links cut on a bridge.
 
 pub mod checker;
 #[cfg(test)]
 mod checker_tests;
 pub mod client_proc;
 pub mod history;
+pub mod netns_run;
 pub mod procs;
 mod proxy;
 mod report;

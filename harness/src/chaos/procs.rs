@@ -26,6 +26,10 @@ pub fn signal(pid: u32, sig: &str) {
     let _ = std::process::Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
 }
 
+/// Builds the command a process starts from, given the binary: how a process
+/// is put into a network namespace (see [`crate::netns::Host::command`]).
+pub type Launcher = std::sync::Arc<dyn Fn(&Path) -> std::process::Command + Send + Sync>;
+
 /// One CM node process, restartable with the same command.
 pub struct CmProc {
     /// The node id.
@@ -36,12 +40,19 @@ pub struct CmProc {
     bin: PathBuf,
     log: PathBuf,
     child: Mutex<Option<Child>>,
+    launcher: Option<Launcher>,
 }
 
 impl CmProc {
     /// A node that will run `bin` with `args`, logging to `log`.
     pub fn new(bin: &Path, id: u64, addr: String, args: Vec<String>, log: PathBuf) -> Self {
-        CmProc { id, addr, args, bin: bin.to_path_buf(), log, child: Mutex::new(None) }
+        CmProc { id, addr, args, bin: bin.to_path_buf(), log, child: Mutex::new(None), launcher: None }
+    }
+
+    /// The same node, started (and restarted) through `launcher`.
+    pub fn with_launcher(mut self, launcher: Launcher) -> Self {
+        self.launcher = Some(launcher);
+        self
     }
 
     /// Starts (or restarts) the node.
@@ -51,7 +62,11 @@ impl CmProc {
             .append(true)
             .open(&self.log)
             .map_err(|e| spawn_error("CM log", e))?;
-        let child = Command::new(&self.bin)
+        let mut cmd = match &self.launcher {
+            Some(launch) => Command::from(launch(&self.bin)),
+            None => Command::new(&self.bin),
+        };
+        let child = cmd
             .args(&self.args)
             .env("RUST_LOG", "info,openraft=warn")
             .stdin(Stdio::null())

@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use super::checker::Verdict;
 use super::history::{History, Op, Outcome};
+use super::netns_run::CutRecovery;
 use super::ChaosConfig;
 use anyhow::{anyhow, Result};
 
@@ -45,6 +46,9 @@ pub struct Report {
     pub verdict: Verdict,
     /// True when the run passes: recovered, every final read answered, clean verdict.
     pub clean: bool,
+    /// Each real partition of a `--net netns` run and the recovery after it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cuts: Vec<CutRecovery>,
 }
 
 impl Report {
@@ -77,6 +81,7 @@ impl Report {
             recovered,
             verdict,
             clean,
+            cuts: Vec::new(),
         }
     }
 
@@ -129,6 +134,41 @@ impl std::fmt::Display for Report {
         for d in &v.details {
             writeln!(f, "    {d}")?;
         }
+        write_cuts(f, &self.cuts)?;
         write!(f, "  verdict: {}", if self.clean { "CLEAN" } else { "VIOLATIONS" })
     }
+}
+
+fn ms(v: Option<f64>) -> String {
+    v.map_or("none".into(), |ms| format!("{ms:.0} ms"))
+}
+
+/// The cuts of a netns run, then median and max per kind.
+fn write_cuts(f: &mut std::fmt::Formatter<'_>, cuts: &[CutRecovery]) -> std::fmt::Result {
+    for c in cuts {
+        writeln!(
+            f,
+            "  cut at {:.1} s: {} held {} ms; first fault after the cut {}, after the heal {}; leader changed after the heal: {}",
+            c.at_s, c.kind, c.held_ms, ms(c.after_cut_ms), ms(c.after_heal_ms), c.leader_changed_after_heal
+        )?;
+    }
+    let mut kinds: Vec<&str> = cuts.iter().map(|c| c.kind.as_str()).collect();
+    kinds.dedup();
+    kinds.sort_unstable();
+    kinds.dedup();
+    for kind in kinds {
+        let of = |pick: fn(&CutRecovery) -> Option<f64>| {
+            let mut v: Vec<f64> = cuts.iter().filter(|c| c.kind == kind).filter_map(pick).collect();
+            v.sort_by(f64::total_cmp);
+            (v.get(v.len().saturating_sub(1) / 2).copied(), v.last().copied())
+        };
+        let ((cut_med, cut_max), (heal_med, heal_max)) = (of(|c| c.after_cut_ms), of(|c| c.after_heal_ms));
+        let changes = cuts.iter().filter(|c| c.kind == kind && c.leader_changed_after_heal).count();
+        writeln!(
+            f,
+            "  {kind}: after the cut median {} max {}; after the heal median {} max {}; leader changes after heals {changes}",
+            ms(cut_med), ms(cut_max), ms(heal_med), ms(heal_max)
+        )?;
+    }
+    Ok(())
 }

@@ -237,7 +237,7 @@ async fn build_rig(
     Ok(rig)
 }
 
-fn cm_args(cfg: &ChaosConfig, id: u64, listen: &str, peers: &str, data_root: &Path) -> Vec<String> {
+pub(crate) fn cm_args(cfg: &ChaosConfig, id: u64, listen: &str, peers: &str, data_root: &Path) -> Vec<String> {
     let data = data_root.join(format!("cm-{id}"));
     let mut args: Vec<String> = ["cm", "--id", &id.to_string(), "--listen", listen, "--peers", peers, "--data-dir"]
         .iter()
