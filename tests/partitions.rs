@@ -92,6 +92,22 @@ impl Rig {
         Ok(serde_json::from_slice(&out.stdout).unwrap_or(Value::Null))
     }
 
+    /// `ivy status --json` of CM node `id` alone, asked from its own host (it
+    /// reaches itself even when cut off): the answer and whether it exited 0.
+    fn status_alone(&self, id: u64) -> Result<(Value, bool)> {
+        let host = id as usize - 1;
+        let out = self.net.command(host, IVY).args(["status", "--json", "--cm", &self.cm_addrs[host]]).output()?;
+        Ok((serde_json::from_slice(&out.stdout).unwrap_or(Value::Null), out.status.success()))
+    }
+
+    /// (id, term, leader) of every CM node that answers, but `except`.
+    fn terms(&self, except: u64) -> Result<Vec<(u64, u64, u64)>> {
+        let status = self.status()?;
+        let nodes = status["cm"].as_array().cloned().unwrap_or_default();
+        let of = |n: &Value| Some((n["id"].as_u64()?, n["term"].as_u64()?, n["leader"]["id"].as_u64().unwrap_or(0)));
+        Ok(nodes.iter().filter_map(of).filter(|(id, _, _)| *id != except).collect())
+    }
+
     /// The serving node's (id, term), if one serves.
     fn leader(&self) -> Result<Option<(u64, u64)>> {
         let status = self.status()?;
@@ -159,7 +175,65 @@ fn a_silent_leader_costs_clients_under_a_second() -> Result<()> {
     let (new, _) = rig.wait_new_leader(leader, Duration::from_secs(5))?;
     assert_ne!(new, leader);
     assert!(took < Duration::from_secs(1), "the first write after a silent leader cut took {took:?}");
+    // Asked alone, the cut-off old leader says it leads but does not serve, and exits 1.
+    let (alone, ok) = rig.status_alone(leader)?;
+    let node = &alone["cm"][0];
+    assert_eq!((&node["role"], &node["serving"]), (&"leader".into(), &false.into()), "{alone}");
+    assert!(!ok, "ivy status of the cut-off old leader alone exited 0: {alone}");
+    let (alone, ok) = rig.status_alone(new)?;
+    assert!(ok && alone["cm"][0]["serving"] == true, "the new leader alone: {alone}");
     Ok(())
+}
+
+/// 20 times: the leader is cut off silently, the others elect a new one, the
+/// cut heals; then a follower is cut off for longer than an election timeout
+/// and healed. In the 1.5 s after each heal neither the leader nor the term
+/// of the healthy majority may change (pre-vote: a returning node does not
+/// depose it; an old leader never campaigns, a cut-off follower would).
+#[test]
+fn twenty_heals_of_an_old_leader_change_no_leader() -> Result<()> {
+    const ROUNDS: usize = 20;
+    const FOLLOWER_CUT: Duration = Duration::from_millis(1000);
+    let Some(rig) = Rig::start("twenty_heals_of_an_old_leader_change_no_leader", 0)? else { return Ok(()) };
+    let mut needless = Vec::new();
+    for round in 1..=ROUNDS {
+        let (old, _) = rig.wait_leader(FIRST_LEADER)?;
+        rig.net.cut(&[old as usize - 1])?;
+        let (new, term) = rig.wait_new_leader(old, Duration::from_secs(10))?;
+        rig.net.heal()?;
+        needless.extend(watch_after_heal(&rig, old, (new, term), &format!("round {round}, old leader {old}"))?);
+        let (leader, now) = rig.wait_leader(FIRST_LEADER)?;
+        let follower = (1..=CMS as u64).find(|id| *id != leader).unwrap_or(1);
+        rig.net.cut(&[follower as usize - 1])?;
+        std::thread::sleep(FOLLOWER_CUT);
+        rig.net.heal()?;
+        needless.extend(watch_after_heal(
+            &rig,
+            follower,
+            (leader, now),
+            &format!("round {round}, follower {follower}"),
+        )?);
+        println!("round {round}: CM {old} cut off, CM {new} led in term {term}; CM {follower} cut off; both healed");
+    }
+    assert!(needless.is_empty(), "{} needless leader changes in {} heals: {needless:#?}", needless.len(), 2 * ROUNDS);
+    Ok(())
+}
+
+/// Watches the nodes but `returning` for 1.5 s after a heal: a change of
+/// (leader, term) away from `expected` is a needless leader change, described.
+fn watch_after_heal(rig: &Rig, returning: u64, expected: (u64, u64), what: &str) -> Result<Option<String>> {
+    const WATCH: Duration = Duration::from_millis(1500);
+    let (leader, term) = expected;
+    let until = Instant::now() + WATCH;
+    while Instant::now() < until {
+        let moved: Vec<_> = rig.terms(returning)?.into_iter().filter(|(_, t, l)| (*t, *l) != (term, leader)).collect();
+        if !moved.is_empty() {
+            rig.wait_leader(FIRST_LEADER)?;
+            return Ok(Some(format!("{what}: leader {leader} term {term}, then (id, term, leader) {moved:?}")));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(None)
 }
 
 /// A client cut off for 30 s is evicted meanwhile; after the heal it registers

@@ -572,9 +572,27 @@ async fn run_status(args: StatusArgs) -> Result<()> {
         println!("{report}");
     }
     if !report.ok {
-        bail!("no CM node is the leader");
+        bail!("{}", not_serving(&report));
     }
     Ok(())
+}
+
+/// Why `ivy status` exits 1: no node serves faults. A node asked alone is named
+/// with its role (a cut-off leader still says it leads, and does not serve).
+fn not_serving(report: &ivy_raft::status::StatusReport) -> String {
+    match &report.cm[..] {
+        [node] => match &node.status {
+            Some(s) => format!(
+                "CM node {} at {} is not serving ({}, term {}): only a leader a majority acknowledged within an election timeout serves",
+                s.id,
+                node.addr,
+                s.role.name(),
+                s.term
+            ),
+            None => format!("CM node at {} did not answer", node.addr),
+        },
+        _ => "no CM node is the leader".into(),
+    }
 }
 
 async fn run_pages(args: PagesArgs) -> Result<()> {

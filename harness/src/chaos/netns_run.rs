@@ -210,7 +210,7 @@ impl Layout<'_> {
         let out = tokio::time::timeout(Duration::from_secs(5), cmd.output()).await.ok()?.ok()?;
         let status: Value = serde_json::from_slice(&out.stdout).ok()?;
         let nodes = status["cm"].as_array()?;
-        let serving = nodes.iter().filter_map(|n| n.get("status")).find(|s| s["serving"] == true)?;
+        let serving = nodes.iter().find(|n| n["serving"] == true)?;
         Some((serving["id"].as_u64()?, serving["term"].as_u64()?))
     }
 
