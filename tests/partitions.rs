@@ -11,7 +11,9 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use ivy_harness::chaos::{self, ChaosConfig};
 use ivy_harness::netns::{netns_available, Net};
+use ivy_raft::config::ReplicationMode;
 use serde_json::Value;
 use support::{ClientProc, Proc, IVY};
 
@@ -283,5 +285,48 @@ fn an_unreachable_client_stalls_only_its_own_pages() -> Result<()> {
     println!("while a is cut off: a page it never held {} ms, its own page {} ms", quick.as_millis(), slow.as_millis());
     assert!(quick < slow, "the fault on a page a never held waited for the one on a's page");
     assert!(held["ok"] == true || held["error"].as_str().is_some_and(|e| e.contains("client")), "{held}");
+    Ok(())
+}
+
+/// `ivy chaos --net netns`, short: each cut kind once, a clean verdict, and a
+/// recovery time after every cut and heal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn chaos_over_real_partitions_smoke() -> Result<()> {
+    if let Err(why) = netns_available() {
+        eprintln!("SKIPPED chaos_over_real_partitions_smoke: network namespaces are not available here: {why}");
+        return Ok(());
+    }
+    let out = tempfile::tempdir()?;
+    let cfg = ChaosConfig {
+        bin: IVY.into(),
+        mode: ReplicationMode::Raft,
+        duration: Duration::from_secs(28),
+        seed: 7,
+        clients: 3,
+        workers: 2,
+        pages: 16,
+        read_ratio: 0.5,
+        faults: Vec::new(),
+        fault_gap_ms: (1000, 1500),
+        out: out.path().to_path_buf(),
+        pulse_ms: 1000,
+        client_lease_ms: 2000,
+        client_timeout_ms: chaos::CLIENT_OP_TIMEOUT_MS,
+        unsafe_skip_invalidation: false,
+        unsafe_ignore_lease: false,
+        unsafe_skip_sync: false,
+        snapshot_every: None,
+    };
+    // Cuts held 4-5 s, past the 2 s client lease: a majority-side fault stuck
+    // on a page the cut client holds is free again before the heal.
+    let report = chaos::netns_run::run(&cfg, (4000, 5000)).await?;
+    println!("{report}");
+    assert!(report.clean, "verdict: {:?}", report.verdict);
+    for kind in chaos::netns_run::Cut::ALL {
+        assert!(report.cuts.iter().any(|c| c.kind == kind.name()), "no {} cut: {:?}", kind.name(), report.cuts);
+    }
+    for cut in &report.cuts {
+        assert!(cut.after_cut_ms.is_some() && cut.after_heal_ms.is_some(), "no recovery: {cut:?}");
+    }
     Ok(())
 }

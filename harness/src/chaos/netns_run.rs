@@ -383,7 +383,8 @@ async fn cut_once(layout: &Layout<'_>, kind: Cut, slot: usize, hold: Duration, r
     layout.net.heal()?;
     let heal_ns = rec.ns();
     tokio::time::sleep(HEAL_WATCH).await;
-    let after = layout.leader().await;
+    // A status that finds no leader for a moment (a loaded machine) is asked again.
+    let after = layout.wait_leader(Duration::from_secs(5)).await;
     let changed = before.is_some() && after != before;
     let detail = format!("{what} for {} ms; leader before the heal {before:?}, after {after:?}", hold.as_millis());
     eprintln!("chaos: t={:.1}s {}: {detail}", cut_ns as f64 / 1e9, kind.name());
