@@ -35,7 +35,7 @@ use crate::config::ReplicationMode;
 use crate::error::Error;
 use crate::heartbeat::service::{poll_primary, reclaim, Links, PulseHandler};
 use crate::heartbeat::HeartbeatReplica;
-use crate::protocol::Caps;
+use crate::protocol::{Applied, Caps, DirCmd};
 use crate::raft::network::TransportHandler;
 use crate::raft::node::RaftStart;
 use crate::raft::store::SyncPolicy;
@@ -222,6 +222,13 @@ impl CmNode {
     /// This node's status (role, term, indexes, leader).
     pub fn status(&self) -> NodeStatus {
         self.server.replica().status()
+    }
+
+    /// Commits `cmd` through this node's replication (the leader only) with no
+    /// fault around it: for benchmarks of the commit path alone.
+    #[doc(hidden)]
+    pub async fn commit(&self, cmd: DirCmd) -> Result<Applied, Error> {
+        self.server.replica().commit(cmd).await
     }
 
     /// Returns, with the reason, once the node can no longer serve: its Raft core
