@@ -28,6 +28,7 @@ pub mod flood;
 pub mod lazyfs;
 pub mod logging;
 pub mod multihost;
+pub mod ops;
 pub mod netns;
 mod op_counter;
 pub mod probe;

@@ -126,6 +126,9 @@ pub enum DirCmd {
     Fault { client: ClientId, seq: u64, page: PageName, kind: FaultKind, seen: Option<Epoch> },
     /// Set the caps later registrations and page creations are checked against.
     SetCaps { caps: Caps },
+    /// Replace an empty directory with a backup's (`ivy snapshot restore`); a
+    /// directory that holds anything already is left as it is.
+    Restore { directory: Box<Directory> },
 }
 
 /// What applying one [`DirCmd`] did.
@@ -142,6 +145,9 @@ pub enum Applied {
     Rejected(Error),
     /// The caps are set.
     CapsSet,
+    /// The backup's directory replaced the empty one (false: the directory held
+    /// something already, or the backup broke an invariant; nothing changed).
+    Restored(bool),
 }
 
 /// The replicated directory: pages, clients and sessions.
@@ -186,7 +192,21 @@ impl Directory {
                 self.caps = *caps;
                 Applied::CapsSet
             }
+            DirCmd::Restore { directory } => self.restore(directory),
         }
+    }
+
+    /// Takes `backup`'s pages, clients and sessions if this directory has none
+    /// (its caps stay: the leader commits its own).
+    fn restore(&mut self, backup: &Directory) -> Applied {
+        let empty = self.pages.is_empty() && self.clients.is_empty() && self.sessions.is_empty();
+        if !empty || backup.check().is_err() {
+            return Applied::Restored(false);
+        }
+        let caps = self.caps;
+        *self = backup.clone();
+        self.caps = caps;
+        Applied::Restored(true)
     }
 
     /// The caps registrations and page creations are checked against.

@@ -17,8 +17,10 @@
 //! - [`RaftTimers`]: the timer flags turned into an openraft `Config`.
 
 pub mod freshness;
+pub mod members;
 pub mod network;
 pub mod node;
+pub mod votes;
 mod observe;
 mod proposer;
 pub mod store;

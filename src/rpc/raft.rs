@@ -25,6 +25,8 @@ pub enum RaftCall {
     Vote,
     /// InstallSnapshot.
     Snapshot,
+    /// The leader hands over: start an election now (empty payloads).
+    Campaign,
 }
 
 /// What a node does with its peers' Raft RPCs: encoded request in, encoded reply out.
@@ -60,6 +62,10 @@ impl pb::raft_transport_server::RaftTransport for Adapter {
 
     async fn install_snapshot(&self, req: Request<pb::RaftPayload>) -> Result<Response<pb::RaftPayload>, Status> {
         self.handle(RaftCall::Snapshot, req).await
+    }
+
+    async fn campaign(&self, req: Request<pb::RaftPayload>) -> Result<Response<pb::RaftPayload>, Status> {
+        self.handle(RaftCall::Campaign, req).await
     }
 }
 
@@ -104,6 +110,7 @@ impl RaftClient {
                 RaftCall::Append => stub.append_entries(req).await,
                 RaftCall::Vote => stub.vote(req).await,
                 RaftCall::Snapshot => stub.install_snapshot(req).await,
+                RaftCall::Campaign => stub.campaign(req).await,
             }
         });
         match sent.await {
