@@ -61,7 +61,13 @@ impl fmt::Display for Members {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:<4} {:<22} {:<8} {:>9} {:>6}", "id", "address", "role", "matched", "lag")?;
         for m in &self.members {
-            let role = if m.id == self.leader { "leader" } else if m.voter { "voter" } else { "learner" };
+            let role = if m.id == self.leader {
+                "leader"
+            } else if m.voter {
+                "voter"
+            } else {
+                "learner"
+            };
             let matched = m.matched.map_or("-".to_string(), |i| i.to_string());
             let lag = self.lag(m.id).map_or("-".to_string(), |l| l.to_string());
             write!(f, "\n{:<4} {:<22} {:<8} {:>9} {:>6}", m.id, m.addr, role, matched, lag)?;

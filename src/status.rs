@@ -185,7 +185,8 @@ impl fmt::Display for StatusReport {
                  {size:>9}  {reach}"
             )
         };
-        let head = ["id", "address", "role", "term", "last_log", "applied", "last_sync", "version", "uptime", "data_dir"];
+        let head =
+            ["id", "address", "role", "term", "last_log", "applied", "last_sync", "version", "uptime", "data_dir"];
         let [a, b, c, d, e, g, h, i, j, k] = head;
         write!(f, "{}", row([a, b, c, d, e, g, h, i, j, k, "reachable"]))?;
         for n in &self.cm {

@@ -162,7 +162,9 @@ pub async fn run_member(cmd: MemberCommand) -> Result<()> {
 /// its progress until it has caught up, and promotes it.
 async fn add(leader: &Leader, id: u64, addr: &str, learner: bool, catch_up: Duration) -> Result<()> {
     let state = leader.rpc.join_state(addr).await.map_err(|e| {
-        anyhow::anyhow!("node {id} at {addr} is not reachable ({e}); start it with `ivy cm --id {id} --listen {addr} --join`")
+        anyhow::anyhow!(
+            "node {id} at {addr} is not reachable ({e}); start it with `ivy cm --id {id} --listen {addr} --join`"
+        )
     })?;
     if state.id != id {
         bail!("the node at {addr} is node {}, not node {id}", state.id);
@@ -170,7 +172,10 @@ async fn add(leader: &Leader, id: u64, addr: &str, learner: bool, catch_up: Dura
     let (leader_addr, members) = leader.find().await?;
     let member = members.get(id).cloned();
     if state.initialized && member.is_none() {
-        bail!("node {id} at {addr} belongs to another cluster (voters {:?}); give it an empty data dir and --join", state.voters);
+        bail!(
+            "node {id} at {addr} belongs to another cluster (voters {:?}); give it an empty data dir and --join",
+            state.voters
+        );
     }
     if !state.initialized && !state.join_mode {
         bail!("node {id} at {addr} was not started in join mode; restart it with --join");

@@ -126,7 +126,12 @@ pub async fn restore_seed(server: Arc<RequestServer>, seed: PathBuf, backup: Bac
         let cmd = DirCmd::Restore { directory: Box::new(backup.directory.clone()) };
         match server.replica().commit(cmd).await {
             Ok(Applied::Restored(done)) => {
-                tracing::info!(event = "restore", restored = done, applied_index = backup.applied_index, "backup restored");
+                tracing::info!(
+                    event = "restore",
+                    restored = done,
+                    applied_index = backup.applied_index,
+                    "backup restored"
+                );
                 break;
             }
             Ok(other) => tracing::warn!("restore gave {other:?}"),

@@ -202,7 +202,9 @@ impl CmNode {
                 }
                 seed = read_seed(&config.data_dir)?;
                 let transport = TransportHandler::new(replica.raft().clone(), replica.contact());
-                let server = Arc::new(RequestServer::new(Replica::Raft(replica), dir, holders, leases(), skip).with_caps(config.caps));
+                let server = Arc::new(
+                    RequestServer::new(Replica::Raft(replica), dir, holders, leases(), skip).with_caps(config.caps),
+                );
                 let cluster = Arc::new(ClusterHandler::new(server.clone(), config.join));
                 let peers = PeerService::Raft(Arc::new(transport), cluster);
                 (server, peers, None)
@@ -329,8 +331,8 @@ fn read_seed(data_dir: &std::path::Path) -> Result<Option<(PathBuf, crate::membe
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::Storage(format!("cannot read {}: {e}", path.display()))),
     };
-    let backup = crate::members::Backup::decode(&bytes)
-        .map_err(|e| Error::Storage(format!("{}: {e}", path.display())))?;
+    let backup =
+        crate::members::Backup::decode(&bytes).map_err(|e| Error::Storage(format!("{}: {e}", path.display())))?;
     Ok(Some((path, backup)))
 }
 

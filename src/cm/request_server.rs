@@ -84,7 +84,16 @@ impl RequestServer {
             tracing::warn!("UNSAFE: invalidations are skipped; copies will go stale");
         }
         let admission = Admission::default();
-        RequestServer { replica, dir, holders, leases, skip_invalidation, admission, locks: Mutex::default(), started: Instant::now() }
+        RequestServer {
+            replica,
+            dir,
+            holders,
+            leases,
+            skip_invalidation,
+            admission,
+            locks: Mutex::default(),
+            started: Instant::now(),
+        }
     }
 
     /// This server, committing `caps` to the directory before it admits anything.

@@ -17,6 +17,9 @@ use crate::rpc::RaftCall;
 /// How long a hand-over waits for the follower to win its election.
 pub const HANDOVER_WAIT: Duration = Duration::from_secs(3);
 
+/// How long one hand-over round waits before asking again.
+const HANDOVER_ROUND: Duration = Duration::from_millis(300);
+
 /// How long a membership change may take (two commits, and a caught-up learner).
 pub const MEMBERSHIP_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -108,40 +111,44 @@ impl RaftReplica {
             .ok_or_else(|| Error::InvalidConfig("there is no other voter to hand over to".into()))?;
         let addr = self.peers.get(&target.id).cloned().unwrap_or_else(|| target.addr.clone());
         tracing::info!(event = "handover", to = target.id, "handing leadership over to node {}", target.id);
-        self.transport
-            .call(&addr, RaftCall::Campaign, Vec::new(), Duration::from_secs(1))
-            .await
-            .map_err(|e| Error::Unavailable(format!("node {} did not take the hand-over: {e}", target.id)))?;
+        let give_up = tokio::time::Instant::now() + HANDOVER_WAIT;
+        // A follower that heard this leader within the leader lease refuses the
+        // first vote; the campaign is asked again until someone else leads.
+        while tokio::time::Instant::now() < give_up {
+            if let Err(e) = self.transport.call(&addr, RaftCall::Campaign, Vec::new(), Duration::from_secs(1)).await {
+                tracing::warn!("node {} did not take the hand-over: {e}", target.id);
+            }
+            if let Some(leader) = self.deposed_within(HANDOVER_ROUND).await {
+                return Ok(leader);
+            }
+        }
+        Err(Error::Unavailable(format!("node {} did not win an election within {HANDOVER_WAIT:?}", target.id)))
+    }
+
+    /// The new leader's id once this node stops leading, within `wait`.
+    async fn deposed_within(&self, wait: Duration) -> Option<u64> {
         let mut metrics = self.raft().metrics();
-        let waited = tokio::time::timeout(HANDOVER_WAIT, async {
+        let waited = tokio::time::timeout(wait, async {
             loop {
                 let m = metrics.borrow_and_update().clone();
                 if m.state != ServerState::Leader {
                     if let Some(l) = leader_of(&m).filter(|l| l.id != m.id) {
-                        return l.id;
+                        return Some(l.id);
                     }
                 }
                 if metrics.changed().await.is_err() {
-                    return 0;
+                    return None;
                 }
             }
         });
-        waited.await.map_err(|_| {
-            Error::Unavailable(format!("node {} did not win an election within {HANDOVER_WAIT:?}", target.id))
-        })
+        waited.await.ok().flatten()
     }
 
     /// Whether this node belongs to a cluster.
     pub fn join_state(&self, join_mode: bool) -> JoinState {
         let m = self.raft().metrics().borrow().clone();
         let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
-        JoinState {
-            id: m.id,
-            initialized: !voters.is_empty(),
-            join_mode,
-            voters,
-            leader: m.current_leader,
-        }
+        JoinState { id: m.id, initialized: !voters.is_empty(), join_mode, voters, leader: m.current_leader }
     }
 
     /// A backup of `directory` at a linearizable point: the leader reads after
@@ -174,7 +181,10 @@ impl RaftReplica {
     }
 
     /// Runs an openraft call under [`MEMBERSHIP_DEADLINE`], mapping its errors.
-    async fn timed<T, E>(&self, call: impl std::future::Future<Output = Result<T, openraft::error::RaftError<u64, E>>>) -> Result<T, Error>
+    async fn timed<T, E>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, openraft::error::RaftError<u64, E>>>,
+    ) -> Result<T, Error>
     where
         E: std::error::Error + openraft::TryAsRef<openraft::error::ForwardToLeader<u64, BasicNode>>,
     {

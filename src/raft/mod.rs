@@ -20,10 +20,10 @@ pub mod freshness;
 pub mod members;
 pub mod network;
 pub mod node;
-pub mod votes;
 mod observe;
 mod proposer;
 pub mod store;
+pub mod votes;
 
 use std::io::Cursor;
 use std::sync::Arc;

@@ -24,7 +24,12 @@ pub fn refuse_vote(metrics: &RaftMetrics<u64, BasicNode>, req: &VoteRequest<u64>
     if membership.voter_ids().any(|id| id == candidate) {
         return None;
     }
-    tracing::info!(event = "vote_refused", candidate, term = req.vote.leader_id.term, "refused a vote: not a voter here");
+    tracing::info!(
+        event = "vote_refused",
+        candidate,
+        term = req.vote.leader_id.term,
+        "refused a vote: not a voter here"
+    );
     // Our own vote, not granted; no log id, so the candidate learns nothing it could wait on.
     Some(VoteResponse { vote: metrics.vote, vote_granted: false, last_log_id: None })
 }

@@ -56,7 +56,8 @@ impl pb::cluster_server::Cluster for Adapter {
         let req = req.into_inner();
         let added = async {
             let id = positive("node id", req.id)?;
-            let addr = parse_addr(&req.addr).map_err(|_| Error::Malformed(format!("{:?} is not host:port", req.addr)))?;
+            let addr =
+                parse_addr(&req.addr).map_err(|_| Error::Malformed(format!("{:?} is not host:port", req.addr)))?;
             self.0.add_learner(id, addr).await
         };
         reply(added.await.map(members_reply))
