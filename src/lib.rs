@@ -22,6 +22,7 @@ pub mod cm;
 pub mod config;
 pub mod error;
 pub mod heartbeat;
+pub mod members;
 pub mod metrics;
 pub mod protocol;
 pub mod raft;

@@ -118,6 +118,15 @@ pub struct NodeStatus {
     /// heartbeat mode, which stores nothing).
     #[serde(default)]
     pub syncs: u64,
+    /// The node's version.
+    #[serde(default)]
+    pub version: String,
+    /// Time since the node started, ms.
+    #[serde(default)]
+    pub uptime_ms: u64,
+    /// Bytes in its data dir (Raft mode).
+    #[serde(default)]
+    pub data_dir_bytes: Option<u64>,
 }
 
 impl NodeStatus {
@@ -149,13 +158,16 @@ pub struct StatusReport {
     pub ok: bool,
     /// One report per address, in the order asked.
     pub cm: Vec<NodeReport>,
+    /// The membership and each member's replication, from the leader.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub members: Option<crate::members::Members>,
 }
 
 impl StatusReport {
     /// A report from the nodes' answers.
     pub fn new(cm: Vec<NodeReport>) -> Self {
         let ok = cm.iter().any(|n| n.status.as_ref().is_some_and(|s| s.serving));
-        StatusReport { ok, cm }
+        StatusReport { ok, cm, members: None }
     }
 
     /// The id of a node that says it serves faults.
@@ -166,27 +178,48 @@ impl StatusReport {
 
 impl fmt::Display for StatusReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let row = |cells: [&str; 8]| {
-            let [id, addr, role, term, last, applied, sync, reach] = cells;
-            format!("{id:<4} {addr:<22} {role:<15} {term:>6} {last:>9} {applied:>9} {sync:>9}  {reach}")
+        let row = |cells: [&str; 11]| {
+            let [id, addr, role, term, last, applied, sync, version, uptime, size, reach] = cells;
+            format!(
+                "{id:<4} {addr:<22} {role:<15} {term:>6} {last:>9} {applied:>9} {sync:>9} {version:>8} {uptime:>9} \
+                 {size:>9}  {reach}"
+            )
         };
-        write!(f, "{}", row(["id", "address", "role", "term", "last_log", "applied", "last_sync", "reachable"]))?;
+        let head =
+            ["id", "address", "role", "term", "last_log", "applied", "last_sync", "version", "uptime", "data_dir"];
+        let [a, b, c, d, e, g, h, i, j, k] = head;
+        write!(f, "{}", row([a, b, c, d, e, g, h, i, j, k, "reachable"]))?;
         for n in &self.cm {
             let line = match &n.status {
                 Some(s) => {
                     let sync = s.last_sync_ms.map_or("-".to_string(), |ms| format!("{ms} ms"));
                     let [id, term, last, applied] =
                         [s.id, s.term, s.last_log_index, s.applied_index].map(|v| v.to_string());
-                    row([&id, &n.addr, s.role.name(), &term, &last, &applied, &sync, "yes"])
+                    let uptime = format!("{:.1} s", s.uptime_ms as f64 / 1000.0);
+                    let size = s.data_dir_bytes.map_or("-".to_string(), human_bytes);
+                    let cells = [&id, &n.addr, s.role.name(), &term, &last, &applied, &sync, &s.version, &uptime];
+                    let [a, b, c, d, e, g, h, i, j] = cells;
+                    row([a, b, c, d, e, g, h, i, j, &size, "yes"])
                 }
                 None => {
                     let why = format!("no ({})", n.error.as_deref().unwrap_or("no answer"));
-                    row(["-", &n.addr, "-", "-", "-", "-", "-", &why])
+                    row(["-", &n.addr, "-", "-", "-", "-", "-", "-", "-", "-", &why])
                 }
             };
             write!(f, "\n{line}")?;
         }
+        if let Some(members) = &self.members {
+            write!(f, "\n\nmembership (voters {:?}, learners {:?}):\n{members}", members.voters(), members.learners())?;
+        }
         write_clients(f, self)
+    }
+}
+
+/// `bytes` as KiB or MiB.
+fn human_bytes(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / f64::from(1 << 20)),
+        b => format!("{:.0} KiB", b as f64 / 1024.0),
     }
 }
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
-use support::{free_port, read_json_line, ClientProc, Proc, IVY};
+use support::{read_json_line, ClientProc, Proc, IVY, NOTHING_LISTENS};
 
 /// A CM node process started with `--json`, its ready line read back.
 struct Node {
@@ -22,14 +22,16 @@ struct Node {
     log: std::path::PathBuf,
 }
 
+/// Node 1 starts a one-node cluster on port 0; nodes 2 and 3 join on port 0 and
+/// are added with `ivy member add`.
 fn start_nodes(dir: &std::path::Path) -> Result<(Vec<Node>, String)> {
-    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let peers: Vec<String> = ports.iter().enumerate().map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1)).collect();
-    let mut nodes = Vec::new();
+    let mut nodes: Vec<Node> = Vec::new();
     for id in 1..=3 {
         let log = dir.join(format!("cm-{id}.log"));
+        let how: &[&str] = if id == 1 { &["--peers", "1=127.0.0.1:0"] } else { &["--join", "--listen", "127.0.0.1:0"] };
         let mut child = Command::new(IVY)
-            .args(["cm", "--id", &id.to_string(), "--peers", &peers.join(","), "--json"])
+            .args(["cm", "--id", &id.to_string(), "--json"])
+            .args(how)
             .args(["--metrics-listen", "127.0.0.1:0", "--log-format", "json", "--data-dir"])
             .arg(dir.join(format!("cm-{id}")))
             .env_remove("RUST_LOG")
@@ -39,6 +41,13 @@ fn start_nodes(dir: &std::path::Path) -> Result<(Vec<Node>, String)> {
         let ready = read_json_line(child.stdout.take().context("stdout")?)?;
         let grpc = ready["listen"].as_str().context("listen")?.to_string();
         let metrics = ready["metrics"].as_str().with_context(|| format!("no metrics address: {ready}"))?.to_string();
+        if id > 1 {
+            let cms = nodes.iter().map(|n| n.grpc.clone()).collect::<Vec<_>>().join(",");
+            let out = Command::new(IVY)
+                .args(["member", "add", "--id", &id.to_string(), "--addr", &grpc, "--cm", &cms])
+                .output()?;
+            anyhow::ensure!(out.status.success(), "member add: {}", String::from_utf8_lossy(&out.stderr));
+        }
         nodes.push(Node { _proc: Proc(child), grpc, metrics, log });
     }
     let cms = nodes.iter().map(|n| n.grpc.clone()).collect::<Vec<_>>().join(",");
@@ -143,7 +152,7 @@ fn health_reflection_metrics_and_json_logs() -> Result<()> {
         await_health(&n.grpc, "ivy.Manager", 0, Duration::from_secs(20))?;
     }
     assert_eq!(health(&nodes[0].grpc, "no.Such")?, (1, "SERVICE_UNKNOWN".into()));
-    let (code, _) = health(&format!("127.0.0.1:{}", free_port()), "")?;
+    let (code, _) = health(NOTHING_LISTENS, "")?;
     assert_eq!(code, 2, "nothing listens there: unreachable");
 
     // Reflection lists what the node serves, as grpcurl's `list` would.
@@ -158,7 +167,9 @@ fn health_reflection_metrics_and_json_logs() -> Result<()> {
     // /metrics parses, and counters move with a workload.
     let before = parse_exposition(&scrape(&nodes[0].metrics)?)?;
     assert!(before.contains_key("ivy_raft_term") && before["ivy_raft_term"] >= 1.0, "{before:?}");
-    let client_metrics = format!("127.0.0.1:{}", free_port());
+    // The client reports no metrics address, so this one is picked by binding
+    // port 0 and letting go (a client, not a CM node).
+    let client_metrics = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.to_string();
     let mut client = ClientProc::start_with(&cms, &["--metrics-listen", &client_metrics])?;
     for p in 1..=5 {
         client.write(&format!("M{p}"), "v")?;

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use support::{free_port, ClientProc, CmSet, IVY};
+use support::{ClientProc, CmSet, IVY, NOTHING_LISTENS};
 
 #[test]
 fn processes_survive_leader_kill_and_whole_cluster_restart() -> Result<()> {
@@ -114,15 +114,15 @@ fn cli_rejects_bad_flags_with_clear_errors() -> Result<()> {
     assert!(err.contains("is in use") && err.contains(&data.display().to_string()), "{err}");
 
     // A client that cannot start says why on stdout with --json.
-    let nowhere = format!("127.0.0.1:{}", free_port());
-    let out = Command::new(IVY).args(["client", "--json", "--timeout-ms", "500", "--cm", &nowhere]).output()?;
+    let nowhere = NOTHING_LISTENS;
+    let out = Command::new(IVY).args(["client", "--json", "--timeout-ms", "500", "--cm", nowhere]).output()?;
     assert!(!out.status.success());
     let line: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     assert_eq!(line["event"], "error", "{line}");
     assert!(line["error"].as_str().is_some_and(|e| e.contains("register")), "{line}");
 
     // Nothing listens on these ports: status says so and exits non-zero, quickly.
-    let cms = format!("127.0.0.1:{},127.0.0.1:{}", free_port(), free_port());
+    let cms = format!("{NOTHING_LISTENS},127.0.0.2:1");
     let start = Instant::now();
     let out = Command::new(IVY).args(["status", "--cm", &cms]).output()?;
     assert!(!out.status.success());

@@ -30,6 +30,7 @@ pub mod logging;
 pub mod multihost;
 pub mod netns;
 mod op_counter;
+pub mod ops;
 pub mod probe;
 pub mod secure;
 pub mod workload;

@@ -12,6 +12,7 @@ use ivy_harness::cluster::ClusterMode;
 use ivy_harness::demo;
 use ivy_harness::flood::{self, FloodConfig};
 use ivy_harness::logging::{self, LogArgs, LogLevel};
+use ivy_harness::ops::{self, MemberCommand, SnapshotCommand};
 use ivy_harness::probe;
 use ivy_harness::secure::{run_certs, CertsCommand, SecurityArgs};
 use ivy_raft::client::repl::{self, Event, LineSource, Output};
@@ -54,6 +55,12 @@ enum Command {
     Chaos(ChaosArgs),
     /// Measure Raft against the heartbeat baseline on CM processes, with and without CM kills.
     Bench(BenchArgs),
+    /// Change the CM cluster's membership: list, add (learner, then voter), remove.
+    #[command(subcommand)]
+    Member(MemberCommand),
+    /// Back up the directory from the leader, inspect a backup, or seed a new cluster from one.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
     /// Create the certificates and token of a secure cluster (see README, "Secure cluster").
     #[command(subcommand)]
     Certs(CertsCommand),
@@ -128,9 +135,15 @@ struct CmArgs {
     /// Take the id from the host name: `NAME-N` (a StatefulSet pod) is node N+1.
     #[arg(long, env = "IVY_ID_FROM_HOSTNAME")]
     id_from_hostname: bool,
-    /// Every CM node as ID=HOST:PORT, comma separated.
-    #[arg(long, env = "IVY_PEERS", default_value = DEFAULT_PEERS)]
-    peers: String,
+    /// Every CM node of a new cluster as ID=HOST:PORT, comma separated [default:
+    /// three nodes on 127.0.0.1:7101-7103; with --join: none]. A port of 0 for
+    /// this node's own entry means the port it gets.
+    #[arg(long, env = "IVY_PEERS")]
+    peers: Option<String>,
+    /// Never set up a cluster: wait to be added with `ivy member add` (a new or
+    /// replacement node). A node whose data dir holds a cluster already just restarts.
+    #[arg(long, env = "IVY_JOIN")]
+    join: bool,
     /// Where this node keeps its store (raft.wal and sled) [default: data/cm-ID].
     #[arg(long, env = "IVY_DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -451,6 +464,8 @@ fn main() -> ExitCode {
             Command::Demo(args) => run_demo(args).await,
             Command::Chaos(args) => run_chaos(args).await,
             Command::Bench(args) => run_bench(args).await,
+            Command::Member(cmd) => ops::run_member(cmd).await,
+            Command::Snapshot(cmd) => ops::run_snapshot(cmd).await,
             Command::Certs(cmd) => run_certs(&cmd),
             Command::Flood(args) => run_flood(args).await,
         };
@@ -467,13 +482,21 @@ fn fail(err: &anyhow::Error) -> ExitCode {
 }
 
 async fn run_cm(args: CmArgs) -> Result<()> {
-    let peers = parse_peers(&args.peers)?;
+    let peers = match (&args.peers, args.join) {
+        (Some(peers), _) => parse_peers(peers)?,
+        (None, false) => parse_peers(DEFAULT_PEERS)?,
+        (None, true) => Default::default(),
+    };
     let id = match args.id {
         Some(id) => id,
         None => id_from_hostname(&hostname()?, &peers)?,
     };
+    if args.join && args.listen.is_none() && !peers.contains_key(&id) {
+        bail!("--join needs --listen (or this node's address in --peers)");
+    }
     let data_dir = args.data_dir.unwrap_or_else(|| PathBuf::from(format!("data/cm-{id}")));
     let mut config = CmConfig::new(id, peers, data_dir);
+    config.join = args.join;
     let mode = args.mode.cluster_mode();
     config.mode = mode.mode;
     config.timers = mode.timers;
@@ -489,7 +512,10 @@ async fn run_cm(args: CmArgs) -> Result<()> {
         Some(addr) => Some(MetricsServer::start(bind(addr, "--metrics-listen").await?)?),
         None => None,
     };
-    let listen = args.listen.unwrap_or_else(|| config.peers[&config.id].clone());
+    let listen = match args.listen {
+        Some(listen) => listen,
+        None => config.peers.get(&config.id).cloned().context("no --listen and no address of this node in --peers")?,
+    };
     let node = CmNode::start(config.clone(), bind(&listen, "--listen").await?).await?;
     let data_dir = config.data_dir.display().to_string();
     let metrics_addr = metrics.as_ref().map(|m| m.addr.to_string());
@@ -507,7 +533,7 @@ async fn run_cm(args: CmArgs) -> Result<()> {
         why = node.failed() => bail!("CM node {} stopped: {why}", config.id),
     }
     eprintln!("CM node {} stopping", config.id);
-    node.shutdown().await;
+    node.stop_gracefully().await;
     Ok(())
 }
 
@@ -564,8 +590,9 @@ async fn run_client(args: ClientArgs) -> Result<()> {
 async fn run_status(args: StatusArgs) -> Result<()> {
     let addrs = parse_addrs(&args.cm)?;
     let channels = ivy_raft::rpc::Channels::new(ivy_raft::client::STATUS_TIMEOUT, args.security.load()?);
-    let rpc = ivy_raft::rpc::ManagerClient::new(channels);
-    let report = ivy_raft::client::status_of(&rpc, &addrs).await;
+    let rpc = ivy_raft::rpc::ManagerClient::new(channels.clone());
+    let mut report = ivy_raft::client::status_of(&rpc, &addrs).await;
+    report.members = ops::members_for_status(&addrs, channels).await;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {

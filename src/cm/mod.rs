@@ -14,6 +14,7 @@
 //! place the two modes differ.
 
 mod admission;
+mod cluster;
 mod leases;
 mod replica;
 mod request_server;
@@ -27,6 +28,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 pub use admission::{Admission, MAX_FAULTS_IN_FLIGHT};
+pub use cluster::{may_initialize, ClusterHandler, JOIN_PROBE_TIMEOUT};
 pub use leases::{Leases, DEFAULT_CLIENT_LEASE, LEASE_MARGIN_SHARE};
 pub use replica::Replica;
 pub use request_server::{ManagerHandler, RequestServer, FAULT_REPLY_DEADLINE};
@@ -35,7 +37,7 @@ use crate::config::ReplicationMode;
 use crate::error::Error;
 use crate::heartbeat::service::{poll_primary, reclaim, Links, PulseHandler};
 use crate::heartbeat::HeartbeatReplica;
-use crate::protocol::Caps;
+use crate::protocol::{Applied, Caps, DirCmd};
 use crate::raft::network::TransportHandler;
 use crate::raft::node::RaftStart;
 use crate::raft::store::SyncPolicy;
@@ -88,6 +90,9 @@ pub struct CmConfig {
     pub caps: Caps,
     /// TLS and token for every connection.
     pub security: Security,
+    /// Start without ever initialising a cluster: wait to be added by a leader
+    /// (`ivy member add`). `peers` need not name this node then.
+    pub join: bool,
     /// Testing only: skip invalidations, breaking coherence on purpose so the
     /// chaos harness can show it catches a broken build.
     pub unsafe_skip_invalidation: bool,
@@ -110,6 +115,7 @@ impl CmConfig {
             client_lease: DEFAULT_CLIENT_LEASE,
             caps: Caps { max_clients: DEFAULT_MAX_CLIENTS, max_pages: DEFAULT_MAX_PAGES },
             security: Security::default(),
+            join: false,
             unsafe_skip_invalidation: false,
             unsafe_skip_sync: false,
         }
@@ -118,7 +124,10 @@ impl CmConfig {
     /// Checks the id is among the peers, the peers are addresses, and the mode's
     /// settings are usable.
     pub fn validate(&self) -> Result<(), Error> {
-        if !self.peers.contains_key(&self.id) {
+        if self.join && self.mode != ReplicationMode::Raft {
+            return Err(Error::InvalidConfig("--join needs --mode raft".into()));
+        }
+        if !self.peers.contains_key(&self.id) && !self.join {
             let ids: Vec<_> = self.peers.keys().collect();
             return Err(Error::InvalidConfig(format!("--id {} is not among the peers {ids:?}", self.id)));
         }
@@ -161,14 +170,20 @@ pub struct CmNode {
 
 impl CmNode {
     /// Starts a node serving on `listener`.
-    pub async fn start(config: CmConfig, listener: TcpListener) -> Result<CmNode, Error> {
+    pub async fn start(mut config: CmConfig, listener: TcpListener) -> Result<CmNode, Error> {
         config.validate()?;
         crate::metrics::cm_counters_at_zero();
         let addr = listener.local_addr().map_err(|e| Error::Internal(format!("listener: {e}")))?;
+        // A node listening on port 0 is known to its peers by the port it got.
+        let own = config.peers.get(&config.id);
+        if own.is_none_or(|a| a.ends_with(":0")) {
+            config.peers.insert(config.id, addr.to_string());
+        }
         let channels = Channels::new(HOLDER_RPC_TIMEOUT, config.security.clone());
         let holders = HolderClient::new(channels.clone());
         let skip = config.unsafe_skip_invalidation;
         let leases = || Leases::new(config.client_lease);
+        let mut seed = None;
         let (server, peers, poller) = match config.mode {
             ReplicationMode::Raft => {
                 let start = RaftStart {
@@ -181,9 +196,18 @@ impl CmNode {
                     transport: RaftClient::new(channels.clone()),
                 };
                 let (replica, dir) = crate::raft::node::start(start).await?;
+                if let Err(err) = first_start(&replica, &config, &channels).await {
+                    replica.shutdown().await;
+                    return Err(err);
+                }
+                seed = read_seed(&config.data_dir)?;
                 let transport = TransportHandler::new(replica.raft().clone(), replica.contact());
-                let peers = PeerService::Raft(Arc::new(transport));
-                (RequestServer::new(Replica::Raft(replica), dir, holders, leases(), skip), peers, None)
+                let server = Arc::new(
+                    RequestServer::new(Replica::Raft(replica), dir, holders, leases(), skip).with_caps(config.caps),
+                );
+                let cluster = Arc::new(ClusterHandler::new(server.clone(), config.join));
+                let peers = PeerService::Raft(Arc::new(transport), cluster);
+                (server, peers, None)
             }
             ReplicationMode::Heartbeat => {
                 let replica = Arc::new(HeartbeatReplica::new(config.id, &config.peers)?);
@@ -196,10 +220,10 @@ impl CmNode {
                     .then(|| tokio::spawn(poll_primary(replica.clone(), my_addr, config.pulse, links)));
                 let peers = PeerService::Heartbeat(Arc::new(PulseHandler::new(replica.clone())));
                 let dir = replica.directory();
-                (RequestServer::new(Replica::Heartbeat(replica), dir, holders, leases(), skip), peers, poller)
+                let server = RequestServer::new(Replica::Heartbeat(replica), dir, holders, leases(), skip);
+                (Arc::new(server.with_caps(config.caps)), peers, poller)
             }
         };
-        let server = Arc::new(server.with_caps(config.caps));
         let manager = Arc::new(ManagerHandler(server.clone()));
         let health = Health::new().await;
         let grpc = match crate::rpc::serve_cm(manager, peers, &health, listener, &config.security) {
@@ -214,6 +238,9 @@ impl CmNode {
         };
         config.security.warn_if_exposed(&format!("CM node {}", config.id), addr);
         let lease_watch = tokio::spawn(server.clone().watch_leases());
+        if let Some((path, backup)) = seed {
+            tokio::spawn(cluster::restore_seed(server.clone(), path, backup));
+        }
         let watcher = tokio::spawn(watch(server.clone(), health.clone(), config.pulse));
         tracing::info!(id = config.id, %addr, mode = %config.mode, "CM node started");
         Ok(CmNode { addr, server, poller, lease_watch, health, watcher, grpc })
@@ -224,11 +251,32 @@ impl CmNode {
         self.server.replica().status()
     }
 
+    /// Commits `cmd` through this node's replication (the leader only) with no
+    /// fault around it: for benchmarks of the commit path alone.
+    #[doc(hidden)]
+    pub async fn commit(&self, cmd: DirCmd) -> Result<Applied, Error> {
+        self.server.replica().commit(cmd).await
+    }
+
     /// Returns, with the reason, once the node can no longer serve: its Raft core
     /// stopped without being asked to (a panic, or a storage error such as a
     /// failed sync). The process should then exit.
     pub async fn failed(&self) -> Error {
         self.server.replica().stopped().await
+    }
+
+    /// Stops the node; a Raft leader first hands leadership to its most
+    /// up-to-date follower, so the cluster goes on without an election timeout.
+    pub async fn stop_gracefully(self) {
+        if let Replica::Raft(r) = self.server.replica() {
+            if r.status().role == Role::Leader {
+                match r.handover().await {
+                    Ok(to) => tracing::info!(event = "handover", to, "handed leadership over to node {to}"),
+                    Err(err) => tracing::warn!("no hand-over before stopping: {err}"),
+                }
+            }
+        }
+        self.shutdown().await;
     }
 
     /// Stops serving and shuts replication down, releasing the store.
@@ -257,6 +305,35 @@ impl Drop for CmNode {
             rt.spawn(async move { server.replica().shutdown().await });
         }
     }
+}
+
+/// On a store with no membership: a `--join` node waits to be added; a node of
+/// a new cluster asks its peers first ([`may_initialize`]) and initialises.
+async fn first_start(replica: &crate::raft::RaftReplica, config: &CmConfig, channels: &Channels) -> Result<(), Error> {
+    if replica.is_initialized().await? {
+        return Ok(());
+    }
+    if config.join {
+        tracing::info!(event = "join", id = config.id, "waiting to be added to a cluster (ivy member add)");
+        return Ok(());
+    }
+    if may_initialize(config.id, &config.peers, channels).await? {
+        replica.initialize(&config.peers).await?;
+    }
+    Ok(())
+}
+
+/// The backup `ivy snapshot restore` seeded in `data_dir`, if any.
+fn read_seed(data_dir: &std::path::Path) -> Result<Option<(PathBuf, crate::members::Backup)>, Error> {
+    let path = data_dir.join(crate::members::RESTORE_SEED_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::Storage(format!("cannot read {}: {e}", path.display()))),
+    };
+    let backup =
+        crate::members::Backup::decode(&bytes).map_err(|e| Error::Storage(format!("{}: {e}", path.display())))?;
+    Ok(Some((path, backup)))
 }
 
 /// Every [`HEALTH_REFRESH`]: reports `ivy.Manager` SERVING exactly while the node

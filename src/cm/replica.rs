@@ -18,6 +18,7 @@ use crate::status::{NodeStatus, Role};
 pub const BACKUP_FRESH_PULSES: u32 = 3;
 
 /// The directory's replication on this node.
+#[allow(clippy::large_enum_variant)] // one per node, never moved after start
 pub enum Replica {
     /// Committed through openraft on a majority of CM nodes.
     Raft(RaftReplica),

@@ -62,6 +62,7 @@ pub struct RequestServer {
     skip_invalidation: bool,
     admission: Admission,
     locks: Mutex<HashMap<PageName, Arc<tokio::sync::Mutex<()>>>>,
+    started: Instant,
 }
 
 /// What a running fault last waited on, for the answer its caller gets when the
@@ -83,7 +84,16 @@ impl RequestServer {
             tracing::warn!("UNSAFE: invalidations are skipped; copies will go stale");
         }
         let admission = Admission::default();
-        RequestServer { replica, dir, holders, leases, skip_invalidation, admission, locks: Mutex::default() }
+        RequestServer {
+            replica,
+            dir,
+            holders,
+            leases,
+            skip_invalidation,
+            admission,
+            locks: Mutex::default(),
+            started: Instant::now(),
+        }
     }
 
     /// This server, committing `caps` to the directory before it admits anything.
@@ -482,6 +492,8 @@ impl ManagerApi for ManagerHandler {
 
     async fn status(&self) -> Result<NodeStatus, Error> {
         let mut status = self.0.replica.status();
+        status.version = env!("CARGO_PKG_VERSION").to_string();
+        status.uptime_ms = self.0.started.elapsed().as_millis() as u64;
         let term = self.0.replica.leader_term();
         let now = Instant::now();
         let clients: Vec<(ClientId, String)> = self.0.read(|d| {

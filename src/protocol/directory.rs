@@ -69,13 +69,12 @@ pub struct ClientInfo {
     pub nonce: u64,
 }
 
-/// The last granted request of a client (Raft dissertation §6.3).
+/// The last granted request of a client on one page (Raft dissertation §6.3,
+/// kept per page because a client runs faults on different pages at once).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Session {
     /// The request's sequence number.
     pub seq: u64,
-    /// The page it faulted on.
-    pub page: PageName,
     /// Its kind.
     pub kind: FaultKind,
     /// The answer it was given.
@@ -127,6 +126,9 @@ pub enum DirCmd {
     Fault { client: ClientId, seq: u64, page: PageName, kind: FaultKind, seen: Option<Epoch> },
     /// Set the caps later registrations and page creations are checked against.
     SetCaps { caps: Caps },
+    /// Replace an empty directory with a backup's (`ivy snapshot restore`); a
+    /// directory that holds anything already is left as it is.
+    Restore { directory: Box<Directory> },
 }
 
 /// What applying one [`DirCmd`] did.
@@ -143,6 +145,9 @@ pub enum Applied {
     Rejected(Error),
     /// The caps are set.
     CapsSet,
+    /// The backup's directory replaced the empty one (false: the directory held
+    /// something already, or the backup broke an invariant; nothing changed).
+    Restored(bool),
 }
 
 /// The replicated directory: pages, clients and sessions.
@@ -150,7 +155,7 @@ pub enum Applied {
 pub struct Directory {
     pages: BTreeMap<PageName, PageEntry>,
     clients: BTreeMap<ClientId, ClientInfo>,
-    sessions: BTreeMap<ClientId, Session>,
+    sessions: BTreeMap<(ClientId, PageName), Session>,
     next_client: ClientId,
     /// Clients removed by eviction, so their later requests get a clear answer.
     evicted: BTreeSet<ClientId>,
@@ -187,7 +192,21 @@ impl Directory {
                 self.caps = *caps;
                 Applied::CapsSet
             }
+            DirCmd::Restore { directory } => self.restore(directory),
         }
+    }
+
+    /// Takes `backup`'s pages, clients and sessions if this directory has none
+    /// (its caps stay: the leader commits its own).
+    fn restore(&mut self, backup: &Directory) -> Applied {
+        let empty = self.pages.is_empty() && self.clients.is_empty() && self.sessions.is_empty();
+        if !empty || backup.check().is_err() {
+            return Applied::Restored(false);
+        }
+        let caps = self.caps;
+        *self = backup.clone();
+        self.caps = caps;
+        Applied::Restored(true)
     }
 
     /// The caps registrations and page creations are checked against.
@@ -246,18 +265,23 @@ impl Directory {
 
     /// What the session table says of request `seq` of `client` (a fault of `kind`
     /// on `page`): its first grant when it was granted, `StaleRequest` when the
-    /// client has moved past it, a refusal when the seq was granted to another
-    /// request, nothing when it is new.
+    /// client has moved past it on that page, a refusal when the seq was granted
+    /// to another request, nothing when it is new.
+    ///
+    /// Sessions are per (client, page): a client runs at most one fault per page
+    /// at a time and numbers its requests in the order it starts them, so on one
+    /// page a later seq always means the earlier request is over; across pages
+    /// its faults commit in any order.
     pub fn session_answer(&self, client: ClientId, seq: u64, page: &PageName, kind: FaultKind) -> Option<Applied> {
-        let session = self.sessions.get(&client)?;
+        let session = self.sessions.get(&(client, page.clone()))?;
         if seq < session.seq {
             return Some(Applied::Rejected(Error::StaleRequest { client, seq, last: session.seq }));
         }
         if seq > session.seq {
             return None;
         }
-        if session.page != *page || session.kind != kind {
-            let what = format!("request {seq} of client {client} was granted for another page or kind");
+        if session.kind != kind {
+            let what = format!("request {seq} of client {client} was granted for another kind of fault");
             return Some(Applied::Rejected(Error::Malformed(what)));
         }
         Some(Applied::Granted(session.grant))
@@ -293,7 +317,7 @@ impl Directory {
     /// it owned promoted to a copy holder or lost.
     fn remove_client(&mut self, client: ClientId) -> Applied {
         self.clients.remove(&client);
-        self.sessions.remove(&client);
+        self.sessions.retain(|(c, _), _| *c != client);
         let (mut promoted, mut lost) = (0, 0);
         for entry in self.pages.values_mut() {
             entry.copy_set.remove(&client);
@@ -328,7 +352,7 @@ impl Directory {
         };
         match granted {
             Ok(grant) => {
-                self.sessions.insert(client, Session { seq, grant, page: page.clone(), kind });
+                self.sessions.insert((client, page.clone()), Session { seq, grant, kind });
                 Applied::Granted(grant)
             }
             Err(err) => Applied::Rejected(err),
@@ -402,7 +426,7 @@ impl Directory {
     }
 
     fn check_clients(&self) -> Result<(), String> {
-        if let Some(c) = self.sessions.keys().find(|c| !self.clients.contains_key(c)) {
+        if let Some((c, _)) = self.sessions.keys().find(|(c, _)| !self.clients.contains_key(c)) {
             return Err(format!("client {c} has a session but is not registered"));
         }
         if let Some(c) = self.clients.keys().find(|c| **c == 0 || **c > self.next_client) {

@@ -19,12 +19,14 @@
 //! - [`RaftTimers`]: the timer flags turned into an openraft `Config`.
 
 pub mod freshness;
+pub mod members;
 pub mod network;
 pub mod node;
 mod observe;
 pub mod prevote;
 mod proposer;
 pub mod store;
+pub mod votes;
 
 use std::io::Cursor;
 use std::sync::Arc;

@@ -88,7 +88,7 @@ impl PeerNetwork {
             RaftCallError::Timeout { .. } => {
                 let action = match call {
                     RaftCall::Append => openraft::network::RPCTypes::AppendEntries,
-                    RaftCall::Vote | RaftCall::PreVote => openraft::network::RPCTypes::Vote,
+                    RaftCall::Vote | RaftCall::PreVote | RaftCall::Campaign => openraft::network::RPCTypes::Vote,
                     RaftCall::Snapshot => openraft::network::RPCTypes::InstallSnapshot,
                 };
                 RPCError::Timeout(Timeout { action, id: 0, target: self.target, timeout: ttl })
@@ -163,9 +163,17 @@ impl RaftApi for TransportHandler {
             }
             RaftCall::Vote => {
                 let rpc: VoteRequest<<TypeConfig as RaftTypeConfig>::NodeId> = decode(&request)?;
+                if let Some(refusal) = super::votes::refuse_vote(&self.raft.metrics().borrow(), &rpc) {
+                    return encode(&Ok::<_, RaftError<u64>>(refusal));
+                }
                 encode(&self.raft.vote(rpc).await)
             }
             RaftCall::PreVote => super::prevote::answer(&self.raft, &self.contact, &request).await,
+            RaftCall::Campaign => {
+                tracing::info!(event = "campaign", "the leader hands over to this node: campaigning now");
+                self.raft.trigger().elect().await.map_err(|e| Error::Internal(format!("raft: {e}")))?;
+                Ok(Vec::new())
+            }
             RaftCall::Snapshot => {
                 let rpc: InstallSnapshotRequest<TypeConfig> = decode(&request)?;
                 let vote = rpc.vote;

@@ -39,8 +39,9 @@ pub struct RaftStart<'a> {
     pub transport: RaftClient,
 }
 
-/// Opens the store, starts openraft and proposes the initial membership on
-/// first start; returns the replica and the directory it applies to.
+/// Opens the store and starts openraft; returns the replica and the directory
+/// it applies to. A node with an empty store holds no membership until
+/// [`RaftReplica::initialize`] (a new cluster) or a leader adds it (a join).
 pub async fn start(s: RaftStart<'_>) -> Result<(RaftReplica, SharedDirectory), Error> {
     let store = store::open(s.data_dir, s.sync)?;
     let dir = store.state_machine.directory();
@@ -48,8 +49,7 @@ pub async fn start(s: RaftStart<'_>) -> Result<(RaftReplica, SharedDirectory), E
     let raft = Raft::new(s.id, s.timers.config(s.snapshot_every)?, network, store.log, store.state_machine)
         .await
         .map_err(|e| Error::Internal(format!("raft start: {e}")))?;
-    initialize(&raft, s.peers).await?;
-    tokio::spawn(super::prevote::campaign(raft.clone(), s.id, s.peers.clone(), s.transport));
+    tokio::spawn(super::prevote::campaign(raft.clone(), s.id, s.peers.clone(), s.transport.clone()));
     let proposer = Proposer::spawn(raft.clone());
     let contact = Arc::new(Contact::default());
     tokio::spawn(super::observe::observe(raft.clone(), contact.clone()));
@@ -63,22 +63,11 @@ pub async fn start(s: RaftStart<'_>) -> Result<(RaftReplica, SharedDirectory), E
         fresh: s.timers.freshness_window(),
         period: Default::default(),
         syncs: store.syncs,
+        transport: s.transport,
+        peers: s.peers.clone(),
+        data_dir: s.data_dir.to_path_buf(),
     };
     Ok((replica, dir))
-}
-
-/// Proposes the initial membership if this node's store is empty.
-async fn initialize(raft: &Raft, peers: &BTreeMap<u64, String>) -> Result<(), Error> {
-    let fatal = |e: openraft::error::Fatal<u64>| Error::Internal(format!("raft: {e}"));
-    if raft.is_initialized().await.map_err(fatal)? {
-        return Ok(());
-    }
-    let members: BTreeMap<u64, BasicNode> =
-        peers.iter().map(|(id, addr)| (*id, BasicNode { addr: addr.clone() })).collect();
-    if let Err(err) = raft.initialize(members).await {
-        tracing::info!("initial membership not proposed by this node: {err}");
-    }
-    Ok(())
 }
 
 /// How long a leadership confirmation round may take before the node reports
@@ -99,6 +88,11 @@ pub struct RaftReplica {
     fresh: Duration,
     period: std::sync::Mutex<Period>,
     syncs: SyncCounter,
+    /// For the hand-over's call to a follower.
+    pub(super) transport: RaftClient,
+    /// Addresses this node reaches peers at, where they differ from the membership's.
+    pub(super) peers: BTreeMap<u64, String>,
+    data_dir: std::path::PathBuf,
 }
 
 /// A stretch of leadership with a majority behind it: a term, split wherever the
@@ -161,6 +155,25 @@ impl RaftReplica {
                 CONFIRM_TIMEOUT.as_millis()
             ))),
         }
+    }
+
+    /// True once the store holds a membership.
+    pub async fn is_initialized(&self) -> Result<bool, Error> {
+        self.raft.is_initialized().await.map_err(|e| Error::Internal(format!("raft: {e}")))
+    }
+
+    /// Proposes `peers` as the initial membership of a new cluster (every node
+    /// of a new cluster proposes the same one; openraft accepts it once).
+    pub async fn initialize(&self, peers: &BTreeMap<u64, String>) -> Result<(), Error> {
+        if self.is_initialized().await? {
+            return Ok(());
+        }
+        let members: BTreeMap<u64, BasicNode> =
+            peers.iter().map(|(id, addr)| (*id, BasicNode { addr: addr.clone() })).collect();
+        if let Err(err) = self.raft.initialize(members).await {
+            tracing::info!("initial membership not proposed by this node: {err}");
+        }
+        Ok(())
     }
 
     /// The openraft handle.
@@ -232,6 +245,7 @@ impl RaftReplica {
             leader: leader_of(&m),
             mode: ReplicationMode::Raft,
             syncs: self.syncs.get(),
+            data_dir_bytes: Some(dir_size(&self.data_dir)),
             ..Default::default()
         }
     }
@@ -258,4 +272,17 @@ impl RaftReplica {
             Ok(_) => Error::Internal("the Raft core stopped".into()),
         }
     }
+}
+
+/// Bytes in the files of `dir` and its subdirectories (what can be read).
+fn dir_size(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_size(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
 }

@@ -17,7 +17,8 @@
 //! 3. only when a majority of every voter set (itself included) grants does it
 //!    start a real election.
 //!
-//! A voter grants ([`judge`]) unless it leads with a quorum that acknowledged it
+//! A voter grants ([`judge`]) unless the candidate is not a voter of its
+//! membership (members-only, as for the real vote), or it leads with a quorum that acknowledged it
 //! within the window, or the lease of the leader it follows has not run out
 //! (openraft would refuse the real vote then too), or the candidate's last log
 //! id is behind its own (likewise). The pre-vote therefore grants whatever the
@@ -62,11 +63,16 @@ pub enum Verdict {
     },
     /// The candidate's log is behind the voter's.
     LogBehind,
+    /// The candidate is not a voter of the voter's membership (members-only
+    /// voting, as `votes::refuse_vote` for the real vote).
+    NotAVoter,
 }
 
 /// What a voter knows when it judges a pre-vote.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VoterView {
+    /// The candidate is a voter of this node's membership.
+    pub candidate_votes: bool,
     /// The voter leads with a quorum acknowledgement within the window.
     pub leads_with_quorum: bool,
     /// What is left of the lease of the leader it follows (`None`: run out, or
@@ -80,6 +86,9 @@ pub struct VoterView {
 /// id is `candidate_log`: exactly when openraft's real vote would pass the
 /// lease and log checks, and the voter is not itself a working leader.
 pub fn judge(view: &VoterView, candidate_log: Option<&LogId<u64>>) -> Verdict {
+    if !view.candidate_votes {
+        return Verdict::NotAVoter;
+    }
     if view.leads_with_quorum {
         return Verdict::LeaderAlive;
     }
@@ -101,7 +110,7 @@ pub fn has_majority(voter_sets: &[BTreeSet<u64>], granted: &BTreeSet<u64>) -> bo
 /// The voter's side: answers the encoded `request` from openraft's state.
 pub async fn answer(raft: &Raft, contact: &Contact, request: &[u8]) -> Result<Vec<u8>, Error> {
     let req: PreVoteRequest = codec::decode(request).map_err(|e| Error::Malformed(format!("pre-vote payload: {e}")))?;
-    let verdict = judge(&view(raft, contact).await?, req.last_log.as_ref());
+    let verdict = judge(&view(raft, contact, req.candidate).await?, req.last_log.as_ref());
     tracing::debug!(candidate = req.candidate, ?verdict, "pre-vote");
     codec::encode(&verdict).map_err(|e| Error::Internal(format!("encode pre-vote: {e}")))
 }
@@ -111,7 +120,7 @@ fn lease(raft: &Raft) -> Duration {
     Duration::from_millis(raft.config().election_timeout_max)
 }
 
-async fn view(raft: &Raft, contact: &Contact) -> Result<VoterView, Error> {
+async fn view(raft: &Raft, contact: &Contact, candidate: u64) -> Result<VoterView, Error> {
     let lease = lease(raft);
     let (committed, touched) = raft
         .with_raft_state(|st| (st.vote_ref().is_committed(), st.vote_last_modified()))
@@ -119,8 +128,14 @@ async fn view(raft: &Raft, contact: &Contact) -> Result<VoterView, Error> {
         .map_err(|e| Error::Unavailable(format!("raft: {e}")))?;
     let now = Instant::now();
     let lease_left = touched.filter(|_| committed).map(|t| (t + lease).saturating_duration_since(now));
-    let leads_with_quorum = matches!(standing(&raft.metrics().borrow(), contact, lease), Standing::Leader { .. });
-    Ok(VoterView { leads_with_quorum, lease_left, last_log: raft.data_metrics().borrow().last_log })
+    let (leads_with_quorum, candidate_votes) = {
+        let m = raft.metrics();
+        let m = m.borrow();
+        let votes = m.membership_config.membership().voter_ids().any(|id| id == candidate);
+        (matches!(standing(&m, contact, lease), Standing::Leader { .. }), votes)
+    };
+    let last_log = raft.data_metrics().borrow().last_log;
+    Ok(VoterView { candidate_votes, leads_with_quorum, lease_left, last_log })
 }
 
 /// Runs the campaigner of node `me` until Raft shuts down: pre-votes once no
@@ -278,7 +293,12 @@ mod tests {
     }
 
     fn voter(leads: bool, lease_ms: Option<u64>, last: Option<LogId<u64>>) -> VoterView {
-        VoterView { leads_with_quorum: leads, lease_left: lease_ms.map(Duration::from_millis), last_log: last }
+        VoterView {
+            candidate_votes: true,
+            leads_with_quorum: leads,
+            lease_left: lease_ms.map(Duration::from_millis),
+            last_log: last,
+        }
     }
 
     #[test]
@@ -292,6 +312,8 @@ mod tests {
         assert_eq!(judge(&voter(false, None, None), None), Verdict::Granted, "a fresh cluster");
         assert_eq!(judge(&voter(false, Some(40), mine), log(9, 99).as_ref()), Verdict::LeaseHeld { left_ms: 40 });
         assert_eq!(judge(&voter(true, None, mine), log(9, 99).as_ref()), Verdict::LeaderAlive);
+        let stray = VoterView { candidate_votes: false, ..voter(false, None, None) };
+        assert_eq!(judge(&stray, log(9, 99).as_ref()), Verdict::NotAVoter, "members-only");
     }
 
     #[test]

@@ -202,6 +202,9 @@ fn status_reply(st: NodeStatus) -> pb::StatusReply {
             })
             .collect(),
         syncs: st.syncs,
+        version: st.version,
+        uptime_ms: st.uptime_ms,
+        data_dir_bytes: st.data_dir_bytes.map_or(-1, |b| b as i64),
     }
 }
 
@@ -230,6 +233,9 @@ pub(super) fn node_status(r: pb::StatusReply) -> Result<NodeStatus, Error> {
             .map(|c| ClientLease { id: c.id, addr: c.addr, keepalive_age_ms: u64::try_from(c.keepalive_age_ms).ok() })
             .collect(),
         syncs: r.syncs,
+        version: r.version,
+        uptime_ms: r.uptime_ms,
+        data_dir_bytes: u64::try_from(r.data_dir_bytes).ok(),
     })
 }
 

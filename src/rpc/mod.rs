@@ -15,6 +15,7 @@
 //! hint included. [`net`] keeps one HTTP/2 connection per peer and runs servers;
 //! [`health`] carries the gRPC health statuses and reflection every CM serves.
 
+mod cluster;
 mod convert;
 pub mod health;
 mod heartbeat;
@@ -33,6 +34,7 @@ pub(crate) mod pb {
     tonic::include_proto!("ivy");
 }
 
+pub use cluster::{ClusterApi, ClusterClient, MAX_BACKUP_BYTES, MEMBERSHIP_CALL_TIMEOUT};
 pub use convert::{error_from_status, status_from_error};
 pub use health::{Health, HealthState, MANAGER_SERVICE};
 pub use heartbeat::{HeartbeatApi, HeartbeatClient, Pulse};
@@ -50,14 +52,15 @@ pub use raft::{RaftApi, RaftCall, RaftCallError, RaftClient};
 
 /// The service a CM node serves to its peers, besides `Manager`.
 pub enum PeerService {
-    /// Raft mode: openraft's RPCs between CM nodes.
-    Raft(std::sync::Arc<dyn RaftApi>),
+    /// Raft mode: openraft's RPCs between CM nodes, and the cluster operations.
+    Raft(std::sync::Arc<dyn RaftApi>, std::sync::Arc<dyn ClusterApi>),
     /// Heartbeat mode: the pulse between primary and backup.
     Heartbeat(std::sync::Arc<dyn HeartbeatApi>),
 }
 
 /// Serves a CM node's services on `listener` until the returned server stops:
-/// `Manager` and reflection to every member, the peer service to CM nodes only,
+/// `Manager`, `Cluster` (Raft mode) and reflection to every member, the peer
+/// service to CM nodes only,
 /// and `grpc.health.v1.Health` with `health`'s statuses to anyone who may
 /// connect (with TLS: a certificate of the CA; no token, so probes need none).
 pub fn serve_cm(
@@ -69,8 +72,9 @@ pub fn serve_cm(
 ) -> Result<Server, crate::Error> {
     use tonic::service::interceptor::InterceptedService;
     let (members, nodes) = (security.guard(Callers::Members), security.guard(Callers::Nodes));
+    let members_guard = members.clone();
     let peer_service = match &peers {
-        PeerService::Raft(_) => "ivy.RaftTransport",
+        PeerService::Raft(..) => "ivy.RaftTransport",
         PeerService::Heartbeat(_) => "ivy.Heartbeat",
     };
     let listed = [MANAGER_SERVICE, peer_service, health::HEALTH_SERVICE, health::REFLECTION_SERVICE];
@@ -85,7 +89,9 @@ pub fn serve_cm(
         .add_service(InterceptedService::new(reflection_v1, members.clone()))
         .add_service(InterceptedService::new(reflection_v1alpha, members));
     let router = match peers {
-        PeerService::Raft(raft) => router.add_service(InterceptedService::new(raft::server(raft), nodes)),
+        PeerService::Raft(raft, cluster) => router
+            .add_service(InterceptedService::new(raft::server(raft), nodes))
+            .add_service(InterceptedService::new(cluster::server(cluster), members_guard)),
         PeerService::Heartbeat(hb) => router.add_service(InterceptedService::new(heartbeat::server(hb), nodes)),
     };
     Ok(Server::spawn(router, listener))

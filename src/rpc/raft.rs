@@ -27,6 +27,8 @@ pub enum RaftCall {
     Snapshot,
     /// PreVote: would the peer vote for this node now? Changes nothing there.
     PreVote,
+    /// The leader hands over: start an election now (empty payloads).
+    Campaign,
 }
 
 /// What a node does with its peers' Raft RPCs: encoded request in, encoded reply out.
@@ -66,6 +68,10 @@ impl pb::raft_transport_server::RaftTransport for Adapter {
 
     async fn pre_vote(&self, req: Request<pb::RaftPayload>) -> Result<Response<pb::RaftPayload>, Status> {
         self.handle(RaftCall::PreVote, req).await
+    }
+
+    async fn campaign(&self, req: Request<pb::RaftPayload>) -> Result<Response<pb::RaftPayload>, Status> {
+        self.handle(RaftCall::Campaign, req).await
     }
 }
 
@@ -111,6 +117,7 @@ impl RaftClient {
                 RaftCall::Vote => stub.vote(req).await,
                 RaftCall::Snapshot => stub.install_snapshot(req).await,
                 RaftCall::PreVote => stub.pre_vote(req).await,
+                RaftCall::Campaign => stub.campaign(req).await,
             }
         });
         match sent.await {

@@ -19,9 +19,8 @@ pub const IVY: &str = env!("CARGO_BIN_EXE_ivy");
 /// How long any one expected answer may take.
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(20);
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+/// An address nothing listens on: a privileged port no test binds.
+pub const NOTHING_LISTENS: &str = "127.0.0.1:1";
 
 /// A child process killed (SIGKILL) on drop.
 pub struct Proc(pub Child);
@@ -33,50 +32,155 @@ impl Drop for Proc {
     }
 }
 
+/// Starts `cmd` (an `ivy cm ... --json`), and returns it with the address its
+/// ready line names; its stdout is drained afterwards.
+pub fn spawn_cm(mut cmd: Command) -> Result<(Proc, String)> {
+    let mut child = cmd.stdout(Stdio::piped()).spawn().context("spawn ivy cm")?;
+    let stdout = child.stdout.take().unwrap();
+    let proc = Proc(child);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines().map_while(Result::ok);
+        if let Some(line) = lines.next() {
+            let _ = tx.send(line);
+        }
+        lines.for_each(drop);
+    });
+    let line = rx.recv_timeout(ANSWER_TIMEOUT).context("the CM node printed no ready line")?;
+    let ready: Value = serde_json::from_str(&line).with_context(|| format!("not JSON: {line}"))?;
+    let addr = ready["listen"].as_str().context("no listen address in the ready line")?.to_string();
+    Ok((proc, addr))
+}
+
+/// CM processes on 127.0.0.1:0: node 1 starts a one-node cluster, every other
+/// node starts with --join and is added with `ivy member add`; a restart reuses
+/// the address the node got.
 pub struct CmSet {
+    /// `1=ADDR,2=ADDR,...` of the nodes started so far.
     pub peers: String,
+    /// `ADDR,ADDR,...` of the nodes started so far.
     pub cms: String,
     dir: PathBuf,
+    addrs: Vec<Option<String>>,
     procs: Vec<Option<Proc>>,
+    /// Extra flags for every `ivy cm`.
+    pub extra: Vec<String>,
 }
 
 impl CmSet {
     pub fn new(dir: &Path) -> Self {
-        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-        let peers =
-            ports.iter().enumerate().map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1)).collect::<Vec<_>>().join(",");
-        let cms = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
-        CmSet { peers, cms, dir: dir.to_path_buf(), procs: (0..3).map(|_| None).collect() }
+        CmSet {
+            peers: String::new(),
+            cms: String::new(),
+            dir: dir.to_path_buf(),
+            addrs: Vec::new(),
+            procs: Vec::new(),
+            extra: Vec::new(),
+        }
     }
 
-    /// Starts node `id` exactly as a user would, again and again.
-    pub fn start(&mut self, id: usize) -> Result<()> {
-        let log = std::fs::File::create(self.dir.join(format!("cm-{id}.log")))?;
-        let child = Command::new(IVY)
-            .args(["cm", "--id", &id.to_string(), "--peers", &self.peers])
+    /// Node `id`'s address, once started.
+    pub fn addr(&self, id: usize) -> Option<&str> {
+        self.addrs.get(id - 1).and_then(|a| a.as_deref())
+    }
+
+    /// The data dir of node `id`.
+    pub fn data_dir(&self, id: usize) -> PathBuf {
+        self.dir.join(format!("cm-{id}"))
+    }
+
+    /// The pid of node `id`, while it runs.
+    pub fn pid(&self, id: usize) -> Option<u32> {
+        self.procs.get(id - 1).and_then(|p| p.as_ref()).map(|p| p.0.id())
+    }
+
+    fn command(&self, id: usize) -> Result<Command> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join(format!("cm-{id}.log")))?;
+        let mut cmd = Command::new(IVY);
+        cmd.args(["cm", "--json", "--id", &id.to_string()])
             .arg("--data-dir")
-            .arg(self.dir.join(format!("cm-{id}")))
+            .arg(self.data_dir(id))
+            .args(&self.extra)
             .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .context("spawn ivy cm")?;
-        self.procs[id - 1] = Some(Proc(child));
+            .stderr(log);
+        Ok(cmd)
+    }
+
+    /// Starts node `id`: the first node as a new cluster, a new node with --join
+    /// (then `ivy member add`), a known node again on its address.
+    pub fn start(&mut self, id: usize) -> Result<()> {
+        if self.addrs.len() < id {
+            self.addrs.resize(id, None);
+            self.procs.resize_with(id, || None);
+        }
+        let mut cmd = self.command(id)?;
+        let known = self.addrs[id - 1].clone();
+        let first = self.addrs.iter().all(Option::is_none);
+        match &known {
+            Some(addr) => cmd.args(["--join", "--listen", addr]),
+            None if first => cmd.args(["--peers", &format!("{id}=127.0.0.1:0")]),
+            None => cmd.args(["--join", "--listen", "127.0.0.1:0"]),
+        };
+        let (proc, addr) = spawn_cm(cmd)?;
+        self.procs[id - 1] = Some(proc);
+        if known.is_none() {
+            if !first {
+                self.member(&["add", "--id", &id.to_string(), "--addr", &addr])?;
+            }
+            self.addrs[id - 1] = Some(addr);
+            self.refresh();
+        }
         Ok(())
+    }
+
+    /// Starts a replacement for node `id` on a fresh data dir: a new process
+    /// with --join on a new address (the caller removes and adds it).
+    pub fn forget(&mut self, id: usize) -> Result<()> {
+        self.procs[id - 1] = None;
+        self.addrs[id - 1] = None;
+        let _ = std::fs::remove_dir_all(self.data_dir(id));
+        self.refresh();
+        Ok(())
+    }
+
+    fn refresh(&mut self) {
+        let known = self.addrs.iter().enumerate().filter_map(|(i, a)| a.as_ref().map(|a| (i + 1, a)));
+        let (peers, cms): (Vec<_>, Vec<_>) = known.map(|(id, a)| (format!("{id}={a}"), a.clone())).unzip();
+        self.peers = peers.join(",");
+        self.cms = cms.join(",");
+    }
+
+    /// Runs `ivy member ARGS --cm <every node>`; fails with its output unless it succeeds.
+    pub fn member(&self, args: &[&str]) -> Result<String> {
+        let out = Command::new(IVY).arg("member").args(args).args(["--cm", &self.cms]).output()?;
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        anyhow::ensure!(out.status.success(), "ivy member {args:?}: {text}");
+        Ok(text)
     }
 
     pub fn kill9(&mut self, id: usize) {
         self.procs[id - 1] = None;
     }
 
+    /// SIGTERM to node `id` (a graceful stop), then waits for it to exit.
+    pub fn stop(&mut self, id: usize) -> Result<()> {
+        let Some(mut proc) = self.procs[id - 1].take() else { return Ok(()) };
+        signal(proc.0.id(), "TERM")?;
+        let give_up = Instant::now() + ANSWER_TIMEOUT;
+        while proc.0.try_wait()?.is_none() {
+            anyhow::ensure!(Instant::now() < give_up, "node {id} did not exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
     /// `ivy status --json` until a leader is reported; returns its id.
     pub fn wait_leader(&self, timeout: Duration) -> Result<u64> {
         let give_up = Instant::now() + timeout;
         loop {
-            let out = Command::new(IVY).args(["status", "--json", "--cm", &self.cms]).output()?;
-            let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+            let v = self.status()?;
             let leader = v["cm"].as_array().and_then(|nodes| nodes.iter().find(|n| n["role"] == "leader"));
-            if let (Some(leader), true) = (leader, out.status.success()) {
+            if let (Some(leader), true) = (leader, v["ok"] == true) {
                 return Ok(leader["id"].as_u64().unwrap());
             }
             if Instant::now() > give_up {
@@ -84,6 +188,12 @@ impl CmSet {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// `ivy status --json` of every node started so far.
+    pub fn status(&self) -> Result<Value> {
+        let out = Command::new(IVY).args(["status", "--json", "--cm", &self.cms]).output()?;
+        Ok(serde_json::from_slice(&out.stdout).unwrap_or(Value::Null))
     }
 }
 

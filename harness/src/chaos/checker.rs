@@ -55,6 +55,10 @@ pub struct Verdict {
     pub epoch_regressions: usize,
     /// Pages reported lost although a client that was never removed held them.
     pub lost_with_survivors: usize,
+    /// Operations refused as older than a request their client had already
+    /// finished on that page: a client runs one fault per page at a time, so no
+    /// operation may ever see this answer (a session-table bug if it does).
+    pub stale_refusals: usize,
     /// The first violations, in words.
     pub details: Vec<String>,
 }
@@ -69,6 +73,7 @@ impl Verdict {
             && self.duplicate_applications == 0
             && self.epoch_regressions == 0
             && self.lost_with_survivors == 0
+            && self.stale_refusals == 0
     }
 
     fn note(&mut self, text: String) {
@@ -90,7 +95,20 @@ pub fn check_history(h: &History) -> Verdict {
     for (page, page_ops) in by_page(&h.ops) {
         lost_with_survivors(page, &page_ops, &removed, &mut v);
     }
+    stale_refusals(&h.ops, &mut v);
     v
+}
+
+/// How the CM words a refusal of a request older than its session's.
+const STALE_REFUSAL: &str = "is older than its last applied request";
+
+/// Counts operations that were refused as stale.
+fn stale_refusals(ops: &[Op], v: &mut Verdict) {
+    for op in ops.iter().filter(|o| o.error.as_deref().is_some_and(|e| e.contains(STALE_REFUSAL))) {
+        v.stale_refusals += 1;
+        let error = op.error.as_deref().unwrap_or_default();
+        v.note(format!("{:?} by client {} on {} refused as stale: {error}", op.kind, op.client, op.page));
+    }
 }
 
 /// The value a read of a page lost with `client` returns.

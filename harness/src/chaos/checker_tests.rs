@@ -1,7 +1,7 @@
 //! The checker on hand-made histories, linearizable and not.
 
-use super::checker::{check, linearizable, RegOp};
-use super::history::{Op, OpKind, Outcome};
+use super::checker::{check, check_history, linearizable, RegOp};
+use super::history::{History, Op, OpKind, Outcome};
 
 fn op(kind: OpKind, value: Option<&str>, invoke: u64, ret: Option<u64>) -> Op {
     Op {
@@ -107,4 +107,15 @@ fn search_handles_many_overlapping_operations() {
     assert_eq!(linearizable(&ops, 5_000_000), Some(true));
     ops.push(RegOp { invoke: 6000, ret: 6001, write: false, value: 78 });
     assert_eq!(linearizable(&ops, 5_000_000), Some(false), "77 then 78 with no write between");
+}
+
+#[test]
+fn an_operation_refused_as_stale_is_a_violation() {
+    let mut refused = op(OpKind::Write, Some("b"), 30, Some(40));
+    refused.outcome = Outcome::Fail;
+    refused.error = Some("request 3 of client 1 is older than its last applied request 4".into());
+    let ops = vec![op(OpKind::Write, Some("a"), 10, Some(20)), refused];
+    let v = check_history(&History { ops, faults: vec![], lives: vec![] });
+    assert_eq!(v.stale_refusals, 1, "{v:?}");
+    assert!(!v.clean());
 }

@@ -128,8 +128,8 @@ impl std::fmt::Display for Report {
         )?;
         writeln!(
             f,
-            "  checks: {} pages; not linearizable {}; undecided {}; lost acknowledged writes {}; phantom values {}; duplicate applications {}; epoch regressions {}; lost with a survivor {}",
-            v.pages, v.not_linearizable.len(), v.undecided.len(), v.lost_acknowledged_writes, v.phantom_values, v.duplicate_applications, v.epoch_regressions, v.lost_with_survivors
+            "  checks: {} pages; not linearizable {}; undecided {}; lost acknowledged writes {}; phantom values {}; duplicate applications {}; epoch regressions {}; lost with a survivor {}; refused as stale {}",
+            v.pages, v.not_linearizable.len(), v.undecided.len(), v.lost_acknowledged_writes, v.phantom_values, v.duplicate_applications, v.epoch_regressions, v.lost_with_survivors, v.stale_refusals
         )?;
         for d in &v.details {
             writeln!(f, "    {d}")?;
