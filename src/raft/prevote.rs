@@ -71,7 +71,8 @@ pub enum Verdict {
 /// What a voter knows when it judges a pre-vote.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VoterView {
-    /// The candidate is a voter of this node's membership.
+    /// The candidate is a voter of this node's membership (or this node has
+    /// no membership yet).
     pub candidate_votes: bool,
     /// The voter leads with a quorum acknowledgement within the window.
     pub leads_with_quorum: bool,
@@ -131,7 +132,10 @@ async fn view(raft: &Raft, contact: &Contact, candidate: u64) -> Result<VoterVie
     let (leads_with_quorum, candidate_votes) = {
         let m = raft.metrics();
         let m = m.borrow();
-        let votes = m.membership_config.membership().voter_ids().any(|id| id == candidate);
+        // A node with no membership yet (a new cluster's node waiting for the
+        // leader's log) leaves members-only to the real vote.
+        let mut voters = m.membership_config.membership().voter_ids().peekable();
+        let votes = voters.peek().is_none() || voters.any(|id| id == candidate);
         (matches!(standing(&m, contact, lease), Standing::Leader { .. }), votes)
     };
     let last_log = raft.data_metrics().borrow().last_log;
