@@ -201,7 +201,7 @@ impl CmNode {
                     return Err(err);
                 }
                 seed = read_seed(&config.data_dir)?;
-                let transport = TransportHandler::new(replica.raft().clone(), replica.contact());
+                let transport = TransportHandler::new(replica.raft().clone(), replica.contact(), config.join);
                 let server = Arc::new(
                     RequestServer::new(Replica::Raft(replica), dir, holders, leases(), skip).with_caps(config.caps),
                 );

@@ -132,12 +132,14 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
 pub struct TransportHandler {
     raft: Raft,
     contact: Arc<Contact>,
+    joining: bool,
 }
 
 impl TransportHandler {
-    /// Serves RPCs for `raft`, stamping leader contact on `contact`.
-    pub fn new(raft: Raft, contact: Arc<Contact>) -> Self {
-        TransportHandler { raft, contact }
+    /// Serves RPCs for `raft`, stamping leader contact on `contact`; `joining`
+    /// for a `--join` node, which votes for nobody until it is added.
+    pub fn new(raft: Raft, contact: Arc<Contact>, joining: bool) -> Self {
+        TransportHandler { raft, contact, joining }
     }
 }
 
@@ -163,7 +165,7 @@ impl RaftApi for TransportHandler {
             }
             RaftCall::Vote => {
                 let rpc: VoteRequest<<TypeConfig as RaftTypeConfig>::NodeId> = decode(&request)?;
-                if let Some(refusal) = super::votes::refuse_vote(&self.raft.metrics().borrow(), &rpc) {
+                if let Some(refusal) = super::votes::refuse_vote(&self.raft.metrics().borrow(), &rpc, self.joining) {
                     return encode(&Ok::<_, RaftError<u64>>(refusal));
                 }
                 encode(&self.raft.vote(rpc).await)

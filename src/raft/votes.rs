@@ -16,12 +16,23 @@ use openraft::{BasicNode, RaftMetrics};
 
 /// The refusal to send instead of asking openraft, when `req`'s candidate is
 /// not a voter of this node's membership; `None` lets openraft decide. A node
-/// with no membership yet (a `--join` node waiting to be added) refuses every
-/// candidate: it is nobody's voter.
-pub fn refuse_vote(metrics: &RaftMetrics<u64, BasicNode>, req: &VoteRequest<u64>) -> Option<VoteResponse<u64>> {
+/// with no membership yet refuses every candidate when it is `joining` (a
+/// `--join` node waiting to be added is nobody's voter); a node of a new
+/// cluster that found its peers already initialised, and waits for their
+/// leader's log, lets openraft decide: its vote is part of the majority that
+/// elects that leader.
+pub fn refuse_vote(
+    metrics: &RaftMetrics<u64, BasicNode>,
+    req: &VoteRequest<u64>,
+    joining: bool,
+) -> Option<VoteResponse<u64>> {
     let candidate = req.vote.leader_id.node_id;
     let membership = metrics.membership_config.membership();
-    if membership.voter_ids().any(|id| id == candidate) {
+    let mut voters = membership.voter_ids().peekable();
+    if voters.peek().is_none() && !joining {
+        return None;
+    }
+    if voters.any(|id| id == candidate) {
         return None;
     }
     tracing::info!(
@@ -58,9 +69,13 @@ mod tests {
     #[test]
     fn only_voters_of_the_membership_get_a_hearing() {
         let m = metrics(&[1, 2, 3]);
-        assert!(refuse_vote(&m, &request(2)).is_none());
-        let refusal = refuse_vote(&m, &request(4)).expect("a stray candidate is refused");
+        assert!(refuse_vote(&m, &request(2), false).is_none());
+        let refusal = refuse_vote(&m, &request(4), false).expect("a stray candidate is refused");
         assert!(!refusal.vote_granted);
-        assert!(refuse_vote(&metrics(&[]), &request(2)).is_some(), "a node with no membership votes for nobody");
+        assert!(refuse_vote(&metrics(&[]), &request(2), true).is_some(), "a joining node votes for nobody");
+        assert!(
+            refuse_vote(&metrics(&[]), &request(2), false).is_none(),
+            "a new cluster's node waiting for its peers' leader lets openraft decide"
+        );
     }
 }
