@@ -205,7 +205,8 @@ fn twenty_heals_of_an_old_leader_change_no_leader() -> Result<()> {
         rig.net.heal()?;
         needless.extend(watch_after_heal(&rig, old, (new, term), &format!("round {round}, old leader {old}"))?);
         let (leader, now) = rig.wait_leader(FIRST_LEADER)?;
-        let follower = (1..=CMS as u64).find(|id| *id != leader).unwrap_or(1);
+        let followers: Vec<u64> = (1..=CMS as u64).filter(|id| *id != leader).collect();
+        let follower = followers[round % followers.len()];
         rig.net.cut(&[follower as usize - 1])?;
         std::thread::sleep(FOLLOWER_CUT);
         rig.net.heal()?;
