@@ -386,7 +386,8 @@ async fn cut_once(layout: &Layout<'_>, kind: Cut, slot: usize, hold: Duration, r
     // A status that finds no leader for a moment (a loaded machine) is asked again.
     let after = layout.wait_leader(Duration::from_secs(5)).await;
     let changed = before.is_some() && after != before;
-    let detail = format!("{what} for {} ms; leader before the heal {before:?}, after {after:?}", hold.as_millis());
+    let held = (heal_ns - cut_ns) / 1_000_000;
+    let detail = format!("{what} for {held} ms; leader before the heal {before:?}, after {after:?}");
     eprintln!("chaos: t={:.1}s {}: {detail}", cut_ns as f64 / 1e9, kind.name());
     let event = FaultEvent { at_ns: cut_ns, healed_ns: Some(heal_ns), kind: kind.name().into(), detail };
     rec.with(|h| h.faults.push(event));
