@@ -91,6 +91,12 @@ impl PageTable {
         }
     }
 
+    /// The local copy of `page` and its epoch, when the client owns it with write access.
+    pub fn owned(&self, page: &PageName) -> Option<(&[u8], Epoch)> {
+        let local = self.pages.get(page).filter(|l| l.access == Access::Write)?;
+        local.content.as_deref().map(|v| (v, local.epoch))
+    }
+
     /// Writes `content` locally when the client owns the page with write access.
     pub fn write(&mut self, page: &PageName, content: &[u8]) -> bool {
         self.write_at(page, content).is_some()

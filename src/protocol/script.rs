@@ -70,6 +70,7 @@ impl World {
             ["unregister", c] => self.unregister(id(c)),
             ["write", c, p, v] => self.op(id(c), ClientOp::write(name(p)?, v.as_bytes().to_vec()), Manager::Whole),
             ["read", c, p] => self.op(id(c), ClientOp::read(name(p)?), Manager::Whole),
+            ["acquire", c, p] => self.op(id(c), ClientOp::acquire(name(p)?), Manager::Whole),
             ["partial", c, "read", p] => self.op(id(c), ClientOp::read(name(p)?), Manager::CrashBeforeCommit),
             ["partial", c, "write", p, v] => {
                 self.op(id(c), ClientOp::write(name(p)?, v.as_bytes().to_vec()), Manager::CrashBeforeCommit)
