@@ -15,6 +15,7 @@ use ivy_harness::logging::{self, LogArgs, LogLevel};
 use ivy_harness::ops::{self, MemberCommand, SnapshotCommand};
 use ivy_harness::probe;
 use ivy_harness::secure::{run_certs, CertsCommand, SecurityArgs};
+use ivy_harness::svm;
 use ivy_raft::client::repl::{self, Event, LineSource, Output};
 use ivy_raft::client::{Client, ClientConfig, CmConn, CLIENT_RPC_TIMEOUT, DEFAULT_OP_TIMEOUT};
 use ivy_raft::cm::{CmConfig, CmNode, DEFAULT_CLIENT_LEASE, DEFAULT_MAX_CLIENTS, DEFAULT_MAX_PAGES, DEFAULT_PULSE};
@@ -64,6 +65,14 @@ enum Command {
     /// Create the certificates and token of a secure cluster (see README, "Secure cluster").
     #[command(subcommand)]
     Certs(CertsCommand),
+    /// Run a matrix multiply across client processes over one shared-memory region, with and without a leader kill.
+    Vm(svm::vm::VmArgs),
+    /// One worker process of `ivy vm`.
+    #[command(hide = true)]
+    VmWorker(svm::worker::WorkerArgs),
+    /// Testing only: a shared-memory region driven over stdin.
+    #[command(hide = true)]
+    SvmShell(svm::shell::ShellArgs),
     /// Testing only: flood a cluster with registrations and page creations for a bounded time.
     #[command(hide = true)]
     Flood(FloodArgs),
@@ -450,6 +459,9 @@ fn main() -> ExitCode {
             Command::Snapshot(cmd) => ops::run_snapshot(cmd).await,
             Command::Certs(cmd) => run_certs(&cmd),
             Command::Flood(args) => run_flood(args).await,
+            Command::Vm(args) => svm::vm::run(&args).await.map(|_| ()),
+            Command::VmWorker(args) => svm::worker::run(args).await,
+            Command::SvmShell(args) => svm::shell::run(args).await,
         };
         done.map(|()| ExitCode::SUCCESS)
     });
