@@ -88,7 +88,11 @@ async fn broken_build_keeping_stale_mappings_is_caught() -> Result<()> {
     assert_eq!(ok(&b.cmd("load 0")?), 7);
     ok(&a.cmd("store 0 99")?);
     let stale = b.cmd("await 0 99 1500")?;
-    assert_eq!((ok(&stale), &stale["timed_out"]), (&7.into(), &true.into()), "the broken build was not caught: {stale}");
+    assert_eq!(
+        (ok(&stale), &stale["timed_out"]),
+        (&7.into(), &true.into()),
+        "the broken build was not caught: {stale}"
+    );
     Ok(())
 }
 

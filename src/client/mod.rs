@@ -33,8 +33,8 @@ pub use crate::protocol::Hit;
 pub use cm_conn::{status_of, CmConn, STATUS_TIMEOUT};
 use holder_service::HolderService;
 pub use lease::{ClientEvent, LeaseView};
-pub use region::{Region, RegionOptions, RegionStats};
 use region::Regions;
+pub use region::{Region, RegionOptions, RegionStats};
 
 use crate::error::Error;
 use crate::metrics::{self, OpResult};

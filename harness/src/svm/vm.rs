@@ -47,7 +47,13 @@ pub struct VmArgs {
     #[arg(long, env = "IVY_VM_N", default_value_t = 128, value_parser = clap::value_parser!(u64).range(8..=1024))]
     pub n: u64,
     /// Scenarios to run, comma separated.
-    #[arg(long, env = "IVY_VM_SCENARIOS", value_enum, value_delimiter = ',', default_value = "one,parallel,kill-leader")]
+    #[arg(
+        long,
+        env = "IVY_VM_SCENARIOS",
+        value_enum,
+        value_delimiter = ',',
+        default_value = "one,parallel,kill-leader"
+    )]
     pub scenarios: Vec<Scenario>,
     /// Print one JSON object per scenario instead of a table.
     #[arg(long, env = "IVY_JSON")]
@@ -84,7 +90,10 @@ pub async fn run(args: &VmArgs) -> Result<Vec<VmReport>> {
     let (n, workers) = (args.n as usize, args.workers as usize);
     if !args.json {
         println!("ivy vm: C = A x B, {n} x {n} u64, over region {REGION} on a 3-node CM cluster (Raft)");
-        println!("{:<12} {:>7} {:>11} {:>8} {:>9} {:>11} {:>8}  check", "scenario", "workers", "compute ms", "faults", "faults/s", "KiB moved", "speedup");
+        println!(
+            "{:<12} {:>7} {:>11} {:>8} {:>9} {:>11} {:>8}  check",
+            "scenario", "workers", "compute ms", "faults", "faults/s", "KiB moved", "speedup"
+        );
     }
     let mut reports: Vec<VmReport> = Vec::new();
     for &scenario in &args.scenarios {

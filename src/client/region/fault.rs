@@ -78,12 +78,15 @@ impl Faulter {
         let page = self.map.page(i);
         let give_up = self.give_up();
         while Instant::now() < give_up {
-            let done = match self.rt.block_on(self.client.read_at(page.as_str())) {
-                Err(Error::PageNotFound { .. }) => self.rt.block_on(self.client.acquire(page.as_str())),
-                other => other,
-            }?;
-            if done.hit == crate::protocol::Hit::Fault {
-                self.map.counters.read_faults.fetch_add(1, Ordering::Relaxed);
+            let (done, counter) = match self.rt.block_on(self.client.read_at(page.as_str())) {
+                // The first touch of a page nobody wrote yet creates it.
+                Err(Error::PageNotFound { .. }) => {
+                    (self.rt.block_on(self.client.acquire(page.as_str())), &self.map.counters.write_faults)
+                }
+                other => (other, &self.map.counters.read_faults),
+            };
+            if done?.hit == crate::protocol::Hit::Fault {
+                counter.fetch_add(1, Ordering::Relaxed);
             }
             if self.install(i)? {
                 return Ok(());
@@ -129,7 +132,11 @@ impl Faulter {
                 return Ok(());
             }
             let table = self.client.shared.table();
-            if self.map.unprotect(&mut st, i, &table).map_err(|e| Error::Internal(format!("UFFDIO_WRITEPROTECT: {e}")))? {
+            if self
+                .map
+                .unprotect(&mut st, i, &table)
+                .map_err(|e| Error::Internal(format!("UFFDIO_WRITEPROTECT: {e}")))?
+            {
                 return Ok(());
             }
         }

@@ -173,7 +173,8 @@ impl Mapping {
         // SAFETY: page `i` is present (ReadOnly, the caller checked) and
         // write-protected, so it cannot change while it is compared.
         let shown = unsafe { std::slice::from_raw_parts(self.addr(i) as *const u8, PAGE) };
-        let same = bytes.len() <= PAGE && shown[..bytes.len()] == *bytes && shown[bytes.len()..].iter().all(|b| *b == 0);
+        let same =
+            bytes.len() <= PAGE && shown[..bytes.len()] == *bytes && shown[bytes.len()..].iter().all(|b| *b == 0);
         if same {
             self.uffd.write_protect(self.addr(i), false)?;
             st[i] = Installed::Writable;

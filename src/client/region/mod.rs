@@ -21,9 +21,9 @@
 #[cfg(target_os = "linux")]
 mod fault;
 #[cfg(target_os = "linux")]
-mod mapping;
+mod handle;
 #[cfg(target_os = "linux")]
-mod region;
+mod mapping;
 #[cfg(target_os = "linux")]
 mod uffd;
 
@@ -36,9 +36,9 @@ use std::time::Duration;
 use serde::Serialize;
 
 #[cfg(target_os = "linux")]
-pub(crate) use mapping::Mapping;
+pub use handle::Region;
 #[cfg(target_os = "linux")]
-pub use region::Region;
+pub(crate) use mapping::Mapping;
 #[cfg(not(target_os = "linux"))]
 pub use stub::Region;
 

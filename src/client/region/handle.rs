@@ -144,13 +144,16 @@ impl Region {
     fn word(&self, i: usize) -> Result<&AtomicU64, Error> {
         self.check()?;
         let words = self.u64s();
-        words.get(i).ok_or_else(|| Error::Malformed(format!("word {i} is past region {} of {} words", self.name(), words.len())))
+        words.get(i).ok_or_else(|| {
+            Error::Malformed(format!("word {i} is past region {} of {} words", self.name(), words.len()))
+        })
     }
 
     fn range(&self, offset: usize, len: usize) -> Result<&[AtomicU8], Error> {
         self.check()?;
         let end = offset.checked_add(len).filter(|e| *e <= self.len());
-        let end = end.ok_or_else(|| Error::Malformed(format!("bytes {offset}+{len} are past region {}", self.name())))?;
+        let end =
+            end.ok_or_else(|| Error::Malformed(format!("bytes {offset}+{len} are past region {}", self.name())))?;
         Ok(&self.bytes()[offset..end])
     }
 }
@@ -185,7 +188,9 @@ fn check(client: &Client, name: &str, pages: usize) -> Result<(), Error> {
     PageName::new(&format!("{name}.{}", pages - 1))?;
     if client.shared.max_page_bytes < REGION_PAGE {
         let max = client.shared.max_page_bytes;
-        return Err(Error::InvalidConfig(format!("region pages are {REGION_PAGE} bytes; this client's --max-page-bytes is {max}")));
+        return Err(Error::InvalidConfig(format!(
+            "region pages are {REGION_PAGE} bytes; this client's --max-page-bytes is {max}"
+        )));
     }
     if client.shared.regions.lock().iter().any(|m| m.name == name) {
         return Err(Error::InvalidConfig(format!("region {name} is already mapped over this client")));
