@@ -549,7 +549,7 @@ async fn shutdown_signal() {
 
 async fn run_client(args: ClientArgs) -> Result<()> {
     let out = Output { json: args.json };
-    let _metrics = match &args.metrics_listen {
+    let metrics = match &args.metrics_listen {
         Some(addr) => Some(MetricsServer::start(bind(addr, "--metrics-listen").await?)?),
         None => None,
     };
@@ -577,7 +577,8 @@ async fn run_client(args: ClientArgs) -> Result<()> {
         }
     };
     let history = args.history_file.or_else(repl::default_history_file);
-    repl::run(client, LineSource::stdin(args.json, history), out).await?;
+    let metrics_addr = metrics.as_ref().map(|m| m.addr.to_string());
+    repl::run(client, LineSource::stdin(args.json, history), out, metrics_addr).await?;
     Ok(())
 }
 
