@@ -98,8 +98,9 @@ impl World {
                 self.table(id(c)).invalidate(&name(p)?, num(e));
                 Ok("ok".into())
             }
-            ["forward", c, p, e, k] => {
-                let t = self.table(id(c)).forward(&name(p)?, num(e), kind(k), false)?;
+            ["forward", c, p, e, k, rest @ ..] => {
+                let created = rest.first() == Some(&"created");
+                let t = self.table(id(c)).forward(&name(p)?, num(e), kind(k), created)?;
                 Ok(format!("send epoch={} {} {:?}", t.epoch, t.access, text(&t.content)))
             }
             ["send", c, p, e, k, v, rest @ ..] => {
@@ -118,8 +119,9 @@ impl World {
                 Ok("ok".into())
             }
             ["confirm", c, p, e, rest @ ..] => {
-                let seq = rest.first().map_or(1, |s| num(s));
-                self.table(id(c)).confirm(&name(p)?, num(e), false, seq)?;
+                let created = rest.contains(&"created");
+                let seq = rest.iter().find(|s| **s != "created").map_or(1, |s| num(s));
+                self.table(id(c)).confirm(&name(p)?, num(e), created, seq)?;
                 Ok("ok".into())
             }
             ["taken", c, p, e] => Ok(match self.table(id(c)).take_confirmed(&name(p)?, num(e)) {
