@@ -73,6 +73,13 @@ pub enum Error {
     /// A page creation beyond `--max-pages`; nothing was created.
     #[error("cannot create page {page}: the directory already holds {max} pages, the cap set by --max-pages")]
     TooManyPages { page: String, max: u64 },
+    /// A fault on a mapped region could not be served (no quorum past the
+    /// deadline, the page lost): the region's memory no longer follows the cluster.
+    #[error("region {region} is poisoned: a fault on page {page} could not be served ({cause}); its memory no longer follows the cluster, so unmap it")]
+    RegionPoisoned { region: String, page: String, cause: String },
+    /// Shared virtual memory cannot be set up on this machine (userfaultfd missing or refused).
+    #[error("shared virtual memory unavailable: {0}")]
+    SvmUnavailable(String),
     /// A setting (flag, environment variable, peer list) is not usable.
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),
@@ -138,6 +145,8 @@ impl Error {
             Error::Unauthenticated(_) => "unauthenticated",
             Error::TooManyClients { .. } => "too_many_clients",
             Error::TooManyPages { .. } => "too_many_pages",
+            Error::RegionPoisoned { .. } => "region_poisoned",
+            Error::SvmUnavailable(_) => "svm_unavailable",
         }
     }
 }

@@ -167,10 +167,9 @@ fn health_reflection_metrics_and_json_logs() -> Result<()> {
     // /metrics parses, and counters move with a workload.
     let before = parse_exposition(&scrape(&nodes[0].metrics)?)?;
     assert!(before.contains_key("ivy_raft_term") && before["ivy_raft_term"] >= 1.0, "{before:?}");
-    // The client reports no metrics address, so this one is picked by binding
-    // port 0 and letting go (a client, not a CM node).
-    let client_metrics = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.to_string();
-    let mut client = ClientProc::start_with(&cms, &["--metrics-listen", &client_metrics])?;
+    // The client binds its metrics on port 0 and reports the address it got.
+    let (mut client, ready) = ClientProc::start_with_ready(&cms, &["--metrics-listen", "127.0.0.1:0"])?;
+    let client_metrics = ready["metrics"].as_str().with_context(|| format!("no metrics address: {ready}"))?.to_string();
     for p in 1..=5 {
         client.write(&format!("M{p}"), "v")?;
     }

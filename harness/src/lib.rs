@@ -14,6 +14,8 @@
 //! - [`workload`]: the workload shape the demo and the bench share.
 //! - [`netns`]: a network of Linux namespaces with silent partitions, for tests
 //!   that cut real links.
+//! - [`svm`]: `ivy vm`, a parallel matrix multiply across processes over one
+//!   mapped region (shared virtual memory), and the region shell the tests drive.
 //! - [`logging`]: `--log-format`, `--log-level` and `RUST_LOG` for every subcommand.
 //! - [`probe`]: `ivy health`, a gRPC health check with probe exit codes.
 //! - [`multihost`]: CM nodes and clients in containers on a private Docker
@@ -33,4 +35,5 @@ mod op_counter;
 pub mod ops;
 pub mod probe;
 pub mod secure;
+pub mod svm;
 pub mod workload;

@@ -15,6 +15,7 @@ use ivy_harness::logging::{self, LogArgs, LogLevel};
 use ivy_harness::ops::{self, MemberCommand, SnapshotCommand};
 use ivy_harness::probe;
 use ivy_harness::secure::{run_certs, CertsCommand, SecurityArgs};
+use ivy_harness::svm;
 use ivy_raft::client::repl::{self, Event, LineSource, Output};
 use ivy_raft::client::{Client, ClientConfig, CmConn, CLIENT_RPC_TIMEOUT, DEFAULT_OP_TIMEOUT};
 use ivy_raft::cm::{CmConfig, CmNode, DEFAULT_CLIENT_LEASE, DEFAULT_MAX_CLIENTS, DEFAULT_MAX_PAGES, DEFAULT_PULSE};
@@ -64,6 +65,14 @@ enum Command {
     /// Create the certificates and token of a secure cluster (see README, "Secure cluster").
     #[command(subcommand)]
     Certs(CertsCommand),
+    /// Run a matrix multiply across client processes over one shared-memory region, with and without a leader kill.
+    Vm(svm::vm::VmArgs),
+    /// One worker process of `ivy vm`.
+    #[command(hide = true)]
+    VmWorker(svm::worker::WorkerArgs),
+    /// Testing only: a shared-memory region driven over stdin.
+    #[command(hide = true)]
+    SvmShell(svm::shell::ShellArgs),
     /// Testing only: flood a cluster with registrations and page creations for a bounded time.
     #[command(hide = true)]
     Flood(FloodArgs),
@@ -468,6 +477,9 @@ fn main() -> ExitCode {
             Command::Snapshot(cmd) => ops::run_snapshot(cmd).await,
             Command::Certs(cmd) => run_certs(&cmd),
             Command::Flood(args) => run_flood(args).await,
+            Command::Vm(args) => svm::vm::run(&args).await.map(|_| ()),
+            Command::VmWorker(args) => svm::worker::run(args).await,
+            Command::SvmShell(args) => svm::shell::run(args).await,
         };
         done.map(|()| ExitCode::SUCCESS)
     });
@@ -555,7 +567,7 @@ async fn shutdown_signal() {
 
 async fn run_client(args: ClientArgs) -> Result<()> {
     let out = Output { json: args.json };
-    let _metrics = match &args.metrics_listen {
+    let metrics = match &args.metrics_listen {
         Some(addr) => Some(MetricsServer::start(bind(addr, "--metrics-listen").await?)?),
         None => None,
     };
@@ -583,7 +595,8 @@ async fn run_client(args: ClientArgs) -> Result<()> {
         }
     };
     let history = args.history_file.or_else(repl::default_history_file);
-    repl::run(client, LineSource::stdin(args.json, history), out).await?;
+    let metrics_addr = metrics.as_ref().map(|m| m.addr.to_string());
+    repl::run(client, LineSource::stdin(args.json, history), out, metrics_addr).await?;
     Ok(())
 }
 

@@ -27,7 +27,9 @@ impl HolderApi for HolderService {
     }
 
     async fn forward(&self, page: PageName, fwd: Forward, requester: HolderRef) -> Result<(), Error> {
-        let copy = self.shared.table().forward(&page, fwd.epoch, fwd.kind, fwd.created)?;
+        // A mapped page's stores are stopped and taken from memory first.
+        let regions = &self.shared.regions;
+        let copy = regions.around(&self.shared, &page, |t| t.forward(&page, fwd.epoch, fwd.kind, fwd.created))?;
         if requester.id == self.shared.id() {
             // The requester is this client (an owner reading back what it kept).
             self.shared.table().receive(&page, copy.epoch, copy.access, copy.content, fwd.seq);
@@ -43,17 +45,18 @@ impl HolderApi for HolderService {
     }
 
     async fn invalidate(&self, page: PageName, epoch: Epoch) -> Result<(), Error> {
-        self.shared.table().invalidate(&page, epoch);
+        // A mapped page is zapped: the next access faults again.
+        self.shared.regions.around(&self.shared, &page, |t| t.invalidate(&page, epoch));
         Ok(())
     }
 
     async fn release(&self, page: PageName, epoch: Epoch) -> Result<(), Error> {
-        self.shared.table().release(&page, epoch);
+        self.shared.regions.around(&self.shared, &page, |t| t.release(&page, epoch));
         Ok(())
     }
 
     async fn confirm(&self, page: PageName, grant: Grant, seq: u64) -> Result<(), Error> {
-        self.shared.table().confirm(&page, grant.epoch, grant.created, seq)
+        self.shared.regions.around(&self.shared, &page, |t| t.confirm(&page, grant.epoch, grant.created, seq))
     }
 
     async fn change_cm(&self, addr: String) -> Result<(), Error> {

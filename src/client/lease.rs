@@ -58,6 +58,11 @@ impl LeaseView {
         self.ignore || self.remaining().is_some()
     }
 
+    /// True while local hits are allowed for at least `margin` more.
+    pub fn valid_for(&self, margin: Duration) -> bool {
+        self.ignore || self.remaining().is_some_and(|left| left > margin)
+    }
+
     /// Time left on the lease, if it has not run out.
     pub fn remaining(&self) -> Option<Duration> {
         let until = (*self.lock())?;

@@ -15,6 +15,7 @@
 mod cm_conn;
 mod holder_service;
 pub mod lease;
+pub mod region;
 pub mod repl;
 
 use std::collections::HashMap;
@@ -32,6 +33,8 @@ pub use crate::protocol::Hit;
 pub use cm_conn::{status_of, CmConn, STATUS_TIMEOUT};
 use holder_service::HolderService;
 pub use lease::{ClientEvent, LeaseView};
+use region::Regions;
+pub use region::{Region, RegionOptions, RegionStats};
 
 use crate::error::Error;
 use crate::metrics::{self, OpResult};
@@ -127,6 +130,8 @@ pub(crate) struct Shared {
     events: broadcast::Sender<ClientEvent>,
     /// Held while the client registers again, so it happens once per eviction.
     rejoining: tokio::sync::Mutex<()>,
+    /// The regions mapped over this client's pages.
+    regions: Regions,
 }
 
 impl Shared {
@@ -146,6 +151,7 @@ impl Shared {
             return Ok(());
         }
         self.lease.end();
+        self.regions.revoke_all(self);
         self.table().clear();
         let sent = Instant::now();
         let (new, lease) = self.cm.register(&self.advertised).await?;
@@ -223,6 +229,7 @@ impl Client {
             lease: LeaseView::new(config.unsafe_ignore_lease),
             events: broadcast::channel(EVENT_BACKLOG).0,
             rejoining: tokio::sync::Mutex::new(()),
+            regions: Regions::default(),
         });
         shared.lease.extend(sent, lease);
         let holder = Arc::new(HolderService::new(shared.clone()));
@@ -304,7 +311,19 @@ impl Client {
     pub async fn write_at(&self, page: &str, content: &[u8]) -> Result<OpDone, Error> {
         let page = PageName::new(page)?;
         check_size(&page, content.len(), self.shared.max_page_bytes)?;
+        if self.shared.regions.backs(&page) {
+            return Err(Error::InvalidConfig(format!(
+                "page {page} backs a region mapped over this client: store to the region's memory instead"
+            )));
+        }
         self.run(ClientOp::write(page, content.to_vec())).await
+    }
+
+    /// Takes write access to `page` keeping its bytes (a write fault unless the
+    /// client owns it with write access already); returns the bytes. A page
+    /// that does not exist is created empty.
+    pub async fn acquire(&self, page: &str) -> Result<OpDone, Error> {
+        self.run(ClientOp::acquire(PageName::new(page)?)).await
     }
 
     /// Steps one op to its end and counts how it was served.

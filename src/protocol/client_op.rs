@@ -18,6 +18,11 @@
 //! 4. A grant whose copy was superseded before it could be installed (a later
 //!    fault moved the page on) costs another round, up to [`MAX_FAULT_ROUNDS`].
 //!
+//! An *acquire* (the store of a mapped region, see `client::region`) is a write
+//! fault with no value of its own: it takes ownership and keeps the bytes the
+//! owner sent, so a store to one word of a page never overwrites what another
+//! client wrote to the rest of it. It hits locally only with write access.
+//!
 //! The unknown-outcome rule: a write that fails for a reason a retry might cure
 //! (no CM answered in time, no quorum) may still commit, so its value stays
 //! intended and a late confirmation applies it; a page it created is never left
@@ -36,6 +41,8 @@ pub const MAX_FAULT_ROUNDS: usize = 8;
 enum Want {
     Read,
     Write(Vec<u8>),
+    /// Write access, keeping the current bytes.
+    Own,
 }
 
 /// A finished operation.
@@ -99,14 +106,19 @@ impl ClientOp {
         ClientOp { page, want: Want::Write(content), rounds: 0, lease_valid: false }
     }
 
+    /// An acquire of `page`: write access with the bytes the owner has.
+    pub fn acquire(page: PageName) -> Self {
+        ClientOp { page, want: Want::Own, rounds: 0, lease_valid: false }
+    }
+
     /// The page the op is on.
     pub fn page(&self) -> &PageName {
         &self.page
     }
 
-    /// True for a write.
+    /// True for a write or an acquire (both take write faults).
     pub fn is_write(&self) -> bool {
-        matches!(self.want, Want::Write(_))
+        matches!(self.want, Want::Write(_) | Want::Own)
     }
 
     /// The first step: a local hit (only while `lease_valid`), or a wait for the
@@ -144,6 +156,10 @@ impl ClientOp {
                 let epoch = table.write_at(&self.page, content)?;
                 Some(OpDone { hit, epoch, value: None, created: false })
             }
+            Want::Own => {
+                let (value, epoch) = table.owned(&self.page)?;
+                Some(OpDone { hit, epoch, value: Some(value.to_vec()), created: false })
+            }
         }
     }
 
@@ -155,7 +171,7 @@ impl ClientOp {
         if self.rounds >= MAX_FAULT_ROUNDS {
             let what = match self.want {
                 Want::Read => "read",
-                Want::Write(_) => "write",
+                Want::Write(_) | Want::Own => "write",
             };
             let err = format!("{what} of {}: the copy was superseded {MAX_FAULT_ROUNDS} times", self.page);
             return OpStep::Done(Err(Error::Unavailable(err)));
@@ -170,6 +186,10 @@ impl ClientOp {
                 table.intend_write(&self.page, content);
                 OpStep::Fault(FaultKind::Write)
             }
+            Want::Own => {
+                table.intend_read(&self.page);
+                OpStep::Fault(FaultKind::Write)
+            }
         }
     }
 
@@ -178,10 +198,10 @@ impl ClientOp {
         let done = |epoch, value| OpDone { hit: Hit::Fault, epoch, value, created: grant.created };
         let confirmed = table.take_confirmed(page, grant.epoch);
         let installed = match (&self.want, confirmed) {
-            (Want::Read, Some(value)) => Ok(Some(done(grant.epoch, Some(value)))),
+            (Want::Read | Want::Own, Some(value)) => Ok(Some(done(grant.epoch, Some(value)))),
             (Want::Write(_), Some(_)) => Ok(Some(done(grant.epoch, None))),
             // No confirmation applied it: install from the reply ourselves.
-            (Want::Read, None) => {
+            (Want::Read | Want::Own, None) => {
                 table.grant(page, grant.epoch, grant.created, seq).map(|value| Some(done(grant.epoch, Some(value))))
             }
             (Want::Write(content), None) => table.grant(page, grant.epoch, grant.created, seq).map(|_| {

@@ -64,6 +64,10 @@ pub struct PageTable {
     pending: BTreeMap<PageName, Pending>,
     intents: BTreeMap<PageName, Vec<u8>>,
     confirmed: BTreeMap<PageName, (Epoch, Vec<u8>)>,
+    /// Per page, the latest epoch a committed fault released our copies below:
+    /// no copy older than it may be installed again (a late reply or
+    /// confirmation of a fault that another has since superseded).
+    released: BTreeMap<PageName, Epoch>,
 }
 
 impl PageTable {
@@ -89,6 +93,12 @@ impl PageTable {
             Access::Invalid => None,
             Access::Read | Access::Write => local.content.as_deref().map(|v| (v, local.epoch)),
         }
+    }
+
+    /// The local copy of `page` and its epoch, when the client owns it with write access.
+    pub fn owned(&self, page: &PageName) -> Option<(&[u8], Epoch)> {
+        let local = self.pages.get(page).filter(|l| l.access == Access::Write)?;
+        local.content.as_deref().map(|v| (v, local.epoch))
     }
 
     /// Writes `content` locally when the client owns the page with write access.
@@ -125,6 +135,8 @@ impl PageTable {
 
     /// A fault at `epoch` is committed: copies older than it, kept or not, go.
     pub fn release(&mut self, page: &PageName, epoch: Epoch) {
+        let floor = self.released.entry(page.clone()).or_default();
+        *floor = (*floor).max(epoch);
         self.drop_pending_older(page, epoch);
         if self.pages.get(page).is_some_and(|l| l.epoch < epoch) {
             self.pages.remove(page);
@@ -183,7 +195,8 @@ impl PageTable {
     /// an older request (a deposed leader's, a delayed one) cannot be.
     pub fn receive(&mut self, page: &PageName, epoch: Epoch, access: Access, content: Vec<u8>, seq: u64) -> bool {
         let local = self.pages.get(page).map(|l| (l.epoch, l.access));
-        let older = self.pending.get(page).is_some_and(|p| (seq, epoch) < (p.seq, p.epoch));
+        let older =
+            self.pending.get(page).is_some_and(|p| (seq, epoch) < (p.seq, p.epoch)) || self.released_past(page, epoch);
         // A copy of the epoch already held is accepted only by a holder with no
         // access (an owner reading back the page it kept after a handoff).
         let stale = match local {
@@ -200,6 +213,12 @@ impl PageTable {
     /// The manager granted our fault on `page` at `epoch`: install the pending copy
     /// (or create the page) and return the bytes the fault was for.
     pub fn grant(&mut self, page: &PageName, epoch: Epoch, created: bool, seq: u64) -> Result<Vec<u8>> {
+        // A later committed fault released this epoch's copies: installing one now
+        // would hand us access the directory has since given to another client.
+        if self.released_past(page, epoch) {
+            self.pending.remove(page);
+            return Err(self.lost(page, epoch));
+        }
         if created && self.pages.get(page).is_none_or(|l| l.epoch < epoch) {
             let local = LocalPage { access: Access::Write, epoch, content: Some(Vec::new()) };
             self.pages.insert(page.clone(), local);
@@ -266,6 +285,11 @@ impl PageTable {
             return None;
         }
         self.confirmed.remove(page).map(|(_, v)| v)
+    }
+
+    /// True when a committed fault released copies of `page` newer than `epoch`.
+    fn released_past(&self, page: &PageName, epoch: Epoch) -> bool {
+        self.released.get(page).is_some_and(|floor| epoch < *floor)
     }
 
     fn lost(&self, page: &PageName, epoch: Epoch) -> Error {

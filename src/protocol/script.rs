@@ -70,6 +70,7 @@ impl World {
             ["unregister", c] => self.unregister(id(c)),
             ["write", c, p, v] => self.op(id(c), ClientOp::write(name(p)?, v.as_bytes().to_vec()), Manager::Whole),
             ["read", c, p] => self.op(id(c), ClientOp::read(name(p)?), Manager::Whole),
+            ["acquire", c, p] => self.op(id(c), ClientOp::acquire(name(p)?), Manager::Whole),
             ["partial", c, "read", p] => self.op(id(c), ClientOp::read(name(p)?), Manager::CrashBeforeCommit),
             ["partial", c, "write", p, v] => {
                 self.op(id(c), ClientOp::write(name(p)?, v.as_bytes().to_vec()), Manager::CrashBeforeCommit)
@@ -97,8 +98,9 @@ impl World {
                 self.table(id(c)).invalidate(&name(p)?, num(e));
                 Ok("ok".into())
             }
-            ["forward", c, p, e, k] => {
-                let t = self.table(id(c)).forward(&name(p)?, num(e), kind(k), false)?;
+            ["forward", c, p, e, k, rest @ ..] => {
+                let created = rest.first() == Some(&"created");
+                let t = self.table(id(c)).forward(&name(p)?, num(e), kind(k), created)?;
                 Ok(format!("send epoch={} {} {:?}", t.epoch, t.access, text(&t.content)))
             }
             ["send", c, p, e, k, v, rest @ ..] => {
@@ -117,8 +119,9 @@ impl World {
                 Ok("ok".into())
             }
             ["confirm", c, p, e, rest @ ..] => {
-                let seq = rest.first().map_or(1, |s| num(s));
-                self.table(id(c)).confirm(&name(p)?, num(e), false, seq)?;
+                let created = rest.contains(&"created");
+                let seq = rest.iter().find(|s| **s != "created").map_or(1, |s| num(s));
+                self.table(id(c)).confirm(&name(p)?, num(e), created, seq)?;
                 Ok("ok".into())
             }
             ["taken", c, p, e] => Ok(match self.table(id(c)).take_confirmed(&name(p)?, num(e)) {

@@ -83,6 +83,8 @@ pub fn status_from_error(err: &Error) -> Status {
         Error::Storage(_) | Error::DataDirInUse { .. } | Error::Internal(_) => Code::Internal,
         Error::Unauthenticated(_) => Code::Unauthenticated,
         Error::TooManyClients { .. } | Error::TooManyPages { .. } => Code::ResourceExhausted,
+        Error::RegionPoisoned { .. } => Code::DataLoss,
+        Error::SvmUnavailable(_) => Code::Unimplemented,
     };
     let details = serde_json::to_vec(err).unwrap_or_default();
     Status::with_details(code, err.to_string(), details.into())

@@ -216,7 +216,8 @@ impl ClientProc {
         Ok(Self::start_with_ready(cms, extra)?.0)
     }
 
-    fn start_with_ready(cms: &str, extra: &[&str]) -> Result<(Self, Value)> {
+    /// A client with more flags, and its ready line.
+    pub fn start_with_ready(cms: &str, extra: &[&str]) -> Result<(Self, Value)> {
         let mut cmd = Command::new(IVY);
         cmd.args(["client", "--json", "--cm", cms, "--timeout-ms", "10000"]).args(extra);
         Self::spawn(cmd)

@@ -151,6 +151,9 @@ pub enum Event {
         client: u64,
         /// Where it serves its pages.
         listen: String,
+        /// Where it serves Prometheus metrics (`--metrics-listen`), if anywhere.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        metrics: Option<String>,
     },
     /// The client could not start or went on no longer.
     Error {
@@ -218,7 +221,9 @@ impl fmt::Display for Answer {
 impl fmt::Display for Event {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Event::Ready { client, listen } => write!(f, "client {client} ready, serving pages on {listen}; type help"),
+            Event::Ready { client, listen, .. } => {
+                write!(f, "client {client} ready, serving pages on {listen}; type help")
+            }
             Event::Error { error } => write!(f, "error: {error}"),
         }
     }

@@ -97,9 +97,10 @@ async fn stop_signal(interactive: bool) {
     }
 }
 
-/// Runs the command loop over `input` until `quit` or end of input.
-pub async fn run(client: Client, mut input: LineSource, out: Output) -> Result<(), Error> {
-    out.event(&Event::Ready { client: client.id(), listen: client.addr().to_string() });
+/// Runs the command loop over `input` until `quit` or end of input; `metrics`
+/// is where the process serves its metrics, announced in the ready event.
+pub async fn run(client: Client, mut input: LineSource, out: Output, metrics: Option<String>) -> Result<(), Error> {
+    out.event(&Event::Ready { client: client.id(), listen: client.addr().to_string(), metrics });
     let mut events = client.events();
     let announcer = tokio::spawn(async move {
         while let Ok(event) = events.recv().await {
