@@ -189,54 +189,84 @@ fn a_silent_leader_costs_clients_under_a_second() -> Result<()> {
 
 /// 20 times: the leader is cut off silently, the others elect a new one, the
 /// cut heals; then a follower is cut off for longer than an election timeout
-/// and healed. In the 1.5 s after each heal neither the leader nor the term
-/// of the healthy majority may change (pre-vote: a returning node does not
-/// depose it; an old leader never campaigns, a cut-off follower would).
+/// and healed. A returning node must not have raised its term while it was cut
+/// off (pre-vote: it never won one), and in the 1.5 s after each heal neither
+/// the leader nor the term of the healthy majority may change because of it.
+/// A change while the returning node's term was no higher than the cluster's
+/// cannot come from that node (a heartbeat stalled on a loaded machine): such
+/// changes are listed, and at most two of the 40 heals may see one.
 #[test]
 fn twenty_heals_of_an_old_leader_change_no_leader() -> Result<()> {
     const ROUNDS: usize = 20;
     const FOLLOWER_CUT: Duration = Duration::from_millis(1000);
+    const UNRELATED_ALLOWED: usize = 2;
     let Some(rig) = Rig::start("twenty_heals_of_an_old_leader_change_no_leader", 0)? else { return Ok(()) };
-    let mut needless = Vec::new();
+    let (mut needless, mut unrelated) = (Vec::new(), Vec::new());
     for round in 1..=ROUNDS {
-        let (old, _) = rig.wait_leader(FIRST_LEADER)?;
+        let (old, old_term) = rig.wait_leader(FIRST_LEADER)?;
         rig.net.cut(&[old as usize - 1])?;
         let (new, term) = rig.wait_new_leader(old, Duration::from_secs(10))?;
-        rig.net.heal()?;
-        needless.extend(watch_after_heal(&rig, old, (new, term), &format!("round {round}, old leader {old}"))?);
+        let heal = Heal { returning: old, term_at_cut: old_term, expected: (new, term) };
+        heal.run(&rig, &format!("round {round}, old leader {old}"), &mut needless, &mut unrelated)?;
         let (leader, now) = rig.wait_leader(FIRST_LEADER)?;
         let followers: Vec<u64> = (1..=CMS as u64).filter(|id| *id != leader).collect();
         let follower = followers[round % followers.len()];
         rig.net.cut(&[follower as usize - 1])?;
         std::thread::sleep(FOLLOWER_CUT);
-        rig.net.heal()?;
-        needless.extend(watch_after_heal(
-            &rig,
-            follower,
-            (leader, now),
-            &format!("round {round}, follower {follower}"),
-        )?);
+        let heal = Heal { returning: follower, term_at_cut: now, expected: (leader, now) };
+        heal.run(&rig, &format!("round {round}, follower {follower}"), &mut needless, &mut unrelated)?;
         println!("round {round}: CM {old} cut off, CM {new} led in term {term}; CM {follower} cut off; both healed");
     }
+    println!("leader changes no returning node could cause: {unrelated:#?}");
     assert!(needless.is_empty(), "{} needless leader changes in {} heals: {needless:#?}", needless.len(), 2 * ROUNDS);
+    assert!(
+        unrelated.len() <= UNRELATED_ALLOWED,
+        "{} other leader changes after heals: {unrelated:#?}",
+        unrelated.len()
+    );
     Ok(())
 }
 
-/// Watches the nodes but `returning` for 1.5 s after a heal: a change of
-/// (leader, term) away from `expected` is a needless leader change, described.
-fn watch_after_heal(rig: &Rig, returning: u64, expected: (u64, u64), what: &str) -> Result<Option<String>> {
-    const WATCH: Duration = Duration::from_millis(1500);
-    let (leader, term) = expected;
-    let until = Instant::now() + WATCH;
-    while Instant::now() < until {
-        let moved: Vec<_> = rig.terms(returning)?.into_iter().filter(|(_, t, l)| (*t, *l) != (term, leader)).collect();
-        if !moved.is_empty() {
-            rig.wait_leader(FIRST_LEADER)?;
-            return Ok(Some(format!("{what}: leader {leader} term {term}, then (id, term, leader) {moved:?}")));
+/// One heal of a node cut off alone, and what to expect after it.
+struct Heal {
+    /// The node that was cut off.
+    returning: u64,
+    /// Its term when it was cut off.
+    term_at_cut: u64,
+    /// The healthy majority's (leader, term) at the heal.
+    expected: (u64, u64),
+}
+
+impl Heal {
+    /// Checks the returning node's term (asked from its own host), heals, and
+    /// watches the others for 1.5 s: a change of (leader, term) away from
+    /// `expected` is needless when the returning node's term could have caused
+    /// it, unrelated otherwise.
+    fn run(&self, rig: &Rig, what: &str, needless: &mut Vec<String>, unrelated: &mut Vec<String>) -> Result<()> {
+        const WATCH: Duration = Duration::from_millis(1500);
+        let (alone, _) = rig.status_alone(self.returning)?;
+        let returning_term = alone["cm"][0]["term"].as_u64().context("the cut-off node's term")?;
+        if returning_term > self.term_at_cut {
+            needless.push(format!("{what}: raised its term {} -> {returning_term} while cut off", self.term_at_cut));
         }
-        std::thread::sleep(Duration::from_millis(50));
+        rig.net.heal()?;
+        let (leader, term) = self.expected;
+        let until = Instant::now() + WATCH;
+        while Instant::now() < until {
+            let moved: Vec<_> =
+                rig.terms(self.returning)?.into_iter().filter(|(_, t, l)| (*t, *l) != (term, leader)).collect();
+            if !moved.is_empty() {
+                rig.wait_leader(FIRST_LEADER)?;
+                let text = format!(
+                    "{what} (its term {returning_term}): leader {leader} term {term}, then (id, term, leader) {moved:?}"
+                );
+                if returning_term > term { needless } else { unrelated }.push(text);
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
     }
-    Ok(None)
 }
 
 /// A client cut off for 30 s is evicted meanwhile; after the heal it registers
