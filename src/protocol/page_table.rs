@@ -215,8 +215,8 @@ impl PageTable {
     pub fn grant(&mut self, page: &PageName, epoch: Epoch, created: bool, seq: u64) -> Result<Vec<u8>> {
         // A later committed fault released this epoch's copies: installing one now
         // would hand us access the directory has since given to another client.
+        // A pending copy stays: it may be for a newer fault of ours.
         if self.released_past(page, epoch) {
-            self.pending.remove(page);
             return Err(self.lost(page, epoch));
         }
         if created && self.pages.get(page).is_none_or(|l| l.epoch < epoch) {
