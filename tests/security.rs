@@ -15,7 +15,7 @@ use ivy_harness::flood::{self, FloodConfig};
 use ivy_raft::client::{Client, ClientConfig, CmConn, Hit};
 use ivy_raft::cm::CmNode;
 use ivy_raft::protocol::{Caps, Epoch, PageName};
-use ivy_raft::rpc::{Channels, HolderClient, HolderRef, ManagerClient, RaftCall, RaftClient, Security};
+use ivy_raft::rpc::{Channels, ClusterClient, HolderClient, HolderRef, ManagerClient, RaftCall, RaftClient, Security};
 use ivy_raft::Error;
 use tokio::time::Instant;
 
@@ -113,11 +113,34 @@ async fn missing_or_wrong_token_is_refused_and_changes_nothing() -> Result<()> {
         assert!(matches!(refused, Err(Error::Unauthenticated(_))), "{name}: {:?}", refused.err());
         assert!(started.elapsed() < OP_TIMEOUT, "{name}: refused at once, not retried");
         // Admin calls are refused too, and change nothing.
-        let cm = CmConn::new(cluster.addrs(), Duration::from_secs(2), Duration::from_secs(2), security)?;
+        let cm = CmConn::new(cluster.addrs(), Duration::from_secs(2), Duration::from_secs(2), security.clone())?;
         assert!(matches!(cm.evict(owner.id()).await, Err(Error::Unauthenticated(_))), "{name}: evict");
         assert!(matches!(cm.unregister(owner.id()).await, Err(Error::Unauthenticated(_))), "{name}: unregister");
         assert!(matches!(cm.pages(&[]).await, Err(Error::Unauthenticated(_))), "{name}: pages");
+        // So are the cluster operations (ivy.Cluster): membership, hand-over, backups.
+        let ops = ClusterClient::new(Channels::new(Duration::from_secs(2), security));
+        for addr in cluster.addrs() {
+            assert!(matches!(ops.members(&addr).await, Err(Error::Unauthenticated(_))), "{name}: member list");
+            assert!(matches!(ops.remove(&addr, 3).await, Err(Error::Unauthenticated(_))), "{name}: member remove");
+            assert!(matches!(ops.handover(&addr).await, Err(Error::Unauthenticated(_))), "{name}: handover");
+            assert!(matches!(ops.save_snapshot(&addr).await, Err(Error::Unauthenticated(_))), "{name}: snapshot");
+        }
     }
+    // The same through the CLI, without a token: `ivy member list`, `ivy snapshot save`.
+    let backup = tempfile::tempdir()?;
+    let file = backup.path().join("backup.ivy");
+    let cms = cluster.addrs().join(",");
+    let file_arg = file.display().to_string();
+    for args in [vec!["member", "list", "--cm", &cms], vec!["snapshot", "save", &file_arg, "--cm", &cms]] {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_ivy"))
+            .args(&args)
+            .env_remove("IVY_TOKEN_FILE")
+            .output()
+            .await?;
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        ensure!(!out.status.success() && text.contains("unauthenticated"), "ivy {args:?} without the token: {text}");
+    }
+    ensure!(!file.exists(), "no backup was written");
     assert_eq!(registered(&cluster, node.clone()).await?, vec![owner.id()], "the cluster is unchanged");
     let cm = CmConn::new(cluster.addrs(), Duration::from_secs(2), Duration::from_secs(2), node)?;
     let p1 = cm.pages(&["P1".to_string()]).await?;
