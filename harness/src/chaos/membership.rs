@@ -15,6 +15,9 @@ use super::rig::{ms, Rig};
 /// How long one `ivy member` call may take (an add waits for the catch-up).
 const MEMBER_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long the fault waits for a leader to start from (after an earlier fault).
+const LEADER_WITHIN: Duration = Duration::from_secs(5);
+
 /// How long the fault keeps asking to add the replaced node back.
 const ADD_BACK_WITHIN: Duration = Duration::from_secs(30);
 
@@ -25,7 +28,7 @@ impl Rig {
             return self.rejoin_empty(rng).await;
         }
         let started = Instant::now();
-        let Some(leader) = self.leader().await else {
+        let Some(leader) = self.wait_leader(LEADER_WITHIN).await else {
             return "no membership change: no node leads".into();
         };
         let followers: Vec<u64> = self.cms.ids().into_iter().filter(|id| *id != leader).collect();
