@@ -17,7 +17,7 @@ fn config(out: &std::path::Path, duration: Duration) -> ChaosConfig {
         workers: 2,
         pages: 16,
         read_ratio: 0.5,
-        faults: Nemesis::all().into_iter().filter(|k| !k.needs_fuse() && *k != Nemesis::Membership).collect(),
+        faults: Nemesis::all().into_iter().filter(|k| !k.needs_fuse()).collect(),
         fault_gap_ms: (3000, 5000),
         out: out.to_path_buf(),
         pulse_ms: 1000,

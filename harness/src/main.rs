@@ -314,7 +314,7 @@ struct ChaosArgs {
     /// Fault kinds, comma separated; none for a run without faults (power-cut
     /// needs FUSE: root and /dev/fuse).
     #[arg(long, env = "IVY_CHAOS_FAULTS", value_enum, value_delimiter = ',', num_args = 0..,
-          default_value = "kill,pause,partition,restart-all,client-pause,client-kill,client-isolate")]
+          default_value = "kill,pause,partition,restart-all,client-pause,client-kill,client-isolate,membership")]
     faults: Vec<Nemesis>,
     /// Time from one fault's start to the next one's, ms: MIN-MAX.
     #[arg(long, env = "IVY_CHAOS_FAULT_GAP_MS", default_value = "3000-5000", value_parser = parse_range)]
