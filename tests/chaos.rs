@@ -26,6 +26,7 @@ fn config(out: &std::path::Path, duration: Duration) -> ChaosConfig {
         unsafe_skip_invalidation: false,
         unsafe_ignore_lease: false,
         unsafe_skip_sync: false,
+        unsafe_rejoin_empty: false,
         snapshot_every: None,
     }
 }
@@ -84,5 +85,26 @@ async fn broken_lease_build_is_caught() -> Result<()> {
     assert!(!report.clean, "serving local hits past the lease must be caught");
     let v = &report.verdict;
     assert!(!v.not_linearizable.is_empty() || v.epoch_regressions > 0, "{v:?}");
+    Ok(())
+}
+
+/// The membership path's broken procedure: voters whose data dirs were emptied
+/// come back under their old id, never removed nor added back. With the leader
+/// down meanwhile, the emptied pair forms a cluster without the acknowledged
+/// writes; the checker must see them lost (or pages going back in epoch).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn broken_rejoin_build_is_caught() -> Result<()> {
+    let out = tempfile::tempdir()?;
+    let mut cfg = config(out.path(), Duration::from_secs(12));
+    cfg.faults = vec![Nemesis::Membership];
+    cfg.fault_gap_ms = (2500, 3500);
+    cfg.pages = 4;
+    cfg.unsafe_rejoin_empty = true;
+    let report = chaos::run(&cfg).await?;
+    println!("{report}");
+    assert!(report.faults.get("membership").is_some_and(|n| *n > 0), "voters were emptied");
+    assert!(!report.clean, "emptied voters rejoining under their old id must be caught");
+    let v = &report.verdict;
+    assert!(v.lost_acknowledged_writes > 0 || v.epoch_regressions > 0 || !v.not_linearizable.is_empty(), "{v:?}");
     Ok(())
 }

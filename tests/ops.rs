@@ -160,7 +160,13 @@ fn health_reflection_metrics_and_json_logs() -> Result<()> {
     let listed: Value = serde_json::from_slice(&out.stdout)?;
     let listed: BTreeSet<&str> =
         listed["services"].as_array().context("services")?.iter().filter_map(Value::as_str).collect();
-    for s in ["ivy.Manager", "ivy.RaftTransport", "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection"] {
+    for s in [
+        "ivy.Manager",
+        "ivy.Cluster",
+        "ivy.RaftTransport",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+    ] {
         assert!(listed.contains(s), "{s} not in {listed:?}");
     }
 

@@ -346,6 +346,7 @@ async fn chaos_over_real_partitions_smoke() -> Result<()> {
         unsafe_skip_invalidation: false,
         unsafe_ignore_lease: false,
         unsafe_skip_sync: false,
+        unsafe_rejoin_empty: false,
         snapshot_every: None,
     };
     // Cuts held 4-5 s, past the 2 s client lease: a majority-side fault stuck

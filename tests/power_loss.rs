@@ -42,6 +42,7 @@ fn config(out: &std::path::Path, unsafe_skip_sync: bool) -> ChaosConfig {
         unsafe_skip_invalidation: false,
         unsafe_ignore_lease: false,
         unsafe_skip_sync,
+        unsafe_rejoin_empty: false,
         snapshot_every: Some(SNAPSHOT_EVERY),
     }
 }

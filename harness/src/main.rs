@@ -314,7 +314,7 @@ struct ChaosArgs {
     /// Fault kinds, comma separated; none for a run without faults (power-cut
     /// needs FUSE: root and /dev/fuse).
     #[arg(long, env = "IVY_CHAOS_FAULTS", value_enum, value_delimiter = ',', num_args = 0..,
-          default_value = "kill,pause,partition,restart-all,client-pause,client-kill,client-isolate")]
+          default_value = "kill,pause,partition,restart-all,client-pause,client-kill,client-isolate,membership")]
     faults: Vec<Nemesis>,
     /// Time from one fault's start to the next one's, ms: MIN-MAX.
     #[arg(long, env = "IVY_CHAOS_FAULT_GAP_MS", default_value = "3000-5000", value_parser = parse_range)]
@@ -344,6 +344,10 @@ struct ChaosArgs {
     /// Testing only: CM nodes never sync their store (a broken build power cuts must expose).
     #[arg(long, env = "IVY_UNSAFE_SKIP_SYNC", hide = true)]
     unsafe_skip_sync: bool,
+    /// Testing only: the membership fault empties voters and restarts them under
+    /// their old id, never removed nor added back (a broken procedure the checker must catch).
+    #[arg(long, env = "IVY_UNSAFE_REJOIN_EMPTY", hide = true)]
+    unsafe_rejoin_empty: bool,
     /// Log entries between the CM nodes' snapshots [default: the nodes' own default].
     #[arg(long, env = "IVY_SNAPSHOT_EVERY", value_parser = clap::value_parser!(u64).range(1..))]
     snapshot_every: Option<u64>,
@@ -720,6 +724,7 @@ async fn run_chaos(args: ChaosArgs) -> Result<()> {
         unsafe_skip_invalidation: args.unsafe_skip_invalidation,
         unsafe_ignore_lease: args.unsafe_ignore_lease,
         unsafe_skip_sync: args.unsafe_skip_sync,
+        unsafe_rejoin_empty: args.unsafe_rejoin_empty,
         snapshot_every: args.snapshot_every,
     };
     let report = match args.net {

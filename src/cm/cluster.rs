@@ -73,8 +73,10 @@ impl ClusterApi for ClusterHandler {
 /// Before a node with an empty store initialises a new cluster from `peers`:
 /// asks every other listed peer whether it belongs to a cluster already.
 /// Returns `Ok(true)` to initialise, `Ok(false)` when a peer already runs the
-/// very cluster `peers` describes (this node is a member that started late: it
-/// waits for the leader), and an error when a peer belongs to another one.
+/// very cluster `peers` describes and knows its leader (this node is a member
+/// that started late: it waits for the leader), and an error when a peer
+/// belongs to another one. A peer of the same membership with no leader yet is
+/// a node of this new cluster that initialised first: this one initialises too.
 pub async fn may_initialize(id: u64, peers: &BTreeMap<u64, String>, channels: &Channels) -> Result<bool, Error> {
     let client = ClusterClient::new(channels.clone());
     let mut asks = tokio::task::JoinSet::new();
@@ -100,6 +102,13 @@ pub async fn may_initialize(id: u64, peers: &BTreeMap<u64, String>, channels: &C
                  --join and run `ivy member add --id {id} --addr ADDR` against the cluster",
                 state.voters
             )));
+        }
+        if state.leader.is_none() {
+            // The peer initialised moments ago and has no leader yet: the nodes
+            // of this new cluster are starting together. Without this node's
+            // membership it would refuse every vote (members-only voting), and
+            // with two late nodes out of three no one could be elected.
+            continue;
         }
         tracing::warn!(
             "node {peer} already runs this cluster; not initialising, waiting for its leader (if this node lost its \

@@ -68,6 +68,12 @@ pub struct PageTable {
     /// no copy older than it may be installed again (a late reply or
     /// confirmation of a fault that another has since superseded).
     released: BTreeMap<PageName, Epoch>,
+    /// Per page, the newest epoch an invalidation (or release) named: a copy of
+    /// an older epoch installed afterwards gets no access. Its transfer may
+    /// arrive after the invalidation (a fault begun under a deposed leader), and
+    /// the directory no longer lists us as its holder, so nothing would
+    /// invalidate it again; the op that faulted for it still gets its bytes.
+    invalid_below: BTreeMap<PageName, Epoch>,
 }
 
 impl PageTable {
@@ -127,6 +133,7 @@ impl PageTable {
     /// the owner is removed, and an invalidation may come from a fault that never
     /// commits).
     pub fn invalidate(&mut self, page: &PageName, epoch: Epoch) {
+        self.mark_invalid_below(page, epoch);
         self.drop_pending_older(page, epoch);
         if let Some(local) = self.pages.get_mut(page).filter(|l| l.epoch < epoch) {
             local.access = Access::Invalid;
@@ -137,6 +144,7 @@ impl PageTable {
     pub fn release(&mut self, page: &PageName, epoch: Epoch) {
         let floor = self.released.entry(page.clone()).or_default();
         *floor = (*floor).max(epoch);
+        self.mark_invalid_below(page, epoch);
         self.drop_pending_older(page, epoch);
         if self.pages.get(page).is_some_and(|l| l.epoch < epoch) {
             self.pages.remove(page);
@@ -215,12 +223,13 @@ impl PageTable {
     pub fn grant(&mut self, page: &PageName, epoch: Epoch, created: bool, seq: u64) -> Result<Vec<u8>> {
         // A later committed fault released this epoch's copies: installing one now
         // would hand us access the directory has since given to another client.
+        // A pending copy stays: it may be for a newer fault of ours.
         if self.released_past(page, epoch) {
-            self.pending.remove(page);
             return Err(self.lost(page, epoch));
         }
         if created && self.pages.get(page).is_none_or(|l| l.epoch < epoch) {
-            let local = LocalPage { access: Access::Write, epoch, content: Some(Vec::new()) };
+            let local =
+                LocalPage { access: self.access_at(page, epoch, Access::Write), epoch, content: Some(Vec::new()) };
             self.pages.insert(page.clone(), local);
             self.pending.remove(page);
             return Ok(Vec::new());
@@ -310,7 +319,21 @@ impl PageTable {
     }
 
     fn install(&mut self, page: &PageName, pending: Pending) {
-        let local = LocalPage { access: pending.access, epoch: pending.epoch, content: Some(pending.content) };
+        let access = self.access_at(page, pending.epoch, pending.access);
+        let local = LocalPage { access, epoch: pending.epoch, content: Some(pending.content) };
         self.pages.insert(page.clone(), local);
+    }
+
+    /// `access`, or none when an invalidation named a newer epoch than `epoch`.
+    fn access_at(&self, page: &PageName, epoch: Epoch, access: Access) -> Access {
+        if self.invalid_below.get(page).is_some_and(|mark| epoch < *mark) {
+            return Access::Invalid;
+        }
+        access
+    }
+
+    fn mark_invalid_below(&mut self, page: &PageName, epoch: Epoch) {
+        let mark = self.invalid_below.entry(page.clone()).or_default();
+        *mark = (*mark).max(epoch);
     }
 }

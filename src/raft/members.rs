@@ -7,9 +7,9 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use openraft::{BasicNode, ChangeMembers, ServerState};
+use openraft::{BasicNode, ChangeMembers, RaftMetrics, ServerState};
 
-use super::{leader_of, raft_error, RaftReplica};
+use super::{leader_of, raft_error, Raft, RaftReplica};
 use crate::error::Error;
 use crate::members::{Backup, JoinState, Member, Members, BACKUP_FORMAT};
 use crate::rpc::RaftCall;
@@ -17,8 +17,8 @@ use crate::rpc::RaftCall;
 /// How long a hand-over waits for the follower to win its election.
 pub const HANDOVER_WAIT: Duration = Duration::from_secs(3);
 
-/// How long one hand-over round waits before asking again.
-const HANDOVER_ROUND: Duration = Duration::from_millis(300);
+/// How long one step of a hand-over round waits (catch-up, deposition).
+const HANDOVER_ROUND: Duration = Duration::from_millis(150);
 
 /// How long a membership change may take (two commits, and a caught-up learner).
 pub const MEMBERSHIP_DEADLINE: Duration = Duration::from_secs(10);
@@ -100,7 +100,7 @@ impl RaftReplica {
 
     /// Hands leadership to the voter whose log is the most up to date: asks it
     /// to campaign at once, then waits until this node no longer leads. Returns
-    /// the new leader's id.
+    /// the new leader's id. docs/DESIGN.md (Hand-over) argues each step.
     pub async fn handover(&self) -> Result<u64, Error> {
         let members = self.members().await?;
         let target = members
@@ -111,12 +111,21 @@ impl RaftReplica {
             .ok_or_else(|| Error::InvalidConfig("there is no other voter to hand over to".into()))?;
         let addr = self.peers.get(&target.id).cloned().unwrap_or_else(|| target.addr.clone());
         tracing::info!(event = "handover", to = target.id, "handing leadership over to node {}", target.id);
+        // No campaign of our own once deposed, and no heartbeats to refresh the
+        // followers' leases, until the hand-over is over.
+        let _quiet = Quiet::new(self.raft());
         let give_up = tokio::time::Instant::now() + HANDOVER_WAIT;
-        // A follower that heard this leader within the leader lease refuses the
-        // first vote; the campaign is asked again until someone else leads.
         while tokio::time::Instant::now() < give_up {
-            if let Err(e) = self.transport.call(&addr, RaftCall::Campaign, Vec::new(), Duration::from_secs(1)).await {
-                tracing::warn!("node {} did not take the hand-over: {e}", target.id);
+            self.caught_up_within(target.id, HANDOVER_ROUND).await;
+            self.ask_to_campaign(target.id, &addr).await;
+            // Our own vote, committed at our election, refuses the campaign while
+            // that is less than a lease ago. A heartbeat shows us the candidate's
+            // higher term; our vote is then uncommitted and refuses nothing, so
+            // the candidate is asked once more unless it has won already.
+            let _ = self.raft().trigger().heartbeat().await;
+            let deposed = self.state_within(HANDOVER_ROUND, |m| m.state != ServerState::Leader).await;
+            if deposed.is_some_and(|m| m.current_leader.is_none()) {
+                self.ask_to_campaign(target.id, &addr).await;
             }
             if let Some(leader) = self.deposed_within(HANDOVER_ROUND).await {
                 return Ok(leader);
@@ -125,16 +134,41 @@ impl RaftReplica {
         Err(Error::Unavailable(format!("node {} did not win an election within {HANDOVER_WAIT:?}", target.id)))
     }
 
+    /// Sends `Campaign` to node `id` at `addr`.
+    async fn ask_to_campaign(&self, id: u64, addr: &str) {
+        if let Err(e) = self.transport.call(addr, RaftCall::Campaign, Vec::new(), Duration::from_secs(1)).await {
+            tracing::warn!("node {id} did not take the hand-over: {e}");
+        }
+    }
+
+    /// Waits until `id` has matched this leader's last log entry, within `wait`.
+    async fn caught_up_within(&self, id: u64, wait: Duration) {
+        let caught_up = |m: &RaftMetrics<u64, BasicNode>| {
+            let matched = m.replication.as_ref().and_then(|r| r.get(&id).copied().flatten());
+            m.state != ServerState::Leader || matched.map(|l| l.index) >= m.last_log_index
+        };
+        self.state_within(wait, caught_up).await;
+    }
+
     /// The new leader's id once this node stops leading, within `wait`.
     async fn deposed_within(&self, wait: Duration) -> Option<u64> {
+        let m =
+            self.state_within(wait, |m| m.state != ServerState::Leader && leader_of(m).is_some_and(|l| l.id != m.id));
+        m.await.and_then(|m| m.current_leader)
+    }
+
+    /// This node's metrics once `done` holds for them, within `wait`.
+    async fn state_within(
+        &self,
+        wait: Duration,
+        done: impl Fn(&RaftMetrics<u64, BasicNode>) -> bool,
+    ) -> Option<RaftMetrics<u64, BasicNode>> {
         let mut metrics = self.raft().metrics();
         let waited = tokio::time::timeout(wait, async {
             loop {
                 let m = metrics.borrow_and_update().clone();
-                if m.state != ServerState::Leader {
-                    if let Some(l) = leader_of(&m).filter(|l| l.id != m.id) {
-                        return Some(l.id);
-                    }
+                if done(&m) {
+                    return Some(m);
                 }
                 if metrics.changed().await.is_err() {
                     return None;
@@ -193,5 +227,25 @@ impl RaftReplica {
             Ok(Err(err)) => Err(raft_error(self.raft(), err)),
             Err(_) => Err(Error::NoQuorum(format!("no commit within {MEMBERSHIP_DEADLINE:?}"))),
         }
+    }
+}
+
+/// Elections and heartbeats of this node switched off while it hands over;
+/// switched back to their configured setting when dropped.
+struct Quiet(Raft);
+
+impl Quiet {
+    fn new(raft: &Raft) -> Self {
+        raft.runtime_config().elect(false);
+        raft.runtime_config().heartbeat(false);
+        Quiet(raft.clone())
+    }
+}
+
+impl Drop for Quiet {
+    fn drop(&mut self) {
+        let config = self.0.config();
+        self.0.runtime_config().elect(config.enable_elect);
+        self.0.runtime_config().heartbeat(config.enable_heartbeat);
     }
 }

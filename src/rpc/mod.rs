@@ -50,6 +50,9 @@ pub use tonic::async_trait;
 
 pub use raft::{RaftApi, RaftCall, RaftCallError, RaftClient};
 
+/// The cluster operations service (membership, join probe, hand-over, backup).
+pub const CLUSTER_SERVICE: &str = "ivy.Cluster";
+
 /// The service a CM node serves to its peers, besides `Manager`.
 pub enum PeerService {
     /// Raft mode: openraft's RPCs between CM nodes, and the cluster operations.
@@ -73,11 +76,12 @@ pub fn serve_cm(
     use tonic::service::interceptor::InterceptedService;
     let (members, nodes) = (security.guard(Callers::Members), security.guard(Callers::Nodes));
     let members_guard = members.clone();
-    let peer_service = match &peers {
-        PeerService::Raft(..) => "ivy.RaftTransport",
-        PeerService::Heartbeat(_) => "ivy.Heartbeat",
+    let peer_services: &[&str] = match &peers {
+        PeerService::Raft(..) => &[CLUSTER_SERVICE, "ivy.RaftTransport"],
+        PeerService::Heartbeat(_) => &["ivy.Heartbeat"],
     };
-    let listed = [MANAGER_SERVICE, peer_service, health::HEALTH_SERVICE, health::REFLECTION_SERVICE];
+    let mut listed = vec![MANAGER_SERVICE, health::HEALTH_SERVICE, health::REFLECTION_SERVICE];
+    listed.extend_from_slice(peer_services);
     let (reflection_v1, reflection_v1alpha) = health::reflection(&listed)?;
     let health = tonic_health::pb::health_server::HealthServer::new(
         tonic_health::server::HealthService::from_health_reporter(health.reporter()),

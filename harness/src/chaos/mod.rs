@@ -8,7 +8,8 @@
 //! passes, while a seeded schedule injects one fault every 3-5 s: kill -9 and
 //! restart a CM (biased to the leader), kill and restart them all, SIGSTOP a CM or
 //! a client, a partition (leader isolated, one-way, a client cut off from the
-//! leader, a blackhole, delays), or a power cut. Then everything is healed, every
+//! leader, a blackhole, delays), a power cut, or the replacement of a follower
+//! (membership: removed, emptied, added back with --join). Then everything is healed, every
 //! client reads every page, and the history is checked (see [`checker`]).
 //! `history.jsonl` and `report.json` go to `--out`; the run passes only on a
 //! clean verdict.
@@ -26,6 +27,7 @@ pub mod checker;
 mod checker_tests;
 pub mod client_proc;
 pub mod history;
+mod membership;
 pub mod netns_run;
 pub mod procs;
 mod proxy;
@@ -80,6 +82,10 @@ pub struct ChaosConfig {
     pub unsafe_ignore_lease: bool,
     /// Testing only: CM nodes never sync their store (a broken build a power cut exposes).
     pub unsafe_skip_sync: bool,
+    /// Testing only: the membership fault wipes voters' data dirs and restarts
+    /// them under their old id without removing and adding them (a broken
+    /// procedure the checker must catch).
+    pub unsafe_rejoin_empty: bool,
     /// Log entries between the CM nodes' snapshots (`None`: their default).
     pub snapshot_every: Option<u64>,
 }

@@ -36,7 +36,7 @@ pub struct CmProc {
     pub id: u64,
     /// The address it listens on (the harness's own view, no proxy).
     pub addr: String,
-    args: Vec<String>,
+    args: Mutex<Vec<String>>,
     bin: PathBuf,
     log: PathBuf,
     child: Mutex<Option<Child>>,
@@ -46,7 +46,15 @@ pub struct CmProc {
 impl CmProc {
     /// A node that will run `bin` with `args`, logging to `log`.
     pub fn new(bin: &Path, id: u64, addr: String, args: Vec<String>, log: PathBuf) -> Self {
-        CmProc { id, addr, args, bin: bin.to_path_buf(), log, child: Mutex::new(None), launcher: None }
+        CmProc {
+            id,
+            addr,
+            args: Mutex::new(args),
+            bin: bin.to_path_buf(),
+            log,
+            child: Mutex::new(None),
+            launcher: None,
+        }
     }
 
     /// The same node, started (and restarted) through `launcher`.
@@ -62,12 +70,13 @@ impl CmProc {
             .append(true)
             .open(&self.log)
             .map_err(|e| spawn_error("CM log", e))?;
+        let args = self.args.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let mut cmd = match &self.launcher {
             Some(launch) => Command::from(launch(&self.bin)),
             None => Command::new(&self.bin),
         };
         let child = cmd
-            .args(&self.args)
+            .args(&args)
             .env("RUST_LOG", "info,openraft=warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -126,6 +135,29 @@ impl CmProc {
         if let Some(mut child) = child {
             let _ = child.kill().await;
         }
+    }
+
+    /// Its data dir (the value of `--data-dir`).
+    pub fn data_dir(&self) -> Option<PathBuf> {
+        let args = self.args.lock().unwrap_or_else(|e| e.into_inner());
+        args.iter().position(|a| a == "--data-dir").and_then(|i| args.get(i + 1)).map(PathBuf::from)
+    }
+
+    /// kill -9, then empties its data dir; with `join`, it runs with `--join`
+    /// from now on (a fresh node waiting to be added).
+    pub async fn wipe(&self, join: bool) -> Result<()> {
+        self.kill9().await;
+        if let Some(dir) = self.data_dir() {
+            match std::fs::remove_dir_all(&dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(anyhow!("{}: {e}", dir.display())),
+                _ => {}
+            }
+        }
+        let mut args = self.args.lock().unwrap_or_else(|e| e.into_inner());
+        if join && !args.iter().any(|a| a == "--join") {
+            args.push("--join".into());
+        }
+        Ok(())
     }
 
     /// The process id, while running.

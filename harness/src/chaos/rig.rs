@@ -36,6 +36,9 @@ pub enum Nemesis {
     /// kill -9 every CM node, lose every write to their data dirs not yet
     /// synced (a lazyfs power cut), restart them all; needs FUSE.
     PowerCut,
+    /// Replace a follower: `ivy member remove`, kill -9, empty its data dir,
+    /// start it with --join, `ivy member add` (learner, catch-up, voter).
+    Membership,
 }
 
 impl Nemesis {
@@ -71,6 +74,11 @@ pub struct Rig {
     pub op_timeout: Duration,
     /// The lazyfs the CM data dirs live on, when power cuts are injected.
     pub power: Option<LazyFsHandle>,
+    /// The `ivy` binary (for `ivy member`).
+    pub bin: std::path::PathBuf,
+    /// Testing only: a membership fault wipes voters and restarts them under
+    /// their old id, never removed nor added back (see [`super::membership`]).
+    pub unsafe_rejoin_empty: bool,
 }
 
 impl Rig {
@@ -85,7 +93,7 @@ impl Rig {
     }
 
     /// The leader with probability 0.7 (when one is known), else a random node.
-    async fn pick_cm(&self, rng: &mut StdRng) -> u64 {
+    pub(super) async fn pick_cm(&self, rng: &mut StdRng) -> u64 {
         let leader = self.leader().await;
         let ids = self.cms.ids();
         match leader {
@@ -130,6 +138,7 @@ impl Rig {
             Nemesis::ClientIsolate => self.client_isolate(rng, on_client).await,
             Nemesis::Partition => self.partition(rng).await,
             Nemesis::PowerCut => self.power_cut(rng).await,
+            Nemesis::Membership => self.membership(rng).await,
         }
     }
 
@@ -286,6 +295,6 @@ impl Rig {
     }
 }
 
-fn ms(rng: &mut StdRng, lo: u64, hi: u64) -> Duration {
+pub(super) fn ms(rng: &mut StdRng, lo: u64, hi: u64) -> Duration {
     Duration::from_millis(rng.gen_range(lo..=hi))
 }

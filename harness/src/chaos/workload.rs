@@ -208,7 +208,17 @@ async fn build_rig(
     let lease = Duration::from_millis(cfg.client_lease_ms);
     let op_timeout = Duration::from_millis(cfg.client_timeout_ms) + HARNESS_GRACE;
     let client_links = BTreeMap::new();
-    let mut rig = Rig { cms: CmSet(cms), clients: Vec::new(), cm_links, client_links, lease, op_timeout, power };
+    let mut rig = Rig {
+        cms: CmSet(cms),
+        clients: Vec::new(),
+        cm_links,
+        client_links,
+        lease,
+        op_timeout,
+        power,
+        bin: cfg.bin.clone(),
+        unsafe_rejoin_empty: cfg.unsafe_rejoin_empty,
+    };
     if rig.wait_leader(RECOVERY_TIMEOUT).await.is_none() {
         let notes = rig.cms.exit_notes();
         return Err(anyhow!(
