@@ -5,29 +5,13 @@ use std::time::Duration;
 
 use anyhow::Result;
 use ivy_harness::chaos::{self, ChaosConfig, Nemesis};
-use ivy_raft::config::ReplicationMode;
 
 fn config(out: &std::path::Path, duration: Duration) -> ChaosConfig {
     ChaosConfig {
-        bin: env!("CARGO_BIN_EXE_ivy").into(),
-        mode: ReplicationMode::Raft,
         duration,
         seed: 42,
-        clients: 4,
-        workers: 2,
-        pages: 16,
-        read_ratio: 0.5,
         faults: Nemesis::all().into_iter().filter(|k| !k.needs_fuse()).collect(),
-        fault_gap_ms: (3000, 5000),
-        out: out.to_path_buf(),
-        pulse_ms: 1000,
-        client_lease_ms: 2000,
-        client_timeout_ms: chaos::CLIENT_OP_TIMEOUT_MS,
-        unsafe_skip_invalidation: false,
-        unsafe_ignore_lease: false,
-        unsafe_skip_sync: false,
-        unsafe_rejoin_empty: false,
-        snapshot_every: None,
+        ..ChaosConfig::new(env!("CARGO_BIN_EXE_ivy").into(), out.to_path_buf())
     }
 }
 

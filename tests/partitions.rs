@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use ivy_harness::chaos::{self, ChaosConfig};
 use ivy_harness::netns::{netns_available, Net};
-use ivy_raft::config::ReplicationMode;
 use serde_json::Value;
 use support::{ClientProc, Proc, IVY};
 
@@ -329,25 +328,11 @@ async fn chaos_over_real_partitions_smoke() -> Result<()> {
     }
     let out = tempfile::tempdir()?;
     let cfg = ChaosConfig {
-        bin: IVY.into(),
-        mode: ReplicationMode::Raft,
         duration: Duration::from_secs(28),
         seed: 7,
         clients: 3,
-        workers: 2,
-        pages: 16,
-        read_ratio: 0.5,
-        faults: Vec::new(),
         fault_gap_ms: (1000, 1500),
-        out: out.path().to_path_buf(),
-        pulse_ms: 1000,
-        client_lease_ms: 2000,
-        client_timeout_ms: chaos::CLIENT_OP_TIMEOUT_MS,
-        unsafe_skip_invalidation: false,
-        unsafe_ignore_lease: false,
-        unsafe_skip_sync: false,
-        unsafe_rejoin_empty: false,
-        snapshot_every: None,
+        ..ChaosConfig::new(IVY.into(), out.path().to_path_buf())
     };
     // Cuts held 4-5 s, past the 2 s client lease: a majority-side fault stuck
     // on a page the cut client holds is free again before the heal.

@@ -14,7 +14,6 @@ use std::time::Duration;
 use anyhow::Result;
 use ivy_harness::chaos::{self, ChaosConfig, Nemesis, Report};
 use ivy_harness::lazyfs;
-use ivy_raft::config::ReplicationMode;
 
 /// Long enough for two or three power cuts (one every 3-5 s).
 const WORKLOAD: Duration = Duration::from_secs(12);
@@ -25,25 +24,14 @@ const SNAPSHOT_EVERY: u64 = 20;
 
 fn config(out: &std::path::Path, unsafe_skip_sync: bool) -> ChaosConfig {
     ChaosConfig {
-        bin: env!("CARGO_BIN_EXE_ivy").into(),
-        mode: ReplicationMode::Raft,
         duration: WORKLOAD,
         seed: 17,
         clients: 3,
-        workers: 2,
         pages: 8,
-        read_ratio: 0.5,
         faults: vec![Nemesis::PowerCut],
-        fault_gap_ms: (3000, 5000),
-        out: out.to_path_buf(),
-        pulse_ms: 1000,
-        client_lease_ms: 2000,
-        client_timeout_ms: chaos::CLIENT_OP_TIMEOUT_MS,
-        unsafe_skip_invalidation: false,
-        unsafe_ignore_lease: false,
         unsafe_skip_sync,
-        unsafe_rejoin_empty: false,
         snapshot_every: Some(SNAPSHOT_EVERY),
+        ..ChaosConfig::new(env!("CARGO_BIN_EXE_ivy").into(), out.to_path_buf())
     }
 }
 

@@ -90,4 +90,33 @@ pub struct ChaosConfig {
     pub snapshot_every: Option<u64>,
 }
 
+impl ChaosConfig {
+    /// A Raft run of `bin` writing to `out`, with the defaults of `ivy chaos`
+    /// (60 s, seed 1, 4 clients x 2 workers on 16 pages, no fault kinds chosen,
+    /// no broken build); callers set what they need.
+    pub fn new(bin: PathBuf, out: PathBuf) -> Self {
+        ChaosConfig {
+            bin,
+            mode: ReplicationMode::Raft,
+            duration: Duration::from_secs(60),
+            seed: 1,
+            clients: 4,
+            workers: 2,
+            pages: 16,
+            read_ratio: 0.5,
+            faults: Vec::new(),
+            fault_gap_ms: (3000, 5000),
+            out,
+            pulse_ms: 1000,
+            client_lease_ms: 2000,
+            client_timeout_ms: CLIENT_OP_TIMEOUT_MS,
+            unsafe_skip_invalidation: false,
+            unsafe_ignore_lease: false,
+            unsafe_skip_sync: false,
+            unsafe_rejoin_empty: false,
+            snapshot_every: None,
+        }
+    }
+}
+
 pub use workload::{run, CLIENT_OP_TIMEOUT_MS};
