@@ -235,37 +235,43 @@ async fn rogue_cannot_disturb(cluster: &Cluster, like: u64, security: Security) 
 /// with `security`; returns how many nodes accepted it.
 async fn append_from_the_future(cluster: &Cluster, node: u64, security: Security) -> Result<usize> {
     use openraft::raft::AppendEntriesRequest;
-    let term = (1..=3).filter_map(|id| cluster.node(id)).map(|n| n.status().term).max().unwrap_or(0) + 100;
     let request: AppendEntriesRequest<ivy_raft::raft::TypeConfig> = AppendEntriesRequest {
-        vote: openraft::Vote::new_committed(term, node),
+        vote: openraft::Vote::new_committed(term_far_ahead(cluster), node),
         prev_log_id: None,
         entries: Vec::new(),
         leader_commit: None,
     };
-    let data = postcard::to_allocvec(&request)?;
-    let rpc = RaftClient::new(Channels::new(Duration::from_secs(1), security));
-    let mut accepted = 0;
-    for id in (1..=3).filter(|id| *id != node) {
-        let addr = cluster.node(id).context("node runs")?.addr.to_string();
-        if rpc.call(&addr, RaftCall::Append, data.clone(), Duration::from_secs(1)).await.is_ok() {
-            accepted += 1;
-        }
-    }
-    Ok(accepted)
+    answered_by_the_others(cluster, node, security, RaftCall::Append, postcard::to_allocvec(&request)?).await
 }
 
 /// Sends every node a RequestVote from candidate `node` at a term far ahead,
 /// with `security`; returns how many nodes answered it.
 async fn vote_from_the_future(cluster: &Cluster, node: u64, security: Security) -> Result<usize> {
     use openraft::raft::VoteRequest;
-    let term = (1..=3).filter_map(|id| cluster.node(id)).map(|n| n.status().term).max().unwrap_or(0) + 100;
-    let request: VoteRequest<u64> = VoteRequest { vote: openraft::Vote::new(term, node), last_log_id: None };
-    let data = postcard::to_allocvec(&request)?;
+    let request: VoteRequest<u64> =
+        VoteRequest { vote: openraft::Vote::new(term_far_ahead(cluster), node), last_log_id: None };
+    answered_by_the_others(cluster, node, security, RaftCall::Vote, postcard::to_allocvec(&request)?).await
+}
+
+/// A term 100 past the highest any node of `cluster` is at.
+fn term_far_ahead(cluster: &Cluster) -> u64 {
+    (1..=3).filter_map(|id| cluster.node(id)).map(|n| n.status().term).max().unwrap_or(0) + 100
+}
+
+/// Sends `data` as `call` to every node but `node`, with `security`; returns
+/// how many answered it.
+async fn answered_by_the_others(
+    cluster: &Cluster,
+    node: u64,
+    security: Security,
+    call: RaftCall,
+    data: Vec<u8>,
+) -> Result<usize> {
     let rpc = RaftClient::new(Channels::new(Duration::from_secs(1), security));
     let mut answered = 0;
     for id in (1..=3).filter(|id| *id != node) {
         let addr = cluster.node(id).context("node runs")?.addr.to_string();
-        if rpc.call(&addr, RaftCall::Vote, data.clone(), Duration::from_secs(1)).await.is_ok() {
+        if rpc.call(&addr, call, data.clone(), Duration::from_secs(1)).await.is_ok() {
             answered += 1;
         }
     }
