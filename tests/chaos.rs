@@ -27,8 +27,12 @@ async fn smoke_run_with_every_fault_kind_is_clean() -> Result<()> {
         assert!(report.faults.get(&kind.name()).is_some_and(|n| *n > 0), "no {} fault injected", kind.name());
     }
     assert!(report.ops_ok > 100, "the workload ran: {} ops", report.ops_ok);
-    assert!(report.clean, "verdict: {:?}", report.verdict);
     assert!(out.path().join("history.jsonl").exists() && out.path().join("report.json").exists());
+    if !report.clean {
+        // Keep the history and the logs for the post-mortem.
+        let kept = out.keep();
+        panic!("verdict: {:?}; history and logs kept in {}", report.verdict, kept.display());
+    }
     Ok(())
 }
 
@@ -67,6 +71,29 @@ async fn broken_lease_build_is_caught() -> Result<()> {
     println!("{report}");
     assert!(report.faults.get("client-isolate").is_some_and(|n| *n > 0), "a client was cut off");
     assert!(!report.clean, "serving local hits past the lease must be caught");
+    let v = &report.verdict;
+    assert!(!v.not_linearizable.is_empty() || v.epoch_regressions > 0, "{v:?}");
+    Ok(())
+}
+
+/// The late-reply broken build: a fault's reply may now reach its requester after
+/// the next fault on the page began (the page's lock goes at the commit). A
+/// client whose replies are slow gets them after the next write fault on the
+/// page has invalidated and released its copy; clients whose invalidations and
+/// releases leave pending copies alone install such late copies with access and
+/// serve reads the next write superseded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn broken_late_install_build_is_caught() -> Result<()> {
+    let out = tempfile::tempdir()?;
+    let mut cfg = config(out.path(), Duration::from_secs(12));
+    cfg.faults = vec![Nemesis::ClientSlow];
+    cfg.fault_gap_ms = (1000, 1000);
+    cfg.pages = 2;
+    cfg.read_ratio = 0.7;
+    cfg.unsafe_late_install = true;
+    let report = chaos::run(&cfg).await?;
+    println!("{report}");
+    assert!(!report.clean, "installing superseded late copies must be caught");
     let v = &report.verdict;
     assert!(!v.not_linearizable.is_empty() || v.epoch_regressions > 0, "{v:?}");
     Ok(())

@@ -232,6 +232,10 @@ struct ClientArgs {
     /// chaos checker must catch).
     #[arg(long, env = "IVY_UNSAFE_IGNORE_LEASE", hide = true)]
     unsafe_ignore_lease: bool,
+    /// Testing only: install a late fault reply even after an invalidation or a
+    /// release superseded its copy (a broken build the chaos checker must catch).
+    #[arg(long, env = "IVY_UNSAFE_LATE_INSTALL", hide = true)]
+    unsafe_late_install: bool,
 }
 
 #[derive(Args)]
@@ -314,7 +318,7 @@ struct ChaosArgs {
     /// Fault kinds, comma separated; none for a run without faults (power-cut
     /// needs FUSE: root and /dev/fuse).
     #[arg(long, env = "IVY_CHAOS_FAULTS", value_enum, value_delimiter = ',', num_args = 0..,
-          default_value = "kill,pause,partition,restart-all,client-pause,client-kill,client-isolate,membership")]
+          default_value = "kill,pause,partition,restart-all,client-pause,client-kill,client-isolate,client-slow,membership")]
     faults: Vec<Nemesis>,
     /// Time from one fault's start to the next one's, ms: MIN-MAX.
     #[arg(long, env = "IVY_CHAOS_FAULT_GAP_MS", default_value = "3000-5000", value_parser = parse_range)]
@@ -341,6 +345,10 @@ struct ChaosArgs {
     /// build the checker must catch).
     #[arg(long, env = "IVY_UNSAFE_IGNORE_LEASE", hide = true)]
     unsafe_ignore_lease: bool,
+    /// Testing only: clients install late fault replies whose copies were
+    /// superseded (a broken build the checker must catch).
+    #[arg(long, env = "IVY_UNSAFE_LATE_INSTALL", hide = true)]
+    unsafe_late_install: bool,
     /// Testing only: CM nodes never sync their store (a broken build power cuts must expose).
     #[arg(long, env = "IVY_UNSAFE_SKIP_SYNC", hide = true)]
     unsafe_skip_sync: bool,
@@ -586,6 +594,7 @@ async fn run_client(args: ClientArgs) -> Result<()> {
             record_grants: false,
             security: args.security.load()?,
             unsafe_ignore_lease: args.unsafe_ignore_lease,
+            unsafe_late_install: args.unsafe_late_install,
         };
         Client::start(config).await
     };
@@ -723,6 +732,7 @@ async fn run_chaos(args: ChaosArgs) -> Result<()> {
         client_timeout_ms: args.client_timeout_ms,
         unsafe_skip_invalidation: args.unsafe_skip_invalidation,
         unsafe_ignore_lease: args.unsafe_ignore_lease,
+        unsafe_late_install: args.unsafe_late_install,
         unsafe_skip_sync: args.unsafe_skip_sync,
         unsafe_rejoin_empty: args.unsafe_rejoin_empty,
         snapshot_every: args.snapshot_every,

@@ -1,11 +1,11 @@
 //! What a client does with the requests it serves: the manager's invalidate,
-//! forward and confirm, an owner's page bytes, and CHANGE_CM.
+//! forward and release, an owner's page bytes, and CHANGE_CM.
 
 use std::sync::Arc;
 
 use super::Shared;
 use crate::error::Error;
-use crate::protocol::{check_size, Epoch, Forward, Grant, PageName, Transfer};
+use crate::protocol::{check_size, Epoch, Forward, PageName, Transfer};
 use crate::rpc::{HolderApi, HolderRef};
 
 /// A client's PageHolder handler over its page table.
@@ -53,10 +53,6 @@ impl HolderApi for HolderService {
     async fn release(&self, page: PageName, epoch: Epoch) -> Result<(), Error> {
         self.shared.regions.around(&self.shared, &page, |t| t.release(&page, epoch));
         Ok(())
-    }
-
-    async fn confirm(&self, page: PageName, grant: Grant, seq: u64) -> Result<(), Error> {
-        self.shared.regions.around(&self.shared, &page, |t| t.confirm(&page, grant.epoch, grant.created, seq))
     }
 
     async fn change_cm(&self, addr: String) -> Result<(), Error> {

@@ -77,6 +77,9 @@ pub struct ClientConfig {
     /// Testing only: serve local hits after the lease ran out (a broken build the
     /// chaos checker must catch).
     pub unsafe_ignore_lease: bool,
+    /// Testing only: install a fault's late reply even after an invalidation or
+    /// a release superseded its copy (a broken build the chaos checker must catch).
+    pub unsafe_late_install: bool,
 }
 
 impl ClientConfig {
@@ -92,6 +95,7 @@ impl ClientConfig {
             record_grants: false,
             security: Security::default(),
             unsafe_ignore_lease: false,
+            unsafe_late_install: false,
         }
     }
 }
@@ -219,11 +223,16 @@ impl Client {
             .following_hints(config.follow_hints);
         let sent = Instant::now();
         let (id, lease) = cm.register(&advertised).await?;
+        let mut table = PageTable::new(id);
+        if config.unsafe_late_install {
+            tracing::warn!("UNSAFE: late fault replies install superseded copies");
+            table.set_unsafe_late_install(true);
+        }
         let shared = Arc::new(Shared {
             id: AtomicU64::new(id),
             advertised,
             cm,
-            table: Mutex::new(PageTable::new(id)),
+            table: Mutex::new(table),
             peers: HolderClient::new(Channels::new(PAGE_SEND_TIMEOUT, security.clone())),
             max_page_bytes: config.max_page_bytes,
             lease: LeaseView::new(config.unsafe_ignore_lease),

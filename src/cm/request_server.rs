@@ -5,8 +5,9 @@
 //! leader term the node waits until it has applied everything committed before
 //! it led) and steps a [`FaultRun`], performing each step's IO: invalidations in
 //! parallel, the forward, the commit through the [`Replica`], the best-effort
-//! release, the confirmation. The run decides the order; this file only does the
-//! IO and holds the lock until the run is done.
+//! release. The run decides the order; this file only does the IO and holds the
+//! lock until the run is done, which is as soon as its commit has resolved: the
+//! reply is the requester's confirmation.
 //!
 //! A holder that does not answer holds the fault up until it answers again or its
 //! lease runs out; then the fault evicts it and plans again without it. The
@@ -27,7 +28,7 @@ use crate::error::Error;
 use crate::metrics;
 use crate::protocol::{
     Applied, Caps, ClientId, DirCmd, Directory, Epoch, FaultEvent, FaultRequest, FaultRun, FaultStep, Forward, Grant,
-    PageName, SharedDirectory,
+    PageName, Plan, SharedDirectory,
 };
 use crate::rpc::{HolderClient, HolderRef, ManagerApi, Removal};
 use crate::status::{ClientLease, NodeStatus, PageState as ShownState, PageView, PagesReport};
@@ -181,6 +182,12 @@ impl RequestServer {
     }
 
     async fn fault_locked(&self, request: FaultRequest, waiting: &Waiting) -> Result<Grant, Error> {
+        // A retry of a granted request is answered without the page's lock: the
+        // next fault on the page may hold it while it waits on this client.
+        let r = &request;
+        if let Ok(Plan::Cached(grant)) = self.read(|d| d.plan_fault(r.client, r.seq, &r.page, r.kind)) {
+            return Ok(grant);
+        }
         let page = request.page.clone();
         let lock = self.page_lock(&page);
         let served = {
@@ -193,7 +200,7 @@ impl RequestServer {
 
     /// Steps one [`FaultRun`] to its end, doing each step's IO.
     async fn run(&self, request: FaultRequest, waiting: &Waiting) -> Result<Grant, Error> {
-        let (client, seq, page) = (request.client, request.seq, request.page.clone());
+        let (client, page) = (request.client, request.page.clone());
         let started = Instant::now();
         let (mut run, mut step) = self.read(|d| FaultRun::start(request, d));
         loop {
@@ -210,9 +217,6 @@ impl RequestServer {
                 FaultStep::HolderDown { client, error } => {
                     let waited = self.await_holder(client, error, started, waiting).await;
                     run.on(waited.map_or_else(FaultEvent::HolderGaveUp, |()| FaultEvent::HolderAwaited))
-                }
-                FaultStep::Confirm(grant) => {
-                    run.on(FaultEvent::Confirmed(self.confirm(client, &page, grant, seq).await))
                 }
                 FaultStep::Replan { backoff } => {
                     tokio::time::sleep(backoff).await;
@@ -243,19 +247,6 @@ impl RequestServer {
     async fn forward(&self, client: ClientId, page: &PageName, fwd: &Forward) -> Result<(), Error> {
         let (owner, requester) = (self.holder(fwd.owner)?, self.holder(client)?);
         self.holders.forward(&owner, page, fwd, &requester).await
-    }
-
-    /// Confirms a committed grant to the requester (best effort: the requester
-    /// also installs on the fault's reply).
-    async fn confirm(&self, client: ClientId, page: &PageName, grant: Grant, seq: u64) -> Result<(), Error> {
-        let confirmed = match self.holder(client) {
-            Ok(holder) => self.holders.confirm(&holder, page, grant, seq).await,
-            Err(err) => Err(err),
-        };
-        if let Err(err) = &confirmed {
-            tracing::debug!("confirm of {page} at epoch {} to client {client}: {err}", grant.epoch);
-        }
-        confirmed
     }
 
     /// Tells holders, best effort and without waiting, that their kept bytes may go.

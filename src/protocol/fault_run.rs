@@ -13,9 +13,15 @@
 //! 3. `Commit` the fault command (nothing is promised to anyone before it lands);
 //! 4. `Release` the kept bytes of the old owner and of the invalidated copy
 //!    holders (best effort, not awaited);
-//! 5. `Confirm` the grant to the requester, still under the page's lock, so its
-//!    copy is installed (and a write applied) before the next fault on the page;
-//! 6. `Done`.
+//! 5. `Done`: the grant is the fault's reply, and the page's lock goes with it.
+//!
+//! There is no separate confirmation round: the reply is the confirmation. The
+//! next fault on the page may therefore reach the requester before its reply
+//! does. The requester's page table makes that safe (docs/DESIGN.md, "The reply
+//! is the confirmation"): a forward naming the granted epoch proves the commit,
+//! so the owner installs its pending copy and applies its write first; an
+//! invalidation drops a pending copy older than it and marks the epoch, so a
+//! late reply cannot install a superseded copy with access.
 //!
 //! A commit that finds the page moved (`EpochMoved`) or an owner that does not
 //! hold the epoch the plan named (`NotHeld`) makes the run plan again from the
@@ -24,8 +30,8 @@
 //! (`HolderDown`): the executor evicts it once its lease has run out, or waits a
 //! little, and the run plans again; the directory then no longer names an evicted
 //! holder, so the fault goes on without it.
-//! A request granted before is answered from the session table: the run goes
-//! straight to `Confirm`.
+//! A request granted before is answered from the session table: the run is
+//! `Done` at once.
 
 use std::time::Duration;
 
@@ -83,8 +89,6 @@ pub enum FaultStep {
         /// What the call said.
         error: Error,
     },
-    /// Tell the requester its fault is committed with this grant.
-    Confirm(Grant),
     /// Wait `backoff`, then call [`FaultRun::replan`] with the current directory.
     Replan {
         /// How long to wait first.
@@ -109,8 +113,6 @@ pub enum FaultEvent {
     HolderAwaited,
     /// The holder of a `HolderDown` stayed down past the executor's patience.
     HolderGaveUp(Error),
-    /// The `Confirm` was answered (best effort: a failure changes nothing).
-    Confirmed(Result<(), Error>),
 }
 
 /// Where a run stands.
@@ -120,7 +122,6 @@ enum Stage {
     Forwarding(FaultPlan),
     Committing(FaultPlan),
     Releasing(Grant),
-    Confirming(Grant),
     AwaitingHolder,
     Finished,
 }
@@ -160,10 +161,9 @@ impl FaultRun {
             (Stage::Invalidating(_), FaultEvent::Invalidated(Err(err)))
             | (Stage::Forwarding(_), FaultEvent::Forwarded(Err(err))) => self.failed(err),
             (Stage::Committing(plan), FaultEvent::Committed(result)) => self.committed(plan, result),
-            (Stage::Releasing(grant), FaultEvent::Released) => self.confirm(grant),
+            (Stage::Releasing(grant), FaultEvent::Released) => FaultStep::Done(Ok(grant)),
             (Stage::AwaitingHolder, FaultEvent::HolderAwaited) => FaultStep::Replan { backoff: Duration::ZERO },
             (Stage::AwaitingHolder, FaultEvent::HolderGaveUp(err)) => FaultStep::Done(Err(err)),
-            (Stage::Confirming(grant), FaultEvent::Confirmed(_)) => FaultStep::Done(Ok(grant)),
             (stage, event) => {
                 let what = format!("fault run got {event:?} while {stage:?}");
                 FaultStep::Done(Err(Error::Internal(what)))
@@ -174,7 +174,7 @@ impl FaultRun {
     fn plan(&mut self, dir: &Directory) -> FaultStep {
         let r = &self.request;
         match dir.plan_fault(r.client, r.seq, &r.page, r.kind) {
-            Ok(Plan::Cached(grant)) => self.confirm(grant),
+            Ok(Plan::Cached(grant)) => FaultStep::Done(Ok(grant)),
             Ok(Plan::Run(plan)) => self.invalidate(plan),
             Err(err) => FaultStep::Done(Err(err)),
         }
@@ -211,15 +211,10 @@ impl FaultRun {
             Err(err) => return FaultStep::Done(Err(err)),
         };
         if plan.release.is_empty() {
-            return self.confirm(grant);
+            return FaultStep::Done(Ok(grant));
         }
         self.stage = Stage::Releasing(grant);
         FaultStep::Release { holders: plan.release, epoch: grant.epoch }
-    }
-
-    fn confirm(&mut self, grant: Grant) -> FaultStep {
-        self.stage = Stage::Confirming(grant);
-        FaultStep::Confirm(grant)
     }
 
     /// A step failed: wait on a holder that did not answer, plan again when the

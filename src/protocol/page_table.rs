@@ -9,13 +9,18 @@
 //! transfer can never overwrite newer bytes. An invalidated copy keeps its bytes,
 //! with no access, until a committed later epoch releases it.
 //!
-//! The manager *confirms* a committed fault to the requester while it still holds
-//! the page's lock (Li & Hudak's confirmation step), so the copy is installed, and
-//! a write's value applied, before the next fault on the page can invalidate or
-//! forward it. A write op records its value as an *intent* before it faults; the
-//! confirmation applies it. The requester's own handling of the fault reply is the
-//! fallback when a confirmation was lost. An owner that hands its page away keeps the bytes with no access until a
-//! later epoch invalidates them (commit point 3), so a redone fault can be served.
+//! The fault's reply is its confirmation, and the manager takes the next fault on
+//! the page as soon as the commit lands, so the next fault's request may reach the
+//! requester before its own reply does. A write op records its value as an
+//! *intent* before it faults. A forward naming the epoch of a pending write copy
+//! proves that the fault committed (the manager plans only from the committed
+//! directory), so the owner *confirms* it then: it installs the copy and applies
+//! the intent before it hands the page on; the op, when its reply comes, finds the
+//! value applied. An invalidation that comes first drops an older pending copy and
+//! marks its epoch, so a late reply can never install a copy that a newer fault
+//! superseded with access (the op faults again, or gets its bytes without access).
+//! An owner that hands its page away keeps the bytes with no access until a later
+//! epoch invalidates them (commit point 3), so a redone fault can be served.
 
 use std::collections::BTreeMap;
 
@@ -74,12 +79,22 @@ pub struct PageTable {
     /// the directory no longer lists us as its holder, so nothing would
     /// invalidate it again; the op that faulted for it still gets its bytes.
     invalid_below: BTreeMap<PageName, Epoch>,
+    /// Testing only: invalidations and releases leave pending copies, floors
+    /// and marks alone, so a late reply installs a superseded copy with access
+    /// (a broken build the chaos checker must catch).
+    unsafe_late_install: bool,
 }
 
 impl PageTable {
     /// An empty table for client `me`.
     pub fn new(me: ClientId) -> Self {
         PageTable { me, ..Default::default() }
+    }
+
+    /// Testing only: a late reply may install a copy that an invalidation or a
+    /// release already superseded (a broken build the chaos checker must catch).
+    pub fn set_unsafe_late_install(&mut self, on: bool) {
+        self.unsafe_late_install = on;
     }
 
     /// The client's id changed (it registered again).
@@ -133,8 +148,10 @@ impl PageTable {
     /// the owner is removed, and an invalidation may come from a fault that never
     /// commits).
     pub fn invalidate(&mut self, page: &PageName, epoch: Epoch) {
-        self.mark_invalid_below(page, epoch);
-        self.drop_pending_older(page, epoch);
+        if !self.unsafe_late_install {
+            self.mark_invalid_below(page, epoch);
+            self.drop_pending_older(page, epoch);
+        }
         if let Some(local) = self.pages.get_mut(page).filter(|l| l.epoch < epoch) {
             local.access = Access::Invalid;
         }
@@ -142,10 +159,12 @@ impl PageTable {
 
     /// A fault at `epoch` is committed: copies older than it, kept or not, go.
     pub fn release(&mut self, page: &PageName, epoch: Epoch) {
-        let floor = self.released.entry(page.clone()).or_default();
-        *floor = (*floor).max(epoch);
-        self.mark_invalid_below(page, epoch);
-        self.drop_pending_older(page, epoch);
+        if !self.unsafe_late_install {
+            let floor = self.released.entry(page.clone()).or_default();
+            *floor = (*floor).max(epoch);
+            self.mark_invalid_below(page, epoch);
+            self.drop_pending_older(page, epoch);
+        }
         if self.pages.get(page).is_some_and(|l| l.epoch < epoch) {
             self.pages.remove(page);
         }
@@ -154,8 +173,8 @@ impl PageTable {
     /// Forgets every copy, kept bytes, pending transfer and intent (the client
     /// was evicted and starts again under a new id).
     pub fn clear(&mut self) {
-        let me = self.me;
-        *self = PageTable::new(me);
+        let (me, unsafe_late_install) = (self.me, self.unsafe_late_install);
+        *self = PageTable { me, unsafe_late_install, ..Default::default() };
     }
 
     fn drop_pending_older(&mut self, page: &PageName, epoch: Epoch) {
@@ -170,7 +189,7 @@ impl PageTable {
     /// saw that confirmation, we start the page now, empty (with our own pending
     /// write applied, if the creating write's value is still intended).
     pub fn forward(&mut self, page: &PageName, epoch: Epoch, kind: FaultKind, created: bool) -> Result<Transfer> {
-        self.promote_pending_at(page, epoch);
+        self.confirm_pending_at(page, epoch);
         if created && self.pages.get(page).is_none_or(|l| l.epoch < epoch) {
             let _ = self.confirm(page, epoch, true, 0);
         }
@@ -306,16 +325,16 @@ impl PageTable {
     }
 
     /// A forward for `epoch` proves the directory committed our ownership at that
-    /// epoch, so a pending copy of that epoch is ours to install.
-    fn promote_pending_at(&mut self, page: &PageName, epoch: Epoch) {
-        if let Some(p) = self.pending.remove(page) {
-            // Only a write grant makes its requester owner.
-            if p.epoch == epoch && p.access == Access::Write {
-                self.install(page, p);
-            } else {
-                self.pending.insert(page.clone(), p);
-            }
-        }
+    /// epoch, so a pending write copy of that epoch is ours: confirm it (install
+    /// it and apply a write intent) before the page is handed on.
+    fn confirm_pending_at(&mut self, page: &PageName, epoch: Epoch) {
+        // Only a write grant makes its requester owner.
+        let seq = match self.pending.get(page) {
+            Some(p) if p.epoch == epoch && p.access == Access::Write => p.seq,
+            _ => return,
+        };
+        // Cannot fail: a release past `epoch` would have dropped the pending copy.
+        let _ = self.confirm(page, epoch, false, seq);
     }
 
     fn install(&mut self, page: &PageName, pending: Pending) {

@@ -16,8 +16,7 @@
 //! read|write`; `intend C PAGE VALUE`, `cancel C PAGE`, `confirm C PAGE EPOCH [SEQ]`,
 //! `taken C PAGE EPOCH` (a write op's client-side steps one at a time; SEQ defaults
 //! to 1); `send C PAGE EPOCH read|write VALUE [SEQ]`; `unregister C`; `table C`;
-//! `dir PAGE`; `confirms lost|delivered` (drop the manager's confirmations, so the
-//! requester installs from the fault's reply); `crash C` (the client stops
+//! `dir PAGE`; `crash C` (the client stops
 //! answering; a fault that needs it evicts it, as the leader does once its lease
 //! runs out); `evict C` (commit an eviction now); `release C PAGE EPOCH`;
 //! `lease C expired|valid` (the client's own view of its lease).
@@ -37,7 +36,6 @@ struct World {
     last: BTreeMap<ClientId, FaultRequest>,
     /// An op whose fault the manager left unfinished (`partial`), by client.
     inflight: BTreeMap<ClientId, ClientOp>,
-    confirms_lost: bool,
     /// Clients that stopped answering.
     crashed: std::collections::BTreeSet<ClientId>,
     /// Clients whose own lease ran out (they serve no local hits).
@@ -128,10 +126,6 @@ impl World {
                 Some(v) => format!("done {:?}", text(&v)),
                 None => "not done".into(),
             }),
-            ["confirms", "lost"] | ["confirms", "delivered"] => {
-                self.confirms_lost = a[1] == "lost";
-                Ok("ok".into())
-            }
             ["dir", p] => Ok(self.show_dir(&name(p)?)),
             _ => panic!("unknown script command {a:?}"),
         }
@@ -231,14 +225,6 @@ impl World {
                     } else {
                         run.on(FaultEvent::HolderGaveUp(error))
                     }
-                }
-                FaultStep::Confirm(grant) => {
-                    let confirmed = if self.confirms_lost {
-                        Err(Error::Unavailable("confirmation lost".into()))
-                    } else {
-                        self.table(c).confirm(&page, grant.epoch, grant.created, seq)
-                    };
-                    run.on(FaultEvent::Confirmed(confirmed))
                 }
                 FaultStep::Replan { .. } => run.replan(&self.dir),
                 FaultStep::Done(Ok(grant)) => return Some(OpEvent::Granted { grant, seq }),

@@ -11,7 +11,7 @@ use super::pb;
 use super::pb::page_holder_client::PageHolderClient as PbClient;
 use super::security::{require_node, AuthChannel, Callers, Security};
 use crate::error::Error;
-use crate::protocol::{ClientId, Epoch, Forward, Grant, PageName, Transfer};
+use crate::protocol::{ClientId, Epoch, Forward, PageName, Transfer};
 
 /// A client as others reach it: its id and its PageHolder address.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,8 +35,6 @@ pub trait HolderApi: Send + Sync + 'static {
     async fn invalidate(&self, page: PageName, epoch: Epoch) -> Result<(), Error>;
     /// A later epoch of `page` is committed: copies older than `epoch` may go.
     async fn release(&self, page: PageName, epoch: Epoch) -> Result<(), Error>;
-    /// The fault with request number `seq` on `page` is committed with `grant`.
-    async fn confirm(&self, page: PageName, grant: Grant, seq: u64) -> Result<(), Error>;
     /// Heartbeat mode: faults now go to the CM at `addr` (CHANGE_CM).
     async fn change_cm(&self, addr: String) -> Result<(), Error>;
 }
@@ -135,17 +133,6 @@ impl pb::page_holder_server::PageHolder for Adapter {
         reply(done.await.map(|()| pb::InvalidateReply {}))
     }
 
-    async fn confirm(&self, req: Request<pb::ConfirmRequest>) -> Result<Response<pb::ConfirmReply>, Status> {
-        self.only_manager(&req)?;
-        let r = req.into_inner();
-        let done = async {
-            self.addressed(r.to)?;
-            let grant = Grant { epoch: epoch(r.epoch)?, created: r.created };
-            self.api.confirm(page_name(&r.page)?, grant, r.seq).await
-        };
-        reply(done.await.map(|()| pb::ConfirmReply {}))
-    }
-
     async fn change_cm(&self, req: Request<pb::ChangeCmRequest>) -> Result<Response<pb::ChangeCmReply>, Status> {
         self.only_manager(&req)?;
         let r = req.into_inner();
@@ -209,14 +196,6 @@ impl HolderClient {
             to: to.id,
         };
         self.stub(to)?.forward(req).await.map_err(|s| self.failed(to, &s))?;
-        Ok(())
-    }
-
-    /// Tells requester `to` that its fault `seq` on `page` is committed with `grant`.
-    pub async fn confirm(&self, to: &HolderRef, page: &PageName, grant: Grant, seq: u64) -> Result<(), Error> {
-        let req =
-            pb::ConfirmRequest { page: page.to_string(), epoch: grant.epoch, created: grant.created, seq, to: to.id };
-        self.stub(to)?.confirm(req).await.map_err(|s| self.failed(to, &s))?;
         Ok(())
     }
 

@@ -82,10 +82,6 @@ impl HolderApi for Fake {
         assert!(epoch > 0);
         self.hit()
     }
-    async fn confirm(&self, _page: PageName, grant: Grant, _seq: u64) -> Result<(), Error> {
-        assert!(grant.epoch > 0);
-        self.hit()
-    }
     async fn change_cm(&self, addr: String) -> Result<(), Error> {
         assert!(addr.parse::<std::net::SocketAddr>().is_ok());
         self.hit()
@@ -162,9 +158,6 @@ proptest! {
             reached_or_refused(&fake, n, adapter.invalidate(Request::new(inv.clone())).await)?;
             let n = fake.0.load(Ordering::SeqCst);
             reached_or_refused(&fake, n, adapter.release(Request::new(inv)).await)?;
-            let confirm = pb::ConfirmRequest { page, epoch, created: false, seq, to };
-            let n = fake.0.load(Ordering::SeqCst);
-            reached_or_refused(&fake, n, adapter.confirm(Request::new(confirm)).await)?;
             let n = fake.0.load(Ordering::SeqCst);
             reached_or_refused(&fake, n, adapter.change_cm(Request::new(pb::ChangeCmRequest { addr })).await)
         })?;
@@ -196,9 +189,9 @@ proptest! {
                 let n = fake.0.load(Ordering::SeqCst);
                 reached_or_refused(&fake, n, holder.send_page(Request::new(m)).await)?;
             }
-            if let Ok(m) = pb::ConfirmRequest::decode(bytes.as_slice()) {
+            if let Ok(m) = pb::InvalidateRequest::decode(bytes.as_slice()) {
                 let n = fake.0.load(Ordering::SeqCst);
-                reached_or_refused(&fake, n, holder.confirm(Request::new(m)).await)?;
+                reached_or_refused(&fake, n, holder.invalidate(Request::new(m)).await)?;
             }
             Ok::<(), TestCaseError>(())
         })?;

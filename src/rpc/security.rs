@@ -13,7 +13,7 @@
 //! - **Roles.** `ivy certs init` marks node certificates with the DNS name
 //!   [`NODE_ROLE_NAME`] and client certificates with [`CLIENT_ROLE_NAME`]. The
 //!   peer services (Raft transport, heartbeat pulse) and the manager's calls to a
-//!   client's page holder (forward, invalidate, release, confirm, CHANGE_CM)
+//!   client's page holder (forward, invalidate, release, CHANGE_CM)
 //!   require a node certificate, so a client of the cluster cannot vote, append,
 //!   or invalidate another client's pages.
 //! - **Token.** With `--token-file`, every call carries `authorization: Bearer

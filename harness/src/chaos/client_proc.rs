@@ -48,6 +48,8 @@ pub struct ClientSpawn {
     pub log: PathBuf,
     /// Testing only: the client serves local hits after its lease ran out.
     pub unsafe_ignore_lease: bool,
+    /// Testing only: the client installs late fault replies whose copies were superseded.
+    pub unsafe_late_install: bool,
 }
 
 /// One client process.
@@ -75,6 +77,9 @@ impl ClientProc {
         cmd.args(["--listen", "127.0.0.1:0", "--advertise", advertise]);
         if spawn.unsafe_ignore_lease {
             cmd.arg("--unsafe-ignore-lease");
+        }
+        if spawn.unsafe_late_install {
+            cmd.arg("--unsafe-late-install");
         }
         cmd.env("RUST_LOG", "warn");
         Self::spawn(cmd, slot, &spawn.log, life).await

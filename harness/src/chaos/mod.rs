@@ -80,6 +80,9 @@ pub struct ChaosConfig {
     /// Testing only: clients serve local hits after their lease ran out (a broken
     /// build the checker must catch).
     pub unsafe_ignore_lease: bool,
+    /// Testing only: clients install late fault replies whose copies were
+    /// superseded (a broken build the checker must catch).
+    pub unsafe_late_install: bool,
     /// Testing only: CM nodes never sync their store (a broken build a power cut exposes).
     pub unsafe_skip_sync: bool,
     /// Testing only: the membership fault wipes voters' data dirs and restarts
@@ -112,6 +115,7 @@ impl ChaosConfig {
             client_timeout_ms: CLIENT_OP_TIMEOUT_MS,
             unsafe_skip_invalidation: false,
             unsafe_ignore_lease: false,
+            unsafe_late_install: false,
             unsafe_skip_sync: false,
             unsafe_rejoin_empty: false,
             snapshot_every: None,

@@ -33,6 +33,10 @@ pub enum Nemesis {
     /// Cut a client off from everyone (its links to the CM nodes, and the CM
     /// nodes' and other clients' links to it) for 1.5-3.5 s longer than its lease.
     ClientIsolate,
+    /// Delay one client's links to the CM nodes by 50-300 ms for 2-4 s (its
+    /// page holder's link is not delayed), so its fault replies arrive after the
+    /// next faults on the page have invalidated, forwarded and released.
+    ClientSlow,
     /// kill -9 every CM node, lose every write to their data dirs not yet
     /// synced (a lazyfs power cut), restart them all; needs FUSE.
     PowerCut,
@@ -136,6 +140,7 @@ impl Rig {
             Nemesis::ClientPause => self.client_pause(rng, on_client).await,
             Nemesis::ClientKill => self.client_kill(rng, on_client).await,
             Nemesis::ClientIsolate => self.client_isolate(rng, on_client).await,
+            Nemesis::ClientSlow => self.client_slow(rng).await,
             Nemesis::Partition => self.partition(rng).await,
             Nemesis::PowerCut => self.power_cut(rng).await,
             Nemesis::Membership => self.membership(rng).await,
@@ -207,6 +212,15 @@ impl Rig {
         tokio::time::sleep(held).await;
         self.heal_links();
         format!("client {} (directory client {id}) cut off from everyone for {} ms", slot.index, held.as_millis())
+    }
+
+    async fn client_slow(&self, rng: &mut StdRng) -> String {
+        let client = rng.gen_range(0..self.clients.len().max(1));
+        let (delay, held) = (ms(rng, 50, 300), ms(rng, 2000, 4000));
+        self.set_client_links(|c, _| c == client, LinkState::Delay(delay));
+        tokio::time::sleep(held).await;
+        self.heal_links();
+        format!("client {client}'s links to the CM nodes delayed {} ms for {} ms", delay.as_millis(), held.as_millis())
     }
 
     /// A client that holds copies it may read locally, when one does (the one a

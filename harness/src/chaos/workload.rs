@@ -239,6 +239,7 @@ async fn build_rig(
             timeout_ms: cfg.client_timeout_ms,
             log: client_log(&cfg.out, c),
             unsafe_ignore_lease: cfg.unsafe_ignore_lease,
+            unsafe_late_install: cfg.unsafe_late_install,
         };
         let slot = ClientSlot::start(c, spawn, life.clone()).await?;
         eprintln!("chaos: client {c} registered as directory client {}", slot.proc().await.id());
