@@ -379,6 +379,9 @@ enum Suite {
     /// longer one (x 300) under every scenario, a scale run (100 clients x 1000
     /// pages) and a read-heavy mix, both modes.
     Readme,
+    /// Leader failover as separate `ivy client --json` processes see it: kill -9
+    /// the Raft leader and restart it, `--kills` times (see README).
+    FailoverProcs,
 }
 
 #[derive(Args)]
@@ -420,6 +423,15 @@ struct BenchArgs {
     /// Run nothing: redraw the tables and plots in --out from this results.json.
     #[arg(long)]
     replot: Option<PathBuf>,
+    /// failover-procs: leader kills.
+    #[arg(long, env = "IVY_BENCH_KILLS", default_value_t = 29, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    kills: u64,
+    /// failover-procs: client processes.
+    #[arg(long, env = "IVY_BENCH_PROCS", default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=32))]
+    procs: u64,
+    /// failover-procs: extra flags for every `ivy cm`, space separated (e.g. Raft timers).
+    #[arg(long, env = "IVY_BENCH_CM_ARGS", default_value = "", allow_hyphen_values = true)]
+    cm_args: String,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -748,6 +760,20 @@ async fn run_bench(args: BenchArgs) -> Result<()> {
         println!("{}", bench::output_markdown(&results));
         return Ok(());
     }
+    let bin = std::env::current_exe().context("locating the ivy binary")?;
+    let cm_args: Vec<String> = args.cm_args.split_whitespace().map(str::to_string).collect();
+    if args.suite == Suite::FailoverProcs {
+        let cfg = bench::procs::ProcsConfig {
+            kills: args.kills as usize,
+            procs: args.procs as usize,
+            cm_args,
+            ..Default::default()
+        };
+        let result = bench::procs::run(&bin, &args.out, &cfg).await?;
+        println!("{}", bench::procs::text(&result));
+        println!("results and logs: {}", args.out.display());
+        return Ok(());
+    }
     let custom = Workload {
         label: "custom".into(),
         clients: args.clients as usize,
@@ -757,6 +783,7 @@ async fn run_bench(args: BenchArgs) -> Result<()> {
     };
     let plan: Vec<(Workload, Vec<Scenario>)> = match args.suite {
         Suite::Custom => vec![(custom, args.scenario.clone())],
+        Suite::FailoverProcs => unreachable!("handled above"),
         Suite::Readme => vec![
             (Workload::original(), Scenario::all()),
             (Workload { label: "failover".into(), ops: 300, ..Workload::original() }, Scenario::all()),
@@ -770,11 +797,7 @@ async fn run_bench(args: BenchArgs) -> Result<()> {
             ),
         ],
     };
-    let config = BenchConfig {
-        bin: std::env::current_exe().context("locating the ivy binary")?,
-        out: args.out.clone(),
-        pulse_ms: args.pulse_ms,
-    };
+    let config = BenchConfig { bin, out: args.out.clone(), pulse_ms: args.pulse_ms };
     let results = bench::run_plan(&config, &plan, &args.mode).await?;
     let summary = bench::write_all(&args.out, &results)?;
     println!("{summary}");

@@ -16,6 +16,7 @@
 
 mod output;
 mod plot;
+pub mod procs;
 mod run;
 mod syncs;
 
