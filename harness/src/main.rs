@@ -429,6 +429,12 @@ struct BenchArgs {
     /// failover-procs: client processes.
     #[arg(long, env = "IVY_BENCH_PROCS", default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=32))]
     procs: u64,
+    /// failover-procs: how long a killed leader stays down before its restart, ms.
+    #[arg(long, env = "IVY_BENCH_DOWN_MS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    down_ms: u64,
+    /// failover-procs: pause after a restart before the next kill, ms.
+    #[arg(long, env = "IVY_BENCH_SETTLE_MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(0..=600_000))]
+    settle_ms: u64,
     /// failover-procs: extra flags for every `ivy cm`, space separated (e.g. Raft timers).
     #[arg(long, env = "IVY_BENCH_CM_ARGS", default_value = "", allow_hyphen_values = true)]
     cm_args: String,
@@ -766,6 +772,8 @@ async fn run_bench(args: BenchArgs) -> Result<()> {
         let cfg = bench::procs::ProcsConfig {
             kills: args.kills as usize,
             procs: args.procs as usize,
+            down_ms: args.down_ms,
+            settle_ms: args.settle_ms,
             cm_args,
             ..Default::default()
         };

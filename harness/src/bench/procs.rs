@@ -428,7 +428,7 @@ pub fn text(r: &ProcsResult) -> String {
         let _ = writeln!(out, "CM flags: {}", c.cm_args.join(" "));
     }
     let _ = writeln!(out, "writes: {} ({} failed) in {:.1} s", r.ops, r.failed, r.wall_ms / 1e3);
-    let line = |out: &mut String, what: &str, s: &GapStats| {
+    let line = |out: &mut String, what: &str, s: &GapStats, none: &str| {
         let _ = writeln!(
             out,
             "{what}: n={} min {:.0} / median {:.0} / max {:.0} ms, {} of {} <= 500 ms{}",
@@ -438,19 +438,22 @@ pub fn text(r: &ProcsResult) -> String {
             s.max_ms,
             s.within_500,
             s.n + s.missing,
-            if s.missing > 0 { format!(" ({} with no write after the kill)", s.missing) } else { String::new() }
+            if s.missing > 0 { format!(" ({} {none})", s.missing) } else { String::new() }
         );
     };
-    line(&mut out, "gap (any client)", &GapStats::of(r.kills.iter().map(|k| k.gap_ms)));
+    let no_write = "with no successful write after the kill";
+    line(&mut out, "gap (any client)", &GapStats::of(r.kills.iter().map(|k| k.gap_ms)), no_write);
     line(
         &mut out,
         "gap (per client process)",
         &GapStats::of(r.kills.iter().flat_map(|k| k.per_client_gap_ms.iter().copied())),
+        no_write,
     );
     line(
         &mut out,
         "kill -> another node serving (status, 10 ms samples)",
         &GapStats::of(r.kills.iter().map(|k| k.new_leader_serving_ms)),
+        "where no other node served: the restarted node led again at its old term",
     );
     let extra = r.kills.iter().filter(|k| k.terms_used > 1).count();
     let double = r.kills.iter().filter(|k| k.double_serving_samples > 0).count();
