@@ -14,6 +14,7 @@
 //! text, CSV, JSON, a Markdown table and PNG plots; the CM nodes' data dirs and
 //! logs go under `runs/`.
 
+pub mod idle;
 mod output;
 mod plot;
 pub mod procs;
