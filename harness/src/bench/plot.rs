@@ -116,8 +116,14 @@ fn timeline(path: &Path, results: &[RunResult]) -> Result<()> {
         let quickest = runs.iter().map(|r| r.wall_ms / 1e3).fold(longest, f64::min);
         let secs = longest.min(quickest * 2.0).max(0.5);
         let cut = if secs < longest { format!(" (axis cut at {secs:.1} s of {longest:.0} s)") } else { String::new() };
-        let peak = runs.iter().flat_map(|r| r.timeline.iter().copied()).max().unwrap_or(1).max(1) as f64 * 10.0;
+        // The first second (seeded pages read locally in a burst) would squash
+        // the rest: a longer run's scale leaves it out and cuts it off.
+        let skip = |r: &RunResult| if r.timeline.len() > 50 { 10 } else { 0 };
+        let steady = |r: &&RunResult| r.timeline.iter().skip(skip(r)).copied().max().unwrap_or(0);
+        let peak = runs.iter().map(steady).max().unwrap_or(1).max(1) as f64 * 10.0;
         let top = peak * 1.25;
+        let burst = runs.iter().flat_map(|r| r.timeline.iter().copied()).max().unwrap_or(0) as f64 * 10.0;
+        let cut = if burst > top { format!("{cut} (y cut at {top:.0}; start burst {burst:.0})") } else { cut };
         let w = runs.first().map(|r| &r.workload);
         let shape = w.map_or(String::new(), |w| format!(", {} clients on {} pages", w.clients, w.pages));
         let mut chart = ChartBuilder::on(area)
@@ -131,6 +137,7 @@ fn timeline(path: &Path, results: &[RunResult]) -> Result<()> {
             .configure_mesh()
             .x_desc("time (s)")
             .y_desc("ops per s")
+            .y_label_formatter(&|v| format!("{v:.0}"))
             .label_style((FONT, 15))
             .axis_desc_style((FONT, 16))
             .draw()
@@ -141,7 +148,7 @@ fn timeline(path: &Path, results: &[RunResult]) -> Result<()> {
                 .timeline
                 .iter()
                 .enumerate()
-                .map(|(i, n)| (i as f64 * 0.1, *n as f64 * 10.0))
+                .map(|(i, n)| (i as f64 * 0.1, (*n as f64 * 10.0).min(top)))
                 .take_while(|(t, _)| *t <= secs);
             chart
                 .draw_series(LineSeries::new(points, c.stroke_width(2)))
@@ -207,6 +214,7 @@ fn failover(path: &Path, results: &[RunResult]) -> Result<()> {
         .disable_x_mesh()
         .x_desc("workload / scenario")
         .y_desc("gap (ms)")
+        .y_label_formatter(&|v| format!("{v:.0}"))
         .x_labels(0)
         .label_style((FONT, 14))
         .axis_desc_style((FONT, 16))
@@ -237,6 +245,14 @@ fn failover(path: &Path, results: &[RunResult]) -> Result<()> {
             }
         };
         drawn.map_err(plot_err("failover"))?.label(mode.name()).legend(legend);
+    }
+    // The failover target (at most 500 ms), when it is in range.
+    if top > 500.0 {
+        let grey = RGBColor(120, 120, 120);
+        let line = DashedLineSeries::new(vec![(0.0, 500.0), (n as f64, 500.0)], 8, 5, grey.stroke_width(1));
+        chart.draw_series(line).map_err(plot_err("failover"))?;
+        let label = Text::new("500 ms", (n as f64 - 0.5, 500.0 + top * 0.01), (FONT, 13).into_font().color(&grey));
+        chart.draw_series(std::iter::once(label)).map_err(plot_err("failover"))?;
     }
     // Each column named under the axis on two lines: workload, scenario.
     let anchor = plotters::style::text_anchor::Pos::new(
