@@ -19,8 +19,14 @@ use crate::status::{NodeReport, PagesReport, StatusReport};
 /// Pause after a round in which every CM node failed to serve the request (a
 /// round ends early, without a pause, on the first node that serves; a hint to
 /// a node that failed in the same round is not followed, so an election cannot
-/// make a call ping-pong without pausing).
+/// make a call ping-pong without pausing), and after a node's own answer about
+/// the request (an unreachable page owner, no quorum).
 const ROUND_BACKOFF: Duration = Duration::from_millis(20);
+
+/// A call starts no attempt with less time than this left before its deadline:
+/// such an attempt could only fail for lack of time, and its answer would hide
+/// the error that tells why the call failed.
+const MIN_ATTEMPT: Duration = Duration::from_millis(5);
 
 /// How long `status` waits for each node.
 pub const STATUS_TIMEOUT: Duration = Duration::from_secs(1);
@@ -139,7 +145,7 @@ impl CmConn {
         let mut last = None;
         // The nodes that failed this call since its last pause.
         let mut failed: Vec<usize> = Vec::new();
-        while Instant::now() < give_up {
+        while give_up.saturating_duration_since(Instant::now()) >= MIN_ATTEMPT {
             let (index, addr) = self.current();
             let attempt = tokio::time::timeout_at(give_up, f(addr));
             let err = tokio::select! {
@@ -163,9 +169,15 @@ impl CmConn {
             }
             let round_over = failed.len() >= self.addrs().len();
             self.next(index, &err, if round_over { &[] } else { &failed });
+            // Only a node that could not serve at all (not the leader, not
+            // reachable) sends the call on at once; a node's own answer about
+            // the request is retried after a pause, as is a full round.
+            let pause = round_over || !is_weak(&err);
             last = Some(more_telling(last, err));
             if round_over {
                 failed.clear();
+            }
+            if pause {
                 tokio::time::sleep_until(give_up.min(Instant::now() + ROUND_BACKOFF)).await;
             }
         }
