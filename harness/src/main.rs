@@ -387,6 +387,12 @@ enum Suite {
     /// longer one (x 300) under every scenario, a scale run (100 clients x 1000
     /// pages) and a read-heavy mix, both modes.
     Readme,
+    /// Leader failover as separate `ivy client --json` processes see it: kill -9
+    /// the Raft leader and restart it, `--kills` times (see README).
+    FailoverProcs,
+    /// Leader elections in an idle cluster (idle clients, keepalives only) while
+    /// CPU burners load the machine, for `--duration` (see README).
+    Idle,
 }
 
 #[derive(Args)]
@@ -428,6 +434,30 @@ struct BenchArgs {
     /// Run nothing: redraw the tables and plots in --out from this results.json.
     #[arg(long)]
     replot: Option<PathBuf>,
+    /// failover-procs: leader kills.
+    #[arg(long, env = "IVY_BENCH_KILLS", default_value_t = 29, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    kills: u64,
+    /// failover-procs: client processes.
+    #[arg(long, env = "IVY_BENCH_PROCS", default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=32))]
+    procs: u64,
+    /// failover-procs: how long a killed leader stays down before its restart, ms.
+    #[arg(long, env = "IVY_BENCH_DOWN_MS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    down_ms: u64,
+    /// failover-procs: pause after a restart before the next kill, ms.
+    #[arg(long, env = "IVY_BENCH_SETTLE_MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(0..=600_000))]
+    settle_ms: u64,
+    /// idle: how long, e.g. 300s.
+    #[arg(long, env = "IVY_BENCH_DURATION", default_value = "300s", value_parser = parse_duration)]
+    duration: Duration,
+    /// idle: CPU-burning threads.
+    #[arg(long, env = "IVY_BENCH_BURNERS", default_value_t = 4, value_parser = clap::value_parser!(u64).range(0..=64))]
+    burners: u64,
+    /// idle: idle client processes.
+    #[arg(long, env = "IVY_BENCH_IDLE_CLIENTS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=100))]
+    idle_clients: u64,
+    /// failover-procs, idle: extra flags for every `ivy cm`, space separated (e.g. Raft timers).
+    #[arg(long, env = "IVY_BENCH_CM_ARGS", default_value = "", allow_hyphen_values = true)]
+    cm_args: String,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -758,20 +788,51 @@ async fn run_bench(args: BenchArgs) -> Result<()> {
         println!("{}", bench::output_markdown(&results));
         return Ok(());
     }
+    let bin = std::env::current_exe().context("locating the ivy binary")?;
+    let cm_args: Vec<String> = args.cm_args.split_whitespace().map(str::to_string).collect();
+    if args.suite == Suite::Idle {
+        let cfg = bench::idle::IdleConfig {
+            duration_s: args.duration.as_secs().max(1),
+            clients: args.idle_clients as usize,
+            burners: args.burners as usize,
+            cm_args,
+        };
+        let result = bench::idle::run(&bin, &args.out, &cfg).await?;
+        println!("{}", bench::idle::text(&result));
+        println!("results and logs: {}", args.out.display());
+        return Ok(());
+    }
+    if args.suite == Suite::FailoverProcs {
+        let cfg = bench::procs::ProcsConfig {
+            kills: args.kills as usize,
+            procs: args.procs as usize,
+            down_ms: args.down_ms,
+            settle_ms: args.settle_ms,
+            cm_args,
+            ..Default::default()
+        };
+        let result = bench::procs::run(&bin, &args.out, &cfg).await?;
+        println!("{}", bench::procs::text(&result));
+        println!("results and logs: {}", args.out.display());
+        return Ok(());
+    }
     let custom = Workload {
         label: "custom".into(),
         clients: args.clients as usize,
         pages: args.pages as usize,
         ops: args.ops as usize,
         read_ratio: args.read_ratio,
+        duration_ms: None,
     };
     let plan: Vec<(Workload, Vec<Scenario>)> = match args.suite {
         Suite::Custom => vec![(custom, args.scenario.clone())],
+        Suite::FailoverProcs | Suite::Idle => unreachable!("handled above"),
         Suite::Readme => vec![
             (Workload::original(), Scenario::all()),
             (Workload { label: "failover".into(), ops: 300, ..Workload::original() }, Scenario::all()),
+            (Workload::timeline(), vec![Scenario::None, Scenario::KillRestartMany]),
             (
-                Workload { label: "scale".into(), clients: 100, pages: 1000, ops: 100, read_ratio: 0.5 },
+                Workload { label: "scale".into(), clients: 100, pages: 1000, ops: 100, ..Workload::original() },
                 vec![Scenario::None],
             ),
             (
@@ -780,11 +841,7 @@ async fn run_bench(args: BenchArgs) -> Result<()> {
             ),
         ],
     };
-    let config = BenchConfig {
-        bin: std::env::current_exe().context("locating the ivy binary")?,
-        out: args.out.clone(),
-        pulse_ms: args.pulse_ms,
-    };
+    let config = BenchConfig { bin, out: args.out.clone(), pulse_ms: args.pulse_ms };
     let results = bench::run_plan(&config, &plan, &args.mode).await?;
     let summary = bench::write_all(&args.out, &results)?;
     println!("{summary}");

@@ -11,15 +11,26 @@ pub struct Workload {
     pub clients: usize,
     /// Pages P1..=Pn.
     pub pages: usize,
-    /// Operations per client.
+    /// Operations per client (with `duration_ms`, the most a client issues).
     pub ops: usize,
     /// Probability that an operation is a read.
     pub read_ratio: f64,
+    /// A fixed-duration workload: each client issues operations until this many
+    /// milliseconds have passed (at most `ops`), and the scenario's kills fall at
+    /// fractions of the duration instead of fractions of the operations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
 }
 
 impl Workload {
     /// The original experiment: 10 clients × 10 coin-flip operations on P1..P10.
     pub fn original() -> Self {
-        Workload { label: "original".into(), clients: 10, pages: 10, ops: 10, read_ratio: 0.5 }
+        Workload { label: "original".into(), clients: 10, pages: 10, ops: 10, read_ratio: 0.5, duration_ms: None }
+    }
+
+    /// The timeline workload: 10 clients on P1..P10, coin-flip reads and
+    /// writes, for 24 s (at most 200,000 operations each).
+    pub fn timeline() -> Self {
+        Workload { label: "timeline".into(), ops: 200_000, duration_ms: Some(24_000), ..Workload::original() }
     }
 }

@@ -16,11 +16,17 @@ use crate::protocol::{ClientId, FaultRequest, Grant};
 use crate::rpc::{Channels, ManagerClient, Removal, Security};
 use crate::status::{NodeReport, PagesReport, StatusReport};
 
-/// Pause before following a leader hint (bounds ping-pong during an election).
-const HINT_BACKOFF: Duration = Duration::from_millis(5);
+/// Pause after a round in which every CM node failed to serve the request (a
+/// round ends early, without a pause, on the first node that serves; a hint to
+/// a node that failed in the same round is not followed, so an election cannot
+/// make a call ping-pong without pausing), and after a node's own answer about
+/// the request (an unreachable page owner, no quorum).
+const ROUND_BACKOFF: Duration = Duration::from_millis(20);
 
-/// Pause after a round in which no CM node could serve the request.
-const ROUND_BACKOFF: Duration = Duration::from_millis(50);
+/// A call starts no attempt with less time than this left before its deadline:
+/// such an attempt could only fail for lack of time, and its answer would hide
+/// the error that tells why the call failed.
+const MIN_ATTEMPT: Duration = Duration::from_millis(5);
 
 /// How long `status` waits for each node.
 pub const STATUS_TIMEOUT: Duration = Duration::from_secs(1);
@@ -137,7 +143,9 @@ impl CmConn {
     {
         let started = Instant::now();
         let mut last = None;
-        while Instant::now() < give_up {
+        // The nodes that failed this call since its last pause.
+        let mut failed: Vec<usize> = Vec::new();
+        while give_up.saturating_duration_since(Instant::now()) >= MIN_ATTEMPT {
             let (index, addr) = self.current();
             let attempt = tokio::time::timeout_at(give_up, f(addr));
             let err = tokio::select! {
@@ -156,13 +164,22 @@ impl CmConn {
             if !err.is_retryable() {
                 return Err(err);
             }
-            self.next(index, &err);
-            let pause = match &err {
-                Error::NotLeader { leader: Some(_) } => HINT_BACKOFF,
-                _ => ROUND_BACKOFF,
-            };
+            if !failed.contains(&index) {
+                failed.push(index);
+            }
+            let round_over = failed.len() >= self.addrs().len();
+            self.next(index, &err, if round_over { &[] } else { &failed });
+            // Only a node that could not serve at all (not the leader, not
+            // reachable) sends the call on at once; a node's own answer about
+            // the request is retried after a pause, as is a full round.
+            let pause = round_over || !is_weak(&err);
             last = Some(more_telling(last, err));
-            tokio::time::sleep_until(give_up.min(Instant::now() + pause)).await;
+            if round_over {
+                failed.clear();
+            }
+            if pause {
+                tokio::time::sleep_until(give_up.min(Instant::now() + ROUND_BACKOFF)).await;
+            }
         }
         match last {
             // A node's own answer (the leader's, say) names the cause: report it.
@@ -220,8 +237,10 @@ impl CmConn {
         }
     }
 
-    /// After a failure on node `index`: follow a leader hint, else try the next node.
-    fn next(&self, index: usize, err: &Error) {
+    /// After a failure on node `index`: follow a leader hint, else try the next
+    /// node, passing over the nodes in `failed` (those that failed this call
+    /// since its last pause) while another one is left.
+    fn next(&self, index: usize, err: &Error, failed: &[usize]) {
         let mut addrs = lock(&self.addrs);
         let mut leader = lock(&self.leader);
         if *leader != index {
@@ -231,17 +250,24 @@ impl CmConn {
         // CM names its peers as it sees them, which need not be how this client
         // reaches them (the chaos harness puts a proxy on every link).
         if let Error::NotLeader { leader: Some((_, addr)) } = err {
-            if let Some(i) = addrs.iter().position(|a| a == addr) {
-                *leader = i;
-                return;
-            }
-            if self.follow_hints && addrs.len() < self.given + MAX_LEARNED_ADDRS {
-                addrs.push(addr.clone());
-                *leader = addrs.len() - 1;
-                return;
+            match addrs.iter().position(|a| a == addr) {
+                Some(i) if !failed.contains(&i) => {
+                    *leader = i;
+                    return;
+                }
+                // A hint to a node that just failed (a follower still names the
+                // leader that died): ask the others first.
+                Some(_) => {}
+                None if self.follow_hints && addrs.len() < self.given + MAX_LEARNED_ADDRS => {
+                    addrs.push(addr.clone());
+                    *leader = addrs.len() - 1;
+                    return;
+                }
+                None => {}
             }
         }
-        *leader = (index + 1) % addrs.len();
+        let n = addrs.len();
+        *leader = (1..=n).map(|k| (index + k) % n).find(|i| !failed.contains(i)).unwrap_or((index + 1) % n);
     }
 }
 
@@ -310,4 +336,34 @@ fn is_weak(err: &Error) -> bool {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn() -> CmConn {
+        let addrs = vec!["a:1".to_string(), "b:2".to_string(), "c:3".to_string()];
+        CmConn::new(addrs, Duration::from_secs(1), Duration::from_secs(1), Security::default()).unwrap()
+    }
+
+    fn hint(addr: &str) -> Error {
+        Error::NotLeader { leader: Some((1, addr.to_string())) }
+    }
+
+    #[test]
+    fn a_hint_to_a_node_that_just_failed_is_passed_over() {
+        let c = conn();
+        // The leader (node 0) refused the connection; node 1 still names it.
+        c.next(0, &Error::Unavailable("refused".into()), &[0]);
+        assert_eq!(c.current().0, 1);
+        c.next(1, &hint("a:1"), &[0, 1]);
+        assert_eq!(c.current().0, 2, "node 0 failed this round: ask node 2");
+        // A hint to a node not tried this round is followed at once.
+        c.next(2, &hint("b:2"), &[2]);
+        assert_eq!(c.current().0, 1);
+        // After a full round (nothing skipped) the hint is followed again.
+        c.next(1, &hint("a:1"), &[]);
+        assert_eq!(c.current().0, 0);
+    }
 }

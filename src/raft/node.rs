@@ -43,7 +43,10 @@ pub struct RaftStart<'a> {
 /// it applies to. A node with an empty store holds no membership until
 /// [`RaftReplica::initialize`] (a new cluster) or a leader adds it (a join).
 pub async fn start(s: RaftStart<'_>) -> Result<(RaftReplica, SharedDirectory), Error> {
-    let store = store::open(s.data_dir, s.sync)?;
+    let mut store = store::open(s.data_dir, s.sync)?;
+    if store.log.restart_as_follower(s.id) {
+        tracing::info!(node = s.id, "was leader before the restart: starting as a follower of its own old term");
+    }
     let dir = store.state_machine.directory();
     let network = NetworkFactory::new(s.transport.clone(), s.peers.clone());
     let raft = Raft::new(s.id, s.timers.config(s.snapshot_every)?, network, store.log, store.state_machine)

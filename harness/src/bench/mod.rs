@@ -14,8 +14,10 @@
 //! text, CSV, JSON, a Markdown table and PNG plots; the CM nodes' data dirs and
 //! logs go under `runs/`.
 
+pub mod idle;
 mod output;
 mod plot;
+pub mod procs;
 mod run;
 mod syncs;
 

@@ -85,102 +85,196 @@ fn latency_cdf(path: &Path, results: &[RunResult]) -> Result<()> {
     root.present().map_err(plot_err("cdf"))
 }
 
-/// Throughput over time per scenario, kills marked, for the workload run under
-/// the most scenarios (the longest of those).
-fn timeline(path: &Path, results: &[RunResult]) -> Result<()> {
+/// The workload the timeline shows: a fixed-duration one when there is one,
+/// else the one run under the most scenarios (the longest of those).
+fn timeline_label(results: &[RunResult]) -> &str {
+    if let Some(r) = results.iter().find(|r| r.workload.duration_ms.is_some()) {
+        return &r.workload.label;
+    }
     let runs_of = |label: &str| results.iter().filter(|r| r.workload.label == label).count();
     let weight = |r: &RunResult| (runs_of(&r.workload.label), r.workload.clients * r.workload.ops);
-    let label = &results.iter().max_by_key(|r| weight(r)).unwrap_or(&results[0]).workload.label;
+    &results.iter().max_by_key(|r| weight(r)).unwrap_or(&results[0]).workload.label
+}
+
+/// Throughput over time, one panel per scenario, every kill marked and
+/// labelled.
+fn timeline(path: &Path, results: &[RunResult]) -> Result<()> {
+    let label = timeline_label(results);
     let scenarios: Vec<Scenario> = Scenario::all()
         .into_iter()
-        .filter(|s| results.iter().any(|r| &r.workload.label == label && r.scenario == *s))
+        .filter(|s| results.iter().any(|r| r.workload.label == label && r.scenario == *s))
         .collect();
-    let root = BitMapBackend::new(path, (SIZE.0, 260 * scenarios.len() as u32)).into_drawing_area();
+    const PANEL_HEIGHT: u32 = 330;
+    let root = BitMapBackend::new(path, (SIZE.0 + 200, PANEL_HEIGHT * scenarios.len() as u32)).into_drawing_area();
     root.fill(&WHITE).map_err(plot_err("timeline"))?;
     for (area, scenario) in root.split_evenly((scenarios.len(), 1)).iter().zip(&scenarios) {
         let runs: Vec<&RunResult> =
-            results.iter().filter(|r| &r.workload.label == label && r.scenario == *scenario).collect();
+            results.iter().filter(|r| r.workload.label == label && r.scenario == *scenario).collect();
         // A run that stalled (a baseline that lost its directory) would squash the
         // others: the axis stops at twice the quickest run.
         let longest = runs.iter().map(|r| r.wall_ms / 1e3).fold(0.1f64, f64::max);
         let quickest = runs.iter().map(|r| r.wall_ms / 1e3).fold(longest, f64::min);
         let secs = longest.min(quickest * 2.0).max(0.5);
         let cut = if secs < longest { format!(" (axis cut at {secs:.1} s of {longest:.0} s)") } else { String::new() };
-        let peak = runs.iter().flat_map(|r| r.timeline.iter().copied()).max().unwrap_or(1).max(1) as f64 * 10.0;
+        // The first second (seeded pages read locally in a burst) would squash
+        // the rest: a longer run's scale leaves it out and cuts it off.
+        let skip = |r: &RunResult| if r.timeline.len() > 50 { 10 } else { 0 };
+        let steady = |r: &&RunResult| r.timeline.iter().skip(skip(r)).copied().max().unwrap_or(0);
+        let peak = runs.iter().map(steady).max().unwrap_or(1).max(1) as f64 * 10.0;
+        let top = peak * 1.25;
+        let burst = runs.iter().flat_map(|r| r.timeline.iter().copied()).max().unwrap_or(0) as f64 * 10.0;
+        let cut = if burst > top { format!("{cut} (y cut at {top:.0}; start burst {burst:.0})") } else { cut };
+        let w = runs.first().map(|r| &r.workload);
+        let shape = w.map_or(String::new(), |w| format!(", {} clients on {} pages", w.clients, w.pages));
         let mut chart = ChartBuilder::on(area)
-            .caption(format!("{label} / {}: successful ops/s{cut}", scenario.name()), (FONT, 18))
-            .margin(10)
-            .x_label_area_size(30)
-            .y_label_area_size(55)
-            .build_cartesian_2d(0f64..secs, 0f64..peak * 1.1)
+            .caption(format!("{label} / {}{shape}: successful operations per second{cut}", scenario.name()), (FONT, 20))
+            .margin(12)
+            .x_label_area_size(45)
+            .y_label_area_size(75)
+            .build_cartesian_2d(0f64..secs, 0f64..top)
             .map_err(plot_err("timeline"))?;
-        chart.configure_mesh().x_desc("seconds").label_style((FONT, 12)).draw().map_err(plot_err("timeline"))?;
-        for r in &runs {
+        chart
+            .configure_mesh()
+            .x_desc("time (s)")
+            .y_desc("ops per s")
+            .y_label_formatter(&|v| format!("{v:.0}"))
+            .label_style((FONT, 15))
+            .axis_desc_style((FONT, 16))
+            .draw()
+            .map_err(plot_err("timeline"))?;
+        for (m, r) in runs.iter().enumerate() {
             let c = color(r.mode, false);
             let points = r
                 .timeline
                 .iter()
                 .enumerate()
-                .map(|(i, n)| (i as f64 * 0.1, *n as f64 * 10.0))
+                .map(|(i, n)| (i as f64 * 0.1, (*n as f64 * 10.0).min(top)))
                 .take_while(|(t, _)| *t <= secs);
             chart
                 .draw_series(LineSeries::new(points, c.stroke_width(2)))
                 .map_err(plot_err("timeline"))?
                 .label(r.mode.name())
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
-            for mark in r.fault_marks_ms.iter().filter(|m| **m / 1e3 <= secs) {
+            let what = if *scenario == Scenario::KillClient { "client kill" } else { "kill" };
+            for (k, mark) in r.fault_marks_ms.iter().filter(|m| **m / 1e3 <= secs).enumerate() {
                 let x = mark / 1e3;
-                let line = PathElement::new(vec![(x, 0.0), (x, peak * 1.1)], c.mix(0.6).stroke_width(1));
-                chart.draw_series(std::iter::once(line)).map_err(plot_err("timeline"))?;
+                let dash = DashedLineSeries::new(vec![(x, 0.0), (x, top)], 6, 4, c.stroke_width(2));
+                chart.draw_series(dash).map_err(plot_err("timeline"))?;
+                // Labels of the modes stacked, so two kills at one moment stay readable.
+                let y = top * (0.97 - 0.07 * m as f64);
+                let text = Text::new(
+                    format!(" {what} {} ({})", k + 1, r.mode.name()),
+                    (x, y),
+                    (FONT, 14).into_font().color(&c),
+                );
+                chart.draw_series(std::iter::once(text)).map_err(plot_err("timeline"))?;
             }
         }
-        chart.configure_series_labels().label_font((FONT, 12)).draw().map_err(plot_err("timeline"))?;
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .margin(8)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font((FONT, 15))
+            .draw()
+            .map_err(plot_err("timeline"))?;
     }
     root.present().map_err(plot_err("timeline"))
 }
 
-/// Mean failover gap per scenario, one bar per mode.
+/// Every kill's failover gap as a point: x the scenario, y the gap, colour and
+/// shape the mode.
 fn failover(path: &Path, results: &[RunResult]) -> Result<()> {
-    let bars: Vec<(String, BenchMode, f64)> = results
-        .iter()
-        .filter(|r| !r.failover_gaps_ms.is_empty())
-        .map(|r| {
-            let mean = r.failover_gaps_ms.iter().sum::<f64>() / r.failover_gaps_ms.len() as f64;
-            (format!("{} {}", r.workload.label, r.scenario.name()), r.mode, mean)
-        })
-        .collect();
-    // Wide enough that each bar's two-line label fits above it.
-    const BAR_WIDTH_PX: u32 = 170;
-    let width = SIZE.0.max(BAR_WIDTH_PX * bars.len() as u32);
-    let root = BitMapBackend::new(path, (width, SIZE.1)).into_drawing_area();
+    let mut columns: Vec<String> = Vec::new();
+    let mut points: Vec<(usize, BenchMode, f64)> = Vec::new();
+    for r in results.iter().filter(|r| !r.failover_gaps_ms.is_empty()) {
+        let name = format!("{}|{}", r.workload.label, r.scenario.name());
+        let col = columns.iter().position(|c| *c == name).unwrap_or_else(|| {
+            columns.push(name.clone());
+            columns.len() - 1
+        });
+        points.extend(r.failover_gaps_ms.iter().map(|g| (col, r.mode, *g)));
+    }
+    const COLUMN_PX: u32 = 150;
+    let width = SIZE.0.max(COLUMN_PX * columns.len() as u32 + 120);
+    let root = BitMapBackend::new(path, (width, SIZE.1 + 60)).into_drawing_area();
     root.fill(&WHITE).map_err(plot_err("failover"))?;
-    let top = bars.iter().map(|b| b.2).fold(100.0f64, f64::max) * 1.2;
+    let top = points.iter().map(|p| p.2).fold(100.0f64, f64::max) * 1.15;
+    let n = columns.len().max(1);
     let mut chart = ChartBuilder::on(&root)
-        .caption("Failover gap: kill to the first fault served after it", (FONT, 24))
+        .caption("Failover gap per kill: kill to the first fault that started after it and succeeded", (FONT, 22))
         .margin(15)
-        .x_label_area_size(40)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0f64..bars.len().max(1) as f64, 0f64..top)
+        .x_label_area_size(85)
+        .y_label_area_size(75)
+        .build_cartesian_2d(0f64..n as f64, 0f64..top)
         .map_err(plot_err("failover"))?;
     chart
         .configure_mesh()
         .disable_x_mesh()
-        .disable_x_axis()
-        .y_desc("ms")
-        .label_style((FONT, 12))
+        .x_desc("workload / scenario")
+        .y_desc("gap (ms)")
+        .y_label_formatter(&|v| format!("{v:.0}"))
+        .x_labels(0)
+        .label_style((FONT, 14))
+        .axis_desc_style((FONT, 16))
         .draw()
         .map_err(plot_err("failover"))?;
-    let rects = bars.iter().enumerate().map(|(i, (_, mode, ms))| {
-        Rectangle::new([(i as f64 + 0.15, 0.0), (i as f64 + 0.85, *ms)], color(*mode, false).filled())
-    });
-    chart.draw_series(rects).map_err(plot_err("failover"))?;
-    // Each bar is named above itself: scenario, mode, value.
-    for (i, (name, mode, ms)) in bars.iter().enumerate() {
-        for (line, text) in [name.clone(), format!("{} {ms:.0} ms", mode.name())].into_iter().enumerate() {
-            let y = ms + top * (0.07 - 0.035 * line as f64);
-            let label = Text::new(text, (i as f64 + 0.15, y), (FONT, 12).into_font());
-            chart.draw_series(std::iter::once(label)).map_err(plot_err("failover"))?;
+    let modes: Vec<BenchMode> = <BenchMode as clap::ValueEnum>::value_variants()
+        .iter()
+        .copied()
+        .filter(|m| points.iter().any(|p| p.1 == *m))
+        .collect();
+    for (mi, mode) in modes.iter().enumerate() {
+        let c = color(*mode, false);
+        // The modes side by side within a column.
+        let offset = (mi as f64 + 1.0) / (modes.len() as f64 + 1.0);
+        let mine: Vec<(f64, f64)> =
+            points.iter().filter(|p| p.1 == *mode).map(|p| (p.0 as f64 + offset, p.2)).collect();
+        let size = 6;
+        let drawn = match mi % 3 {
+            0 => chart.draw_series(mine.iter().map(|p| Circle::new(*p, size, c.filled()).into_dyn())),
+            1 => chart.draw_series(mine.iter().map(|p| TriangleMarker::new(*p, size + 1, c.filled()).into_dyn())),
+            _ => chart.draw_series(mine.iter().map(|p| Cross::new(*p, size, c.stroke_width(2)).into_dyn())),
+        };
+        let legend = move |(x, y): (i32, i32)| -> DynElement<'static, BitMapBackend, (i32, i32)> {
+            match mi % 3 {
+                0 => Circle::new((x + 8, y), size, c.filled()).into_dyn(),
+                1 => TriangleMarker::new((x + 8, y), size + 1, c.filled()).into_dyn(),
+                _ => Cross::new((x + 8, y), size, c.stroke_width(2)).into_dyn(),
+            }
+        };
+        drawn.map_err(plot_err("failover"))?.label(mode.name()).legend(legend);
+    }
+    // The failover target (at most 500 ms), when it is in range.
+    if top > 500.0 {
+        let grey = RGBColor(120, 120, 120);
+        let line = DashedLineSeries::new(vec![(0.0, 500.0), (n as f64, 500.0)], 8, 5, grey.stroke_width(1));
+        chart.draw_series(line).map_err(plot_err("failover"))?;
+        let label = Text::new("500 ms", (n as f64 - 0.5, 500.0 + top * 0.01), (FONT, 13).into_font().color(&grey));
+        chart.draw_series(std::iter::once(label)).map_err(plot_err("failover"))?;
+    }
+    // Each column named under the axis on two lines: workload, scenario.
+    let anchor = plotters::style::text_anchor::Pos::new(
+        plotters::style::text_anchor::HPos::Center,
+        plotters::style::text_anchor::VPos::Top,
+    );
+    for (i, name) in columns.iter().enumerate() {
+        let (x, y) = chart.backend_coord(&(i as f64 + 0.5, 0.0));
+        for (line, text) in name.split('|').enumerate() {
+            let style = TextStyle::from((FONT, 14).into_font()).pos(anchor);
+            let at = (x, y + 8 + 17 * line as i32);
+            root.draw(&Text::new(text.to_string(), at, style)).map_err(plot_err("failover"))?;
         }
     }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .margin(8)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font((FONT, 15))
+        .draw()
+        .map_err(plot_err("failover"))?;
     root.present().map_err(plot_err("failover"))
 }

@@ -106,7 +106,8 @@ pub async fn run_one(
     let total = (work.clients * work.ops) as u64;
     let halted: Vec<Arc<AtomicBool>> = clients.iter().map(|_| Arc::default()).collect();
     let fleet = Fleet { nodes: nodes.clone(), clients: clients.clone(), halted: halted.clone() };
-    let chaos = tokio::spawn(apply_scenario(fleet, scenario, done.clone(), total, began));
+    let when = When { done: done.clone(), total, duration: work.duration_ms.map(Duration::from_millis) };
+    let chaos = tokio::spawn(apply_scenario(fleet, scenario, when, began));
     let mut tasks = Vec::new();
     for (i, c) in clients.iter().enumerate() {
         let (c, done, work, progress, halt) =
@@ -144,8 +145,9 @@ async fn drive(
 ) -> Vec<Rec> {
     let generated = RandomOps::new(client as u64 + 1, work.pages as u64, work.read_ratio, format!("c{client}"));
     let mut recs = Vec::with_capacity(work.ops);
+    let cap = work.duration_ms.map_or(RUN_CAP, |ms| RUN_CAP.min(Duration::from_millis(ms)));
     for (n, op) in generated.take(work.ops).enumerate() {
-        if began.elapsed() > RUN_CAP || halt.load(Ordering::SeqCst) {
+        if began.elapsed() > cap || halt.load(Ordering::SeqCst) {
             // Count the skipped operations as done, so the scenario stops waiting.
             let skipped = (work.ops - n) as u64;
             done.add(skipped);
@@ -202,9 +204,29 @@ async fn kill_client(fleet: &Fleet) -> Vec<String> {
     pages
 }
 
+/// How a scenario finds its moments: fractions of the operations done, or of
+/// the duration of a fixed-duration workload.
+struct When {
+    done: Arc<OpCounter>,
+    total: u64,
+    duration: Option<Duration>,
+}
+
+impl When {
+    /// Waits until `point` (a fraction) of the run; false when the run is over.
+    async fn reach(&self, point: f64, began: Instant) -> bool {
+        if let Some(d) = self.duration {
+            tokio::time::sleep_until(began + d.mul_f64(point)).await;
+            return self.done.get() < self.total;
+        }
+        self.done.reach((self.total as f64 * point) as u64).await;
+        self.done.get() < self.total
+    }
+}
+
 /// Kills and restarts nodes (or kills a client) as the scenario says; returns
 /// when each kill happened and which nodes were killed.
-async fn apply_scenario(fleet: Fleet, scenario: Scenario, done: Arc<OpCounter>, total: u64, began: Instant) -> Marks {
+async fn apply_scenario(fleet: Fleet, scenario: Scenario, when: When, began: Instant) -> Marks {
     let nodes = &fleet.nodes;
     let mut marks = Marks::default();
     let points: &[f64] = match scenario {
@@ -213,8 +235,7 @@ async fn apply_scenario(fleet: Fleet, scenario: Scenario, done: Arc<OpCounter>, 
         Scenario::KillRestartMany => &[0.25, 0.5, 0.75],
     };
     for point in points {
-        done.reach((total as f64 * point) as u64).await;
-        if done.get() >= total {
+        if !when.reach(*point, began).await {
             break;
         }
         if scenario == Scenario::KillClient {

@@ -30,6 +30,11 @@ pub struct OpAnswer {
     pub error: Option<String>,
     /// How long it took, ms.
     pub ms: f64,
+    /// When it started and ended, microseconds since the Unix epoch (wall
+    /// clock), so a harness can line operations up with what it did meanwhile.
+    pub start_us: u64,
+    /// See `start_us`.
+    pub end_us: u64,
 }
 
 /// One row of `print`.

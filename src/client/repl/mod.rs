@@ -183,12 +183,14 @@ pub async fn execute(client: &Client, cmd: Command) -> Body {
     let start = Instant::now();
     match cmd {
         Command::Write { page, content } => {
+            let start_us = unix_us();
             let done = client.write_at(&page, content.as_bytes()).await;
-            Body::Write(op_answer(page, done, start))
+            Body::Write(op_answer(page, done, start, start_us))
         }
         Command::Read { page } => {
+            let start_us = unix_us();
             let done = client.read_at(&page).await;
-            Body::Read(op_answer(page, done, start))
+            Body::Read(op_answer(page, done, start, start_us))
         }
         Command::Print => print(client),
         Command::Random { n } => Body::X(random(client, n, start, None).await),
@@ -203,8 +205,14 @@ fn ms_since(start: Instant) -> f64 {
     (start.elapsed().as_secs_f64() * 1e6).round() / 1e3
 }
 
-fn op_answer(page: String, done: Result<OpDone, Error>, start: Instant) -> OpAnswer {
+/// Microseconds since the Unix epoch, by the wall clock.
+pub fn unix_us() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+}
+
+fn op_answer(page: String, done: Result<OpDone, Error>, start: Instant, start_us: u64) -> OpAnswer {
     let ms = ms_since(start);
+    let end_us = unix_us();
     match done {
         Ok(d) => OpAnswer {
             page,
@@ -214,8 +222,20 @@ fn op_answer(page: String, done: Result<OpDone, Error>, start: Instant) -> OpAns
             epoch: Some(d.epoch),
             error: None,
             ms,
+            start_us,
+            end_us,
         },
-        Err(e) => OpAnswer { page, ok: false, value: None, local: None, epoch: None, error: Some(e.to_string()), ms },
+        Err(e) => OpAnswer {
+            page,
+            ok: false,
+            value: None,
+            local: None,
+            epoch: None,
+            error: Some(e.to_string()),
+            ms,
+            start_us,
+            end_us,
+        },
     }
 }
 

@@ -59,6 +59,26 @@ impl LogStore {
         lock(&self.state)
     }
 
+    /// At start-up, before openraft reads the vote: when the saved vote is
+    /// node `me`'s own committed leadership, hands openraft the same vote
+    /// uncommitted (in memory only; the file keeps what it has). openraft 0.9
+    /// restores a node whose saved vote is its own committed leadership as
+    /// leader of that old term at once, and that leader's appends at the old
+    /// term then race the election the others hold meanwhile; uncommitted, the
+    /// node starts as a follower that still voted for itself in that term, and
+    /// leads again only by winning an election (docs/DESIGN.md, "A restarted
+    /// leader starts as a follower"). Returns true when it changed the vote.
+    pub fn restart_as_follower(&mut self, me: NodeId) -> bool {
+        let mut state = self.state();
+        match state.vote {
+            Some(vote) if vote.is_committed() && vote.leader_id().voted_for() == Some(me) => {
+                state.vote = Some(Vote::new(vote.leader_id().term, me));
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Appends a record that carries no entries and applies it in memory.
     async fn write_meta(&mut self, record: Record<()>, sync: bool) -> io::Result<()> {
         let bytes = frame(&record)?;

@@ -51,6 +51,23 @@ async fn apply_returns_one_outcome_per_command() {
 }
 
 #[tokio::test]
+async fn a_restarted_leader_gets_its_own_vote_back_uncommitted() {
+    let dir = TempDir::new().unwrap();
+    {
+        let mut log = open(dir.path(), SyncPolicy::Sync).unwrap().log;
+        log.save_vote(&Vote::new_committed(4, 2)).await.unwrap();
+    }
+    let mut log = open(dir.path(), SyncPolicy::Sync).unwrap().log;
+    assert!(!log.restart_as_follower(3), "another node's leadership stays committed");
+    assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new_committed(4, 2)));
+    assert!(log.restart_as_follower(2));
+    assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(4, 2)), "same term, still for itself");
+    drop(log);
+    let mut log = open(dir.path(), SyncPolicy::Sync).unwrap().log;
+    assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new_committed(4, 2)), "the file is unchanged");
+}
+
+#[tokio::test]
 async fn state_survives_reopen() {
     let dir = TempDir::new().unwrap();
     let vote = Vote::new_committed(1, 1);
