@@ -164,8 +164,9 @@ pub async fn campaign(raft: Raft, me: u64, peers: BTreeMap<u64, String>, transpo
         // leader elected a moment ago.
         let pause = if c.canvass().await && c.vote_seen().await == Some(seen) {
             tracing::info!(node = me, "pre-vote won by a majority: starting an election");
-            if c.raft.trigger().elect().await.is_err() {
-                return;
+            if let Err(err) = c.raft.trigger().elect().await {
+                // Only a stopped Raft refuses; `due` sees it shut down and stops.
+                tracing::warn!(node = me, "starting an election: {err}");
             }
             c.between(c.min(), c.max())
         } else {
@@ -235,7 +236,9 @@ impl Campaigner {
             _ if !voter => return Due::In(self.tick()),
             _ => {}
         }
-        let Some((committed, touched)) = self.vote_seen().await else { return Due::Stop };
+        // A busy core may fail to answer; ask again next tick (a stopped one
+        // reports `Shutdown` above).
+        let Some((committed, touched)) = self.vote_seen().await else { return Due::In(self.tick()) };
         let since = touched.map_or(started, |t| t.max(started));
         let timeout = if committed { self.max() } else { self.min() } + jitter;
         match (since + timeout).checked_duration_since(Instant::now()) {
@@ -245,7 +248,7 @@ impl Campaigner {
     }
 
     /// Whether openraft's vote is committed and when it last changed or was
-    /// touched (`None`: Raft has stopped).
+    /// touched (`None`: Raft did not answer).
     async fn vote_seen(&self) -> Option<VoteSeen> {
         self.raft.with_raft_state(|st| (st.vote_ref().is_committed(), st.vote_last_modified())).await.ok()
     }
