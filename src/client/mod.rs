@@ -363,7 +363,7 @@ impl Client {
                     op.on(&mut self.shared.table(), OpEvent::Turn, lease())
                 }
                 OpStep::Fault(kind) => {
-                    let event = self.fault(op.page(), kind, give_up).await;
+                    let event = self.fault(&op, kind, give_up).await;
                     op.on(&mut self.shared.table(), event, lease())
                 }
             };
@@ -387,19 +387,20 @@ impl Client {
     }
 
     /// One fault with a fresh seq, as an event for the op.
-    async fn fault(&self, page: &PageName, kind: FaultKind, give_up: Instant) -> OpEvent {
-        let result = match self.fault_once(page, kind, give_up).await {
+    async fn fault(&self, op: &ClientOp, kind: FaultKind, give_up: Instant) -> OpEvent {
+        let page = op.page();
+        let result = match self.fault_once(op, kind, give_up).await {
             // Only the heartbeat baseline, which can lose its directory, forgets a
             // client without evicting it: register again and fault again.
             Err(Error::UnknownClient { client }) if client == self.id() => match self.shared.rejoin(client).await {
-                Ok(()) => self.fault_once(page, kind, give_up).await,
+                Ok(()) => self.fault_once(op, kind, give_up).await,
                 Err(err) => Err(err),
             },
             // An evicted client registers again. A read is asked again under the
             // new id; a write fails, its outcome unknown (an earlier attempt may
             // have committed before the eviction).
             Err(Error::Evicted { client }) if client == self.id() => match self.shared.rejoin(client).await {
-                Ok(()) if kind == FaultKind::Read => self.fault_once(page, kind, give_up).await,
+                Ok(()) if kind == FaultKind::Read => self.fault_once(op, kind, give_up).await,
                 Ok(()) => Err(Error::Evicted { client }),
                 Err(err) => Err(err),
             },
@@ -414,9 +415,11 @@ impl Client {
         }
     }
 
-    async fn fault_once(&self, page: &PageName, kind: FaultKind, give_up: Instant) -> Result<(Grant, u64), Error> {
+    async fn fault_once(&self, op: &ClientOp, kind: FaultKind, give_up: Instant) -> Result<(Grant, u64), Error> {
         let seq = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
-        let request = FaultRequest { client: self.id(), seq, page: page.clone(), kind };
+        let request = FaultRequest { client: self.id(), seq, page: op.page().clone(), kind };
+        // Bound before the request leaves: a forward may confirm it before the reply.
+        op.sent(&mut self.shared.table(), seq);
         let started = Instant::now();
         let grant = self.shared.cm.fault(&request, give_up).await;
         metrics::client_fault(kind, metrics::outcome(&grant), started.elapsed());

@@ -116,6 +116,14 @@ impl ClientOp {
         &self.page
     }
 
+    /// The executor sends this op's fault as request `seq`: a write binds its
+    /// intended value to that request.
+    pub fn sent(&self, table: &mut PageTable, seq: u64) {
+        if matches!(self.want, Want::Write(_)) {
+            table.bind_intent(&self.page, seq);
+        }
+    }
+
     /// True for a write or an acquire (both take write faults).
     pub fn is_write(&self) -> bool {
         matches!(self.want, Want::Write(_) | Want::Own)

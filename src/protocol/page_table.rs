@@ -50,6 +50,15 @@ struct Pending {
     content: Vec<u8>,
 }
 
+/// A write op's value, waiting for its fault to be confirmed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Intent {
+    value: Vec<u8>,
+    /// The write fault it rides on, once sent: only a confirmation of that
+    /// request applies it (not one of an older fault whose op gave up).
+    seq: Option<u64>,
+}
+
 /// What an owner must send after a forward request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transfer {
@@ -67,7 +76,7 @@ pub struct PageTable {
     me: ClientId,
     pages: BTreeMap<PageName, LocalPage>,
     pending: BTreeMap<PageName, Pending>,
-    intents: BTreeMap<PageName, Vec<u8>>,
+    intents: BTreeMap<PageName, Intent>,
     confirmed: BTreeMap<PageName, (Epoch, Vec<u8>)>,
     /// Per page, the latest epoch a committed fault released our copies below:
     /// no copy older than it may be installed again (a late reply or
@@ -191,7 +200,12 @@ impl PageTable {
     pub fn forward(&mut self, page: &PageName, epoch: Epoch, kind: FaultKind, created: bool) -> Result<Transfer> {
         self.confirm_pending_at(page, epoch);
         if created && self.pages.get(page).is_none_or(|l| l.epoch < epoch) {
-            let _ = self.confirm(page, epoch, true, 0);
+            // The creating request's seq is not known here: the write intent,
+            // sent or not, is the creating write's (the page must not start
+            // empty under a value no write wrote).
+            let seq = self.intents.get(page).and_then(|i| i.seq).unwrap_or(0);
+            self.bind_intent(page, seq);
+            let _ = self.confirm(page, epoch, true, seq);
         }
         let me = self.me;
         let not_held = || Error::NotHeld { client: me, page: page.to_string(), epoch };
@@ -274,8 +288,16 @@ impl PageTable {
 
     /// A write op is about to fault: its value waits to be applied by the confirmation.
     pub fn intend_write(&mut self, page: &PageName, content: &[u8]) {
-        self.intents.insert(page.clone(), content.to_vec());
+        self.intents.insert(page.clone(), Intent { value: content.to_vec(), seq: None });
         self.confirmed.remove(page);
+    }
+
+    /// The write fault carrying the intent on `page` is sent as request `seq`:
+    /// only a confirmation of that request applies the value.
+    pub fn bind_intent(&mut self, page: &PageName, seq: u64) {
+        if let Some(intent) = self.intents.get_mut(page) {
+            intent.seq = Some(seq);
+        }
     }
 
     /// A read op is about to fault: forget an old confirmation.
@@ -291,15 +313,18 @@ impl PageTable {
         self.confirmed.remove(page);
     }
 
-    /// The manager confirms our fault on `page` at `epoch`: install the copy, apply
-    /// a write intent, and keep the resulting bytes for the waiting op.
+    /// Our fault `seq` on `page` is confirmed at `epoch`: install the copy, apply
+    /// the write intent bound to that request, and keep the resulting bytes for
+    /// the waiting op. An intent of another request (a newer op's, or one not
+    /// sent yet) stays: applying it here would apply a write at an epoch granted
+    /// to an older fault, and again at its own.
     pub fn confirm(&mut self, page: &PageName, epoch: Epoch, created: bool, seq: u64) -> Result<()> {
         let mut content = self.grant(page, epoch, created, seq)?;
-        if let Some(value) = self.intents.remove(page) {
-            if self.write(page, &value) {
-                content = value;
+        if let Some(intent) = self.intents.remove(page) {
+            if intent.seq == Some(seq) && self.write(page, &intent.value) {
+                content = intent.value;
             } else {
-                self.intents.insert(page.clone(), value);
+                self.intents.insert(page.clone(), intent);
             }
         }
         self.confirmed.insert(page.clone(), (epoch, content));

@@ -13,7 +13,7 @@
 //! `retry C` (resend the client's last fault with the same seq: it finishes an op
 //! left in flight by `partial`, or asks again after an op finished); `commit C SEQ
 //! read|write PAGE SEEN`; `invalidate C PAGE EPOCH`; `forward C PAGE EPOCH
-//! read|write`; `intend C PAGE VALUE`, `cancel C PAGE`, `confirm C PAGE EPOCH [SEQ]`,
+//! read|write`; `intend C PAGE VALUE [SEQ]` (its write fault sent as SEQ), `cancel C PAGE`, `confirm C PAGE EPOCH [SEQ]`,
 //! `taken C PAGE EPOCH` (a write op's client-side steps one at a time; SEQ defaults
 //! to 1); `send C PAGE EPOCH read|write VALUE [SEQ]`; `unregister C`; `table C`;
 //! `dir PAGE`; `crash C` (the client stops
@@ -108,8 +108,10 @@ impl World {
                 Ok(if kept { "pending" } else { "dropped" }.into())
             }
             ["table", c] => Ok(self.show_table(id(c))),
-            ["intend", c, p, v] => {
-                self.table(id(c)).intend_write(&name(p)?, v.as_bytes());
+            ["intend", c, p, v, rest @ ..] => {
+                let (page, seq) = (name(p)?, rest.first().map_or(1, |s| num(s)));
+                self.table(id(c)).intend_write(&page, v.as_bytes());
+                self.table(id(c)).bind_intent(&page, seq);
                 Ok("ok".into())
             }
             ["cancel", c, p] => {
@@ -161,6 +163,7 @@ impl World {
                     let seq = self.seqs.entry(c).or_default();
                     *seq += 1;
                     let request = FaultRequest { client: c, seq: *seq, page: op.page().clone(), kind: k };
+                    op.sent(self.table(c), request.seq);
                     self.last.insert(c, request.clone());
                     match self.serve(request, manager) {
                         Some(event) => op.on(self.table(c), event, lease),
