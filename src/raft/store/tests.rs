@@ -13,6 +13,20 @@ use super::*;
 use crate::protocol::Applied;
 use crate::raft::TypeConfig;
 
+/// Opens the store in `dir`, waiting (bounded) while the directory's lock is
+/// held: every test here reopens a dir right after dropping its store, and
+/// sled's background threads let go of the lock a moment after the last handle.
+/// Shadows the store's `open`; the in-use test calls `super::open` directly.
+fn open(dir: &std::path::Path, policy: SyncPolicy) -> Result<Store, crate::error::Error> {
+    for _ in 0..500 {
+        match super::open(dir, policy) {
+            Err(crate::error::Error::DataDirInUse { .. }) => std::thread::sleep(std::time::Duration::from_millis(10)),
+            other => return other,
+        }
+    }
+    panic!("{} stayed locked for 5 s after its store was dropped", dir.display());
+}
+
 /// Builds each suite case a store in a fresh temp dir, removed on drop.
 struct TempDirBuilder;
 
@@ -118,7 +132,7 @@ async fn purge_and_truncate_survive_reopen() {
 fn second_open_says_the_data_dir_is_in_use() {
     let dir = TempDir::new().unwrap();
     let _first = open(dir.path(), SyncPolicy::Sync).unwrap();
-    let err = open(dir.path(), SyncPolicy::Sync).expect_err("second open must fail");
+    let err = super::open(dir.path(), SyncPolicy::Sync).expect_err("second open must fail");
     let msg = err.to_string();
     assert!(msg.contains("in use"), "{msg}");
     assert!(msg.contains(&dir.path().display().to_string()), "{msg}");
@@ -258,32 +272,18 @@ fn a_record_that_checks_but_does_not_decode_is_an_error_not_a_cut() {
     assert_eq!(std::fs::read(wal_path(&dir)).unwrap(), bytes, "nothing cut");
 }
 
-/// Opens `dir` again right after the store in it was dropped: sled's flusher
-/// thread lets go of the directory's lock a moment after the last handle goes.
-async fn reopen(dir: &std::path::Path) -> Result<Store, crate::error::Error> {
-    for _ in 0..200 {
-        match open(dir, SyncPolicy::Sync) {
-            Err(crate::error::Error::DataDirInUse { .. }) => {
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await
-            }
-            other => return other,
-        }
-    }
-    panic!("{} stayed locked for 2 s after its store was dropped", dir.display());
-}
-
 #[tokio::test]
 async fn a_log_that_never_reached_the_disk_opens_empty_and_a_foreign_file_does_not_open() {
     let dir = TempDir::new().unwrap();
     drop(open(dir.path(), SyncPolicy::Sync).unwrap());
     for never_synced in [&b""[..], b"ivyw", &[0u8; 8]] {
         std::fs::write(wal_path(&dir), never_synced).unwrap();
-        let mut log = reopen(dir.path()).await.unwrap().log;
+        let mut log = open(dir.path(), SyncPolicy::Sync).unwrap().log;
         assert_eq!(log.get_log_state().await.unwrap().last_log_id, None);
         assert_eq!(log.read_vote().await.unwrap(), None);
     }
     std::fs::write(wal_path(&dir), b"not a raft log at all").unwrap();
-    let err = reopen(dir.path()).await.expect_err("a foreign file");
+    let err = open(dir.path(), SyncPolicy::Sync).expect_err("a foreign file");
     assert!(err.to_string().contains("not an ivy Raft log"), "{err}");
 }
 
