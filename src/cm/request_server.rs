@@ -28,7 +28,7 @@ use crate::error::Error;
 use crate::metrics;
 use crate::protocol::{
     Applied, Caps, ClientId, DirCmd, Directory, Epoch, FaultEvent, FaultRequest, FaultRun, FaultStep, Forward, Grant,
-    PageName, Plan, SharedDirectory,
+    PageName, SharedDirectory,
 };
 use crate::rpc::{HolderClient, HolderRef, ManagerApi, Removal};
 use crate::status::{ClientLease, NodeStatus, PageState as ShownState, PageView, PagesReport};
@@ -185,7 +185,8 @@ impl RequestServer {
         // A retry of a granted request is answered without the page's lock: the
         // next fault on the page may hold it while it waits on this client.
         let r = &request;
-        if let Ok(Plan::Cached(grant)) = self.read(|d| d.plan_fault(r.client, r.seq, &r.page, r.kind)) {
+        // Only the session is looked up here; the run plans under the lock.
+        if let Some(Applied::Granted(grant)) = self.read(|d| d.session_answer(r.client, r.seq, &r.page, r.kind)) {
             return Ok(grant);
         }
         let page = request.page.clone();
