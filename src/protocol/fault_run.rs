@@ -20,7 +20,7 @@
 //! does. The requester's page table makes that safe (docs/DESIGN.md, "The reply
 //! is the confirmation"): a forward naming the granted epoch proves the commit,
 //! so the owner installs its pending copy and applies its write first; an
-//! invalidation drops a pending copy older than it and marks the epoch, so a
+//! invalidation supersedes a pending copy older than it and marks the epoch, so a
 //! late reply cannot install a superseded copy with access.
 //!
 //! A commit that finds the page moved (`EpochMoved`) or an owner that does not

@@ -2,8 +2,9 @@
 //!
 //! The table is pure: each method is one step of the IVY protocol on the client
 //! side. A page sent by an owner is held as *pending* until the fault that asked
-//! for it is granted for that epoch (commit point 4); an invalidation drops older
-//! pending copies too, so a grant that arrives after a later invalidation cannot
+//! for it is granted for that epoch (commit point 4); an invalidation supersedes
+//! older pending copies too (their bytes are kept with no access, as an installed
+//! copy's are), so a grant that arrives after a later invalidation cannot
 //! install a stale copy (the client faults again instead). A copy is accepted only
 //! for an epoch newer than the one the client holds, so a delayed duplicate of a
 //! transfer can never overwrite newer bytes. An invalidated copy keeps its bytes,
@@ -16,11 +17,14 @@
 //! proves that the fault committed (the manager plans only from the committed
 //! directory), so the owner *confirms* it then: it installs the copy and applies
 //! the intent before it hands the page on; the op, when its reply comes, finds the
-//! value applied. An invalidation that comes first drops an older pending copy and
-//! marks its epoch, so a late reply can never install a copy that a newer fault
+//! value applied. An invalidation that comes first supersedes an older pending
+//! copy and marks its epoch, so a late reply can never install a copy that a newer fault
 //! superseded with access (the op faults again, or gets its bytes without access).
 //! An owner that hands its page away keeps the bytes with no access until a later
 //! epoch invalidates them (commit point 3), so a redone fault can be served.
+//! A copy holder can be promoted to owner when its owner is evicted, even one
+//! whose read reply never came: a forward naming a pending copy's epoch confirms
+//! it too, and an invalidated pending copy keeps its bytes, so it can serve.
 
 use std::collections::BTreeMap;
 
@@ -159,7 +163,7 @@ impl PageTable {
     pub fn invalidate(&mut self, page: &PageName, epoch: Epoch) {
         if !self.unsafe_late_install {
             self.mark_invalid_below(page, epoch);
-            self.drop_pending_older(page, epoch);
+            self.keep_pending_older(page, epoch);
         }
         if let Some(local) = self.pages.get_mut(page).filter(|l| l.epoch < epoch) {
             local.access = Access::Invalid;
@@ -184,6 +188,23 @@ impl PageTable {
     pub fn clear(&mut self) {
         let (me, unsafe_late_install) = (self.me, self.unsafe_late_install);
         *self = PageTable { me, unsafe_late_install, ..Default::default() };
+    }
+
+    /// An invalidation supersedes a pending copy older than `epoch`: no grant may
+    /// install it with access any more, but its bytes are kept, with no access,
+    /// like an installed copy's. The directory may have committed the fault it
+    /// was sent for, and the invalidating fault may never commit: if our owner is
+    /// then evicted, we are promoted at the copy's epoch and must serve it.
+    fn keep_pending_older(&mut self, page: &PageName, epoch: Epoch) {
+        let Some(pending) = self.pending.remove(page) else { return };
+        if pending.epoch >= epoch {
+            self.pending.insert(page.clone(), pending);
+            return;
+        }
+        if self.pages.get(page).is_none_or(|l| l.epoch < pending.epoch) {
+            let kept = LocalPage { access: Access::Invalid, epoch: pending.epoch, content: Some(pending.content) };
+            self.pages.insert(page.clone(), kept);
+        }
     }
 
     fn drop_pending_older(&mut self, page: &PageName, epoch: Epoch) {
@@ -350,12 +371,18 @@ impl PageTable {
     }
 
     /// A forward for `epoch` proves the directory committed our ownership at that
-    /// epoch, so a pending write copy of that epoch is ours: confirm it (install
-    /// it and apply a write intent) before the page is handed on.
+    /// epoch, so a pending copy of that epoch is ours: confirm it (install it and
+    /// apply a write intent bound to it) before the page is handed on. The
+    /// directory names us owner at `epoch` in two ways only: a write fault of ours
+    /// granted at `epoch` (a pending write copy), or a promotion, which picks a
+    /// holder from the committed copy set, where only a committed read grant of
+    /// ours at `epoch` puts us (a pending read copy whose reply never came: the op
+    /// gave up, or the leader died after the commit). Every copy of one epoch has
+    /// the same bytes, so the pending copy is the page whichever of our requests
+    /// committed.
     fn confirm_pending_at(&mut self, page: &PageName, epoch: Epoch) {
-        // Only a write grant makes its requester owner.
         let seq = match self.pending.get(page) {
-            Some(p) if p.epoch == epoch && p.access == Access::Write => p.seq,
+            Some(p) if p.epoch == epoch => p.seq,
             _ => return,
         };
         // Cannot fail: a release past `epoch` would have dropped the pending copy.
