@@ -164,6 +164,12 @@ fn removed_clients(lives: &[LifeEvent]) -> HashSet<u64> {
 /// that was never removed may have read it after every write of it settled
 /// and before the loss was seen: that client held a copy and would have been
 /// promoted to owner.
+///
+/// The writes that count are every write that may have taken effect before the
+/// loss: each one invoked before the read that saw the loss *returned*. A write
+/// that overlaps that read may be the page's last write before the eviction
+/// (it leaves the writer owner with no copy), so a read before it proves
+/// nothing about the copy set the eviction found.
 fn lost_with_survivors(page: &str, ops: &[&Op], removed: &HashSet<u64>, v: &mut Verdict) {
     let Some(seen) = ops.iter().filter(|o| o.lost_with.is_some()).min_by_key(|o| o.invoke_ns) else { return };
     let with = seen.lost_with.unwrap_or(0);
@@ -172,7 +178,8 @@ fn lost_with_survivors(page: &str, ops: &[&Op], removed: &HashSet<u64>, v: &mut 
         v.note(format!("{page}: read as lost with client {with}, which was never removed"));
         return;
     }
-    let writes: Vec<&&Op> = ops.iter().filter(|o| o.kind == OpKind::Write && o.invoke_ns < seen.invoke_ns).collect();
+    let seen_by = seen.return_ns.unwrap_or(u64::MAX);
+    let writes: Vec<&&Op> = ops.iter().filter(|o| o.kind == OpKind::Write && o.invoke_ns < seen_by).collect();
     let settled_by = |o: &Op| match (o.outcome, o.return_ns) {
         (Outcome::Ok, Some(ret)) => ret,
         _ => o.invoke_ns.saturating_add(LATE_EFFECT_NS),

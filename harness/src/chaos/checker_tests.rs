@@ -1,7 +1,7 @@
 //! The checker on hand-made histories, linearizable and not.
 
 use super::checker::{check, check_history, linearizable, RegOp};
-use super::history::{History, Op, OpKind, Outcome};
+use super::history::{History, LifeEvent, LifeKind, Op, OpKind, Outcome};
 
 fn op(kind: OpKind, value: Option<&str>, invoke: u64, ret: Option<u64>) -> Op {
     Op {
@@ -118,4 +118,51 @@ fn an_operation_refused_as_stale_is_a_violation() {
     let v = check_history(&History { ops, faults: vec![], lives: vec![] });
     assert_eq!(v.stale_refusals, 1, "{v:?}");
     assert!(!v.clean());
+}
+
+/// The history of a page lost with client 3, which wrote it, read by client 5,
+/// then paused and evicted (it came back as client 7); client 6 saw the loss in
+/// `[40, 200]`. Client 3's second write runs in `second`.
+fn lost_page(second: (u64, u64), evicted: bool) -> History {
+    let by = |process: u64, mut op: Op| {
+        op.process = process;
+        op
+    };
+    let mut seen = r(None, 40, 200);
+    seen.lost_with = Some(3);
+    let ops = vec![by(3, w("a", 0, 10)), by(5, r(Some("a"), 20, 30)), by(6, seen), by(3, w("b", second.0, second.1))];
+    let life = |at_ns, client, kind| LifeEvent { at_ns, slot: 0, client, kind };
+    let mut lives = vec![
+        life(0, 3, LifeKind::Registered { was: None }),
+        life(0, 5, LifeKind::Registered { was: None }),
+        life(0, 6, LifeKind::Registered { was: None }),
+    ];
+    if evicted {
+        lives.push(life(300, 7, LifeKind::Registered { was: Some(3) }));
+    }
+    History { ops, faults: Vec::new(), lives }
+}
+
+#[test]
+fn a_page_lost_while_a_survivor_held_it_is_named() {
+    // Client 5 read the last write's value before the loss was seen, and no
+    // write came between: it held a copy and should have been promoted.
+    let v = check_history(&lost_page((250, 260), true));
+    assert_eq!(v.lost_with_survivors, 1, "{v:?}");
+    assert!(!v.clean());
+}
+
+#[test]
+fn a_write_overlapping_the_loss_read_may_have_taken_the_survivors_copy() {
+    // Client 3's write "b" began after the read that saw the loss began and
+    // ended before it returned: it may have taken effect first, invalidating
+    // client 5 and leaving client 3 owner with no copy, so the loss is legal.
+    let v = check_history(&lost_page((50, 60), true));
+    assert!(v.clean(), "{v:?}");
+}
+
+#[test]
+fn a_page_lost_with_a_client_never_removed_is_named() {
+    let v = check_history(&lost_page((50, 60), false));
+    assert_eq!(v.lost_with_survivors, 1, "{v:?}");
 }
