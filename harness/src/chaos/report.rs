@@ -46,6 +46,9 @@ pub struct Report {
     pub verdict: Verdict,
     /// True when the run passes: recovered, every final read answered, clean verdict.
     pub clean: bool,
+    /// The first final reads that failed, each with its page, client and error.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub final_read_failures: Vec<String>,
     /// Each real partition of a `--net netns` run and the recovery after it.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub cuts: Vec<CutRecovery>,
@@ -64,6 +67,15 @@ impl Report {
             *by_kind.entry(f.kind.clone()).or_insert(0) += 1;
         }
         let clean = recovered && final_ok == finals.len() && verdict.clean();
+        let final_read_failures = finals
+            .iter()
+            .filter(|o| o.outcome != Outcome::Ok)
+            .take(MAX_FAILURES_SHOWN)
+            .map(|o| {
+                let error = o.error.as_deref().unwrap_or("no answer");
+                format!("{} by client {}: {error}", o.page, o.process)
+            })
+            .collect();
         Report {
             mode: cfg.mode.name().to_string(),
             seed: cfg.seed,
@@ -81,6 +93,7 @@ impl Report {
             recovered,
             verdict,
             clean,
+            final_read_failures,
             cuts: Vec::new(),
         }
     }
@@ -91,6 +104,9 @@ impl Report {
         std::fs::write(path, json).map_err(|e| anyhow!("{}: {e}", path.display()))
     }
 }
+
+/// How many failed final reads a report names.
+const MAX_FAILURES_SHOWN: usize = 8;
 
 /// The longest stretch of the workload with no operation returning success.
 fn longest_gap(work: &[&Op], duration_ns: u64) -> f64 {
@@ -119,6 +135,9 @@ impl std::fmt::Display for Report {
             "  ops: {} ok, {} failed, {} unknown; final reads {}/{} ok",
             self.ops_ok, self.ops_failed, self.ops_unknown, self.final_reads_ok, self.final_reads
         )?;
+        for failure in &self.final_read_failures {
+            writeln!(f, "    final read of {failure}")?;
+        }
         let faults: Vec<String> = self.faults.iter().map(|(k, n)| format!("{k} {n}")).collect();
         writeln!(f, "  faults: {}", if faults.is_empty() { "none".into() } else { faults.join(", ") })?;
         writeln!(
@@ -135,7 +154,21 @@ impl std::fmt::Display for Report {
             writeln!(f, "    {d}")?;
         }
         write_cuts(f, &self.cuts)?;
-        write!(f, "  verdict: {}", if self.clean { "CLEAN" } else { "VIOLATIONS" })
+        write!(f, "  verdict: {}", if self.clean { "CLEAN" } else { "VIOLATIONS" })?;
+        let mut why = Vec::new();
+        if !self.recovered {
+            why.push("no CM node led after healing".to_string());
+        }
+        if self.final_reads_ok < self.final_reads {
+            why.push(format!("{} final reads failed", self.final_reads - self.final_reads_ok));
+        }
+        if !v.clean() {
+            why.push("the checks above found violations".to_string());
+        }
+        if !why.is_empty() {
+            write!(f, " ({})", why.join("; "))?;
+        }
+        Ok(())
     }
 }
 
