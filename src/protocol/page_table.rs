@@ -3,8 +3,8 @@
 //! The table is pure: each method is one step of the IVY protocol on the client
 //! side. A page sent by an owner is held as *pending* until the fault that asked
 //! for it is granted for that epoch (commit point 4); an invalidation supersedes
-//! older pending copies too (their bytes are kept with no access, as an installed
-//! copy's are), so a grant that arrives after a later invalidation cannot
+//! older pending copies too (a read copy's bytes are kept with no access, as an
+//! installed copy's are), so a grant that arrives after a later invalidation cannot
 //! install a stale copy (the client faults again instead). A copy is accepted only
 //! for an epoch newer than the one the client holds, so a delayed duplicate of a
 //! transfer can never overwrite newer bytes. An invalidated copy keeps its bytes,
@@ -24,7 +24,7 @@
 //! epoch invalidates them (commit point 3), so a redone fault can be served.
 //! A copy holder can be promoted to owner when its owner is evicted, even one
 //! whose read reply never came: a forward naming a pending copy's epoch confirms
-//! it too, and an invalidated pending copy keeps its bytes, so it can serve.
+//! it too, and an invalidated pending read copy keeps its bytes, so it can serve.
 
 use std::collections::BTreeMap;
 
@@ -191,17 +191,20 @@ impl PageTable {
     }
 
     /// An invalidation supersedes a pending copy older than `epoch`: no grant may
-    /// install it with access any more, but its bytes are kept, with no access,
-    /// like an installed copy's. The directory may have committed the fault it
-    /// was sent for, and the invalidating fault may never commit: if our owner is
-    /// then evicted, we are promoted at the copy's epoch and must serve it.
+    /// install it with access any more. A read copy's bytes are kept, with no
+    /// access, like an installed copy's: the directory may have committed the
+    /// read it was sent for, and the invalidating fault may never commit; if our
+    /// owner is then evicted, we are promoted at the copy's epoch and must serve
+    /// it. A write copy goes: its bytes are the page before our write, which is
+    /// not the page of its epoch.
     fn keep_pending_older(&mut self, page: &PageName, epoch: Epoch) {
         let Some(pending) = self.pending.remove(page) else { return };
         if pending.epoch >= epoch {
             self.pending.insert(page.clone(), pending);
             return;
         }
-        if self.pages.get(page).is_none_or(|l| l.epoch < pending.epoch) {
+        let is_read = pending.access == Access::Read;
+        if is_read && self.pages.get(page).is_none_or(|l| l.epoch < pending.epoch) {
             let kept = LocalPage { access: Access::Invalid, epoch: pending.epoch, content: Some(pending.content) };
             self.pages.insert(page.clone(), kept);
         }
