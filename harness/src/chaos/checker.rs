@@ -166,10 +166,12 @@ fn removed_clients(lives: &[LifeEvent]) -> HashSet<u64> {
 /// promoted to owner.
 ///
 /// The writes that count are every write that may have taken effect before the
-/// loss: each one invoked before the read that saw the loss *returned*. A write
-/// that overlaps that read may be the page's last write before the eviction
-/// (it leaves the writer owner with no copy), so a read before it proves
-/// nothing about the copy set the eviction found.
+/// loss: each one invoked before the read that saw the loss *returned*, except
+/// one that names an epoch past the one the page was lost at (it started the
+/// page afresh after the loss). A write that overlaps that read may be the
+/// page's last write before the eviction (it leaves the writer owner with no
+/// copy), so a read before it proves nothing about the copy set the eviction
+/// found.
 fn lost_with_survivors(page: &str, ops: &[&Op], removed: &HashSet<u64>, v: &mut Verdict) {
     let Some(seen) = ops.iter().filter(|o| o.lost_with.is_some()).min_by_key(|o| o.invoke_ns) else { return };
     let with = seen.lost_with.unwrap_or(0);
@@ -179,7 +181,8 @@ fn lost_with_survivors(page: &str, ops: &[&Op], removed: &HashSet<u64>, v: &mut 
         return;
     }
     let seen_by = seen.return_ns.unwrap_or(u64::MAX);
-    let writes: Vec<&&Op> = ops.iter().filter(|o| o.kind == OpKind::Write && o.invoke_ns < seen_by).collect();
+    let before_loss = |o: &Op| o.invoke_ns < seen_by && o.epoch.zip(seen.epoch).is_none_or(|(e, lost)| e <= lost);
+    let writes: Vec<&&Op> = ops.iter().filter(|o| o.kind == OpKind::Write && before_loss(o)).collect();
     let settled_by = |o: &Op| match (o.outcome, o.return_ns) {
         (Outcome::Ok, Some(ret)) => ret,
         _ => o.invoke_ns.saturating_add(LATE_EFFECT_NS),

@@ -120,17 +120,24 @@ fn an_operation_refused_as_stale_is_a_violation() {
     assert!(!v.clean());
 }
 
-/// The history of a page lost with client 3, which wrote it, read by client 5,
-/// then paused and evicted (it came back as client 7); client 6 saw the loss in
-/// `[40, 200]`. Client 3's second write runs in `second`.
-fn lost_page(second: (u64, u64), evicted: bool) -> History {
-    let by = |process: u64, mut op: Op| {
+/// The history of a page lost with client 3, which wrote "a" at epoch 1, read
+/// by client 5; client 3 then wrote "b" in `second`, at epoch `second_epoch`,
+/// was paused and evicted (it came back as client 7, unless `evicted` is
+/// false), and client 6 saw the page lost at epoch `lost_at` in `[40, 200]`.
+fn lost_page(second: (u64, u64), second_epoch: u64, lost_at: u64, evicted: bool) -> History {
+    let by = |process: u64, epoch: u64, mut op: Op| {
         op.process = process;
+        op.epoch = Some(epoch);
         op
     };
     let mut seen = r(None, 40, 200);
     seen.lost_with = Some(3);
-    let ops = vec![by(3, w("a", 0, 10)), by(5, r(Some("a"), 20, 30)), by(6, seen), by(3, w("b", second.0, second.1))];
+    let ops = vec![
+        by(3, 1, w("a", 0, 10)),
+        by(5, 1, r(Some("a"), 20, 30)),
+        by(6, lost_at, seen),
+        by(3, second_epoch, w("b", second.0, second.1)),
+    ];
     let life = |at_ns, client, kind| LifeEvent { at_ns, slot: 0, client, kind };
     let mut lives = vec![
         life(0, 3, LifeKind::Registered { was: None }),
@@ -147,22 +154,31 @@ fn lost_page(second: (u64, u64), evicted: bool) -> History {
 fn a_page_lost_while_a_survivor_held_it_is_named() {
     // Client 5 read the last write's value before the loss was seen, and no
     // write came between: it held a copy and should have been promoted.
-    let v = check_history(&lost_page((250, 260), true));
+    let v = check_history(&lost_page((250, 260), 2, 1, true));
     assert_eq!(v.lost_with_survivors, 1, "{v:?}");
     assert!(!v.clean());
 }
 
 #[test]
 fn a_write_overlapping_the_loss_read_may_have_taken_the_survivors_copy() {
-    // Client 3's write "b" began after the read that saw the loss began and
-    // ended before it returned: it may have taken effect first, invalidating
-    // client 5 and leaving client 3 owner with no copy, so the loss is legal.
-    let v = check_history(&lost_page((50, 60), true));
+    // Client 3's write "b" (epoch 2) began after the read that saw the loss
+    // began and ended before it returned, and the page was lost at its epoch:
+    // it took effect first, invalidating client 5 and leaving client 3 owner
+    // with no copy, so the loss is legal.
+    let v = check_history(&lost_page((50, 60), 2, 2, true));
     assert!(v.clean(), "{v:?}");
 }
 
 #[test]
+fn a_write_that_started_the_page_afresh_after_the_loss_excuses_nothing() {
+    // The overlapping write names epoch 2, past the epoch 1 the page was lost
+    // at: it came after the loss, so client 5 still held the lost epoch's copy.
+    let v = check_history(&lost_page((50, 60), 2, 1, true));
+    assert_eq!(v.lost_with_survivors, 1, "{v:?}");
+}
+
+#[test]
 fn a_page_lost_with_a_client_never_removed_is_named() {
-    let v = check_history(&lost_page((50, 60), false));
+    let v = check_history(&lost_page((50, 60), 2, 2, false));
     assert_eq!(v.lost_with_survivors, 1, "{v:?}");
 }

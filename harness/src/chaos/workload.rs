@@ -334,11 +334,12 @@ pub(crate) fn record(
     op.return_ns = Some(now_ns);
     let error = answer["error"].as_str().map(str::to_string);
     let absent = error.as_deref() == Some(&format!("page {page} does not exist"));
-    let lost_with = error.as_deref().and_then(|e| lost_with(page, e));
-    if answer["ok"] == true || (kind == OpKind::Read && (absent || lost_with.is_some())) {
+    let lost = error.as_deref().and_then(|e| lost_with(page, e));
+    if answer["ok"] == true || (kind == OpKind::Read && (absent || lost.is_some())) {
         op.outcome = Outcome::Ok;
-        op.epoch = answer["epoch"].as_u64();
-        op.lost_with = lost_with;
+        // A read that found the page lost used the epoch it was lost at.
+        op.epoch = answer["epoch"].as_u64().or(lost.map(|(_, epoch)| epoch));
+        op.lost_with = lost.map(|(client, _)| client);
         if kind == OpKind::Read {
             op.value = answer["value"].as_str().map(str::to_string);
         }
@@ -349,10 +350,12 @@ pub(crate) fn record(
     op
 }
 
-/// The client a page was lost with, from a read's error.
-fn lost_with(page: &str, error: &str) -> Option<u64> {
+/// The client a page was lost with and the epoch it was lost at, from a read's
+/// error ("page P1 was lost with client 3 at epoch 7").
+fn lost_with(page: &str, error: &str) -> Option<(u64, u64)> {
     let rest = error.strip_prefix(&format!("page {page} was lost with client "))?;
-    rest.split_whitespace().next()?.parse().ok()
+    let (client, epoch) = rest.split_once(" at epoch ")?;
+    Some((client.parse().ok()?, epoch.trim().parse().ok()?))
 }
 
 async fn inject_faults(rig: Arc<Rig>, cfg: ChaosConfig, end: Instant, rec: Recorder) {
@@ -404,5 +407,15 @@ async fn final_reads(rig: &Rig, pages: usize, rec: &Recorder) {
             let answer = proc.call(&format!("read {page}"), rig.op_timeout).await;
             rec.op(record(slot.index, process, &page, None, invoke_ns, answer, rec.ns(), true));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_lost_page_error_names_its_client_and_epoch() {
+        assert_eq!(super::lost_with("P1", "page P1 was lost with client 3 at epoch 7"), Some((3, 7)));
+        assert_eq!(super::lost_with("P2", "page P1 was lost with client 3 at epoch 7"), None);
+        assert_eq!(super::lost_with("P1", "page P1 does not exist"), None);
     }
 }
