@@ -58,11 +58,14 @@ pub struct LogArgs {
 }
 
 /// The filter in force: `RUST_LOG` if set, else `--log-level` (or the
-/// subcommand's default level) with openraft off.
+/// subcommand's default level) with openraft off, and fuser's mount code at
+/// errors only: the lazyfs unmounts its mount itself (retrying a busy one,
+/// then forcing it), so fuser's own unmount at the session's end always finds
+/// it gone and would warn "Unmount failed: Invalid argument" after every run.
 pub fn filter(args: &LogArgs, default_level: LogLevel) -> tracing_subscriber::EnvFilter {
     let level = args.log_level.unwrap_or(default_level);
     tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| format!("{},openraft=off", level.name()).into())
+        .unwrap_or_else(|_| format!("{},openraft=off,fuser::mnt=error", level.name()).into())
 }
 
 /// Installs the process's log subscriber.
