@@ -1,7 +1,7 @@
 //! Connections: lazily connected channels with deadlines, and a server runner.
 //!
-//! Every channel and server pings its peer over HTTP/2 ([`KEEPALIVE_INTERVAL`]),
-//! and every socket is tuned ([`socket::tune`]), so a connection to a silent peer
+//! Every channel pings its peer over HTTP/2 ([`KEEPALIVE_INTERVAL`]; servers
+//! ping too, less often: [`SERVER_KEEPALIVE_INTERVAL`]), and every socket is tuned ([`socket::tune`]), so a connection to a silent peer
 //! is closed within about a second instead of sitting in TCP back-off for tens of
 //! seconds. A call that ran out of time also drops its cached channel
 //! ([`Channels::forget`]), so the next call dials afresh.
@@ -19,7 +19,7 @@ use tokio_stream::StreamExt;
 use tonic::transport::Endpoint;
 
 use super::security::{AuthChannel, Security};
-use super::socket::{self, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT};
+use super::socket::{self, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, SERVER_KEEPALIVE_INTERVAL};
 use crate::error::Error;
 
 /// How long a connection attempt to any peer may take.
@@ -55,7 +55,7 @@ pub fn channel(addr: &str, timeout: Duration, security: &Security) -> Result<Aut
 /// A server builder with keepalive pings and the reset-stream allowance.
 pub fn server_builder() -> tonic::transport::Server {
     tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_interval(Some(SERVER_KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_RESETS))
 }
