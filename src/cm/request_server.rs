@@ -182,10 +182,10 @@ impl RequestServer {
     }
 
     async fn fault_locked(&self, request: FaultRequest, waiting: &Waiting) -> Result<Grant, Error> {
-        // A retry of a granted request is answered without the page's lock: the
-        // next fault on the page may hold it while it waits on this client.
+        // A retry of a granted request is answered from its session without the
+        // page's lock (the next fault on the page may hold it while it waits on
+        // this client); everything else is planned once, under the lock.
         let r = &request;
-        // Only the session is looked up here; the run plans under the lock.
         if let Some(Applied::Granted(grant)) = self.read(|d| d.session_answer(r.client, r.seq, &r.page, r.kind)) {
             return Ok(grant);
         }

@@ -176,7 +176,7 @@ impl PageTable {
             let floor = self.released.entry(page.clone()).or_default();
             *floor = (*floor).max(epoch);
             self.mark_invalid_below(page, epoch);
-            self.drop_pending_older(page, epoch);
+            self.take_pending_older(page, epoch);
         }
         if self.pages.get(page).is_some_and(|l| l.epoch < epoch) {
             self.pages.remove(page);
@@ -198,11 +198,7 @@ impl PageTable {
     /// it. A write copy goes: its bytes are the page before our write, which is
     /// not the page of its epoch.
     fn keep_pending_older(&mut self, page: &PageName, epoch: Epoch) {
-        let Some(pending) = self.pending.remove(page) else { return };
-        if pending.epoch >= epoch {
-            self.pending.insert(page.clone(), pending);
-            return;
-        }
+        let Some(pending) = self.take_pending_older(page, epoch) else { return };
         let is_read = pending.access == Access::Read;
         if is_read && self.pages.get(page).is_none_or(|l| l.epoch < pending.epoch) {
             let kept = LocalPage { access: Access::Invalid, epoch: pending.epoch, content: Some(pending.content) };
@@ -210,10 +206,12 @@ impl PageTable {
         }
     }
 
-    fn drop_pending_older(&mut self, page: &PageName, epoch: Epoch) {
+    /// Takes the pending copy of `page` out when it is older than `epoch`.
+    fn take_pending_older(&mut self, page: &PageName, epoch: Epoch) -> Option<Pending> {
         if self.pending.get(page).is_some_and(|p| p.epoch < epoch) {
-            self.pending.remove(page);
+            return self.pending.remove(page);
         }
+        None
     }
 
     /// The manager asks this client, owner of `page` at `epoch`, to hand a copy to
