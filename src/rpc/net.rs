@@ -42,7 +42,7 @@ pub fn channel(addr: &str, timeout: Duration, security: &Security) -> Result<Aut
         .timeout(timeout)
         .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
         .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-        .keep_alive_while_idle(true);
+        .keep_alive_while_idle(false);
     let endpoint = security.secure(endpoint)?;
     let authority = addr.to_string();
     let connector = tower::service_fn(move |_: tonic::transport::Uri| {
