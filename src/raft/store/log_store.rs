@@ -9,10 +9,12 @@
 //!   then the callback reports them durable (or carries the IO error);
 //! - `save_vote`: one record, one `fdatasync`, before it returns;
 //! - `truncate`: one record, one `fdatasync` (rare: only on a log conflict);
-//! - `save_committed` and `purge`: a record without a sync. openraft needs
-//!   neither durable: a lost committed id is learned again from the leader, and
-//!   a lost purge only brings back entries the (synced) snapshot covers. The
-//!   next sync covers them anyway, since a sync covers every earlier byte.
+//! - `save_committed` and `purge`: a record without a sync, queued in memory
+//!   and written in front of the next synced record (so no IO of its own on the
+//!   commit path: openraft awaits `save_committed` between a commit and its
+//!   apply). openraft needs neither durable: a lost committed id is learned
+//!   again from the leader, and a lost purge only brings back entries the
+//!   (synced) snapshot covers.
 //!
 //! The entries in memory are bounded by the snapshot policy: openraft purges
 //! what a snapshot covers. A failed write or sync is returned as a

@@ -172,6 +172,25 @@ async fn one_sync_per_append_and_per_vote_none_for_committed_or_purge() {
 }
 
 #[tokio::test]
+async fn a_record_without_sync_waits_for_the_next_synced_write() {
+    let dir = TempDir::new().unwrap();
+    {
+        let mut log = voted_log(&dir).await;
+        log.blocking_append((1..=4).map(register)).await.unwrap();
+        let before = std::fs::metadata(wal_path(&dir)).unwrap().len();
+        log.save_committed(Some(log_id(1, 3))).await.unwrap();
+        log.purge(log_id(1, 1)).await.unwrap();
+        assert_eq!(std::fs::metadata(wal_path(&dir)).unwrap().len(), before, "no IO of their own");
+        assert_eq!(log.read_committed().await.unwrap(), Some(log_id(1, 3)), "in memory at once");
+        log.blocking_append([register(5)]).await.unwrap();
+    }
+    let mut log = open(dir.path(), SyncPolicy::Sync).unwrap().log;
+    assert_eq!(log.read_committed().await.unwrap(), Some(log_id(1, 3)));
+    assert_eq!(log.get_log_state().await.unwrap().last_purged_log_id, Some(log_id(1, 1)));
+    assert_eq!(indexes(&mut log).await, (2..=5).collect::<Vec<_>>());
+}
+
+#[tokio::test]
 async fn skipping_syncs_syncs_nothing_but_still_writes() {
     let dir = TempDir::new().unwrap();
     {

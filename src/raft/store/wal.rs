@@ -5,8 +5,9 @@
 //! length bytes and the payload. Replaying the records in order rebuilds the
 //! [`LogState`] kept in memory.
 //!
-//! A write appends frames at the end of the file with `pwrite`; a write that must
-//! be durable then calls `fdatasync` on the file, once for all its frames. So a
+//! A write appends frames at the end of the file with `pwrite` and calls
+//! `fdatasync` on the file, once for all its frames; a record that needs no sync
+//! waits in memory and goes in front of the next synced write. So a
 //! sync covers every byte written before it, and after a crash the file holds a
 //! prefix of what was written, possibly followed by a torn or unwritten tail.
 //! Replay stops at the first frame that is incomplete or fails its checksum and
@@ -197,6 +198,9 @@ pub(super) struct Wal {
     end: u64,
     compact_after: u64,
     syncer: Syncer,
+    /// Frames of records that need no sync, not yet in the file: they go in
+    /// front of the next synced write, in the order they were made.
+    queued: Vec<u8>,
     /// Why the file may no longer be written, after a failed write or sync.
     broken: Option<String>,
 }
@@ -216,6 +220,7 @@ pub(super) fn open(dir: &Path, syncer: Syncer) -> Result<(Wal, LogState), Error>
         end,
         compact_after: COMPACT_AFTER_DEAD_BYTES,
         syncer: syncer.clone(),
+        queued: Vec::new(),
         broken: None,
     };
     if never_synced(&buf) {
@@ -287,17 +292,28 @@ pub(super) fn rewrite(dir: &Path, image: &[u8], syncer: &Syncer) -> io::Result<F
 
 impl Wal {
     /// Appends `frames` at the end of the file; when `sync`, returns only once
-    /// they are on stable storage (one `fdatasync` for all of them).
+    /// they are on stable storage (one `fdatasync` for all of them). Frames that
+    /// need no sync are only queued: they reach the file with the next synced
+    /// write, in front of its frames, so the file keeps the order records were
+    /// made in and a record that needs no sync costs no IO of its own.
     pub(super) async fn write(&mut self, frames: Vec<u8>, sync: bool) -> io::Result<()> {
         self.usable()?;
+        if !sync {
+            self.queued.extend_from_slice(&frames);
+            return Ok(());
+        }
+        let frames = if self.queued.is_empty() {
+            frames
+        } else {
+            let mut all = std::mem::take(&mut self.queued);
+            all.extend_from_slice(&frames);
+            all
+        };
         let (file, at, syncer) = (self.file.clone(), self.end, self.syncer.clone());
         let len = frames.len() as u64;
         let written = blocking(move || {
             file.write_all_at(&frames, at)?;
-            if sync {
-                syncer.data(&file)?;
-            }
-            Ok(())
+            syncer.data(&file)
         })
         .await;
         if written.is_ok() {
@@ -318,6 +334,8 @@ impl Wal {
         let rewritten = blocking(move || rewrite(&dir, &image, &syncer)).await;
         match rewritten {
             Ok(file) => {
+                // The image holds the queued records' effects.
+                self.queued.clear();
                 tracing::info!("{WAL_FILE}: rewrote the log: {dead} of {} bytes were dead", self.end);
                 (self.file, self.end) = (Arc::new(file), live);
                 Ok(())
