@@ -1,7 +1,8 @@
 //! Connections: lazily connected channels with deadlines, and a server runner.
 //!
-//! Every channel pings its peer over HTTP/2 ([`KEEPALIVE_INTERVAL`]; servers
-//! ping too, less often: [`SERVER_KEEPALIVE_INTERVAL`]), and every socket is tuned ([`socket::tune`]), so a connection to a silent peer
+//! Every channel pings its peer over HTTP/2 while a call is in flight
+//! ([`KEEPALIVE_INTERVAL`]; servers ping too, less often:
+//! [`SERVER_KEEPALIVE_INTERVAL`]), and every socket is tuned ([`socket::tune`]), so a connection to a silent peer
 //! is closed within about a second instead of sitting in TCP back-off for tens of
 //! seconds. A call that ran out of time also drops its cached channel
 //! ([`Channels::forget`]), so the next call dials afresh.

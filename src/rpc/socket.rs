@@ -12,8 +12,12 @@
 //!
 //! HTTP/2 keepalive pings ([`KEEPALIVE_INTERVAL`], [`KEEPALIVE_TIMEOUT`]) are set
 //! on the channels and servers themselves (`net.rs`): every 500 ms from the
-//! calling side, which is the side that must notice a silent peer and dial
-//! again, and every [`SERVER_KEEPALIVE_INTERVAL`] from the serving side.
+//! calling side while a call is in flight (the side that must notice a silent
+//! peer and dial again), and every [`SERVER_KEEPALIVE_INTERVAL`] from the
+//! serving side. An idle connection is not pinged by its caller: if its peer
+//! went silent meanwhile, TCP keepalive closes it, or the next call on it runs
+//! out of its deadline, which drops the cached channel
+//! (`Channels::forget`), and the call after it dials afresh.
 
 use std::io;
 use std::os::fd::AsRawFd;
@@ -21,7 +25,10 @@ use std::time::Duration;
 
 use tokio::net::TcpStream;
 
-/// HTTP/2 ping interval of every channel (the calling side), idle or not.
+/// HTTP/2 ping interval of every channel (the calling side) while a call is in
+/// flight. Idle connections are not pinged: at 100 clients there are about
+/// 6,000 of them, and pinging them all cost the 100-client benchmark 15-35% of
+/// its throughput with Raft (5-10% with the baseline).
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_millis(500);
 
 /// HTTP/2 ping interval of every server (the serving side). A server's pings
