@@ -6,6 +6,8 @@
 //!   (forward, downgrade, commit, confirm). The write that sets it up is not timed.
 //! - **write fault**: the two clients take turns writing one page, so every write
 //!   moves ownership (invalidate, forward, commit, confirm).
+//! - **commit of one command** (Raft only): one directory command on the leader,
+//!   alone in its log entry; no fault around it.
 //! - **commit of a batch** (Raft only): 16 directory commands proposed at once on
 //!   the leader, which the proposer packs into log entries; no fault around them.
 
@@ -80,6 +82,9 @@ fn commit_batch(c: &mut Criterion) {
     let node = cluster.node(leader).expect("leader node");
     let mut group = c.benchmark_group("Raft commit, in-process cluster");
     group.measurement_time(Duration::from_secs(8));
+    group.bench_function("one command", |bench| {
+        bench.iter(|| rt.block_on(node.commit(DirCmd::SetCaps { caps: Caps::default() })).expect("commit"))
+    });
     group.bench_function(format!("batch of {BATCH} commands"), |bench| {
         bench.iter(|| {
             rt.block_on(async {
