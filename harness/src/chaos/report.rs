@@ -46,6 +46,9 @@ pub struct Report {
     pub verdict: Verdict,
     /// True when the run passes: recovered, every final read answered, clean verdict.
     pub clean: bool,
+    /// Why the run does not pass, one reason per failed condition (empty when clean).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_clean: Vec<String>,
     /// The first final reads that failed, each with its page, client and error.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub final_read_failures: Vec<String>,
@@ -66,7 +69,16 @@ impl Report {
         for f in faults {
             *by_kind.entry(f.kind.clone()).or_insert(0) += 1;
         }
-        let clean = recovered && final_ok == finals.len() && verdict.clean();
+        let mut not_clean = Vec::new();
+        if !recovered {
+            not_clean.push("no CM node led after healing".to_string());
+        }
+        if final_ok < finals.len() {
+            not_clean.push(format!("{} final reads failed", finals.len() - final_ok));
+        }
+        if !verdict.clean() {
+            not_clean.push("the checks above found violations".to_string());
+        }
         let final_read_failures = finals
             .iter()
             .filter(|o| o.outcome != Outcome::Ok)
@@ -92,7 +104,8 @@ impl Report {
             longest_unavailability_ms: longest_gap(&work, cfg.duration.as_nanos() as u64),
             recovered,
             verdict,
-            clean,
+            clean: not_clean.is_empty(),
+            not_clean,
             final_read_failures,
             cuts: Vec::new(),
         }
@@ -155,18 +168,8 @@ impl std::fmt::Display for Report {
         }
         write_cuts(f, &self.cuts)?;
         write!(f, "  verdict: {}", if self.clean { "CLEAN" } else { "VIOLATIONS" })?;
-        let mut why = Vec::new();
-        if !self.recovered {
-            why.push("no CM node led after healing".to_string());
-        }
-        if self.final_reads_ok < self.final_reads {
-            why.push(format!("{} final reads failed", self.final_reads - self.final_reads_ok));
-        }
-        if !v.clean() {
-            why.push("the checks above found violations".to_string());
-        }
-        if !why.is_empty() {
-            write!(f, " ({})", why.join("; "))?;
+        if !self.not_clean.is_empty() {
+            write!(f, " ({})", self.not_clean.join("; "))?;
         }
         Ok(())
     }
