@@ -221,18 +221,73 @@ async fn an_unsynced_tail_is_cut_and_what_precedes_it_kept() {
         log.blocking_append((1..=3).map(register)).await.unwrap();
         log.blocking_append([register(4)]).await.unwrap();
     }
-    // A torn last frame: its first bytes reached the disk, the rest did not.
-    let full = std::fs::read(wal_path(&dir)).unwrap();
+    // A torn last frame: its first bytes reached the disk, the rest did not
+    // (the zeros grown ahead of the log are still there after it).
+    let mut bytes = std::fs::read(wal_path(&dir)).unwrap();
+    let end = wal::Wal::end_of_frames(&bytes);
+    assert!(bytes.len() > end, "the file is grown ahead of the log");
     let frame4 = wal::frame(&wal::Record::Entries(vec![register(4)])).unwrap();
-    std::fs::write(wal_path(&dir), &full[..full.len() - frame4.len() / 2]).unwrap();
+    bytes[end - frame4.len() / 2..end].fill(0);
+    std::fs::write(wal_path(&dir), &bytes).unwrap();
     let mut log = open(dir.path(), SyncPolicy::Sync).unwrap().log;
     assert_eq!(indexes(&mut log).await, vec![1, 2, 3]);
-    assert_eq!(std::fs::metadata(wal_path(&dir)).unwrap().len(), (full.len() - frame4.len()) as u64);
+    assert_eq!(std::fs::metadata(wal_path(&dir)).unwrap().len(), (end - frame4.len()) as u64);
     // The log goes on from the cut.
     log.blocking_append([register(4)]).await.unwrap();
     drop(log);
     let mut log = open(dir.path(), SyncPolicy::Sync).unwrap().log;
     assert_eq!(indexes(&mut log).await, vec![1, 2, 3, 4]);
+}
+
+#[tokio::test]
+async fn the_file_grows_ahead_of_the_log_and_a_reopen_keeps_the_zeros() {
+    let dir = TempDir::new().unwrap();
+    let grown = {
+        let mut log = voted_log(&dir).await;
+        let grown = std::fs::metadata(wal_path(&dir)).unwrap().len();
+        assert_eq!(grown, log.wal().len() + wal::PREALLOCATE, "the vote's write grew the file by a step of zeros");
+        log.blocking_append([register(1)]).await.unwrap();
+        log.blocking_append([register(2)]).await.unwrap();
+        assert_eq!(std::fs::metadata(wal_path(&dir)).unwrap().len(), grown, "appends inside the zeros");
+        grown
+    };
+    let mut log = open(dir.path(), SyncPolicy::Sync).unwrap().log;
+    assert_eq!(indexes(&mut log).await, vec![1, 2]);
+    assert_eq!(std::fs::metadata(wal_path(&dir)).unwrap().len(), grown, "the zeros are not a tail to cut");
+    // Enough appends to run past the zeros: the file grows by another step.
+    let mut next = 3;
+    while std::fs::metadata(wal_path(&dir)).unwrap().len() == grown {
+        log.blocking_append((next..next + 500).map(register)).await.unwrap();
+        next += 500;
+    }
+    drop(log);
+    let mut log = open(dir.path(), SyncPolicy::Sync).unwrap().log;
+    assert_eq!(indexes(&mut log).await, (1..next).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn a_group_torn_before_its_header_is_a_tail_not_corruption() {
+    let dir = TempDir::new().unwrap();
+    {
+        let mut log = voted_log(&dir).await;
+        log.blocking_append([register(1)]).await.unwrap();
+        log.save_committed(Some(log_id(1, 1))).await.unwrap();
+        // The queued committed id and entry 2: one group frame, one sync.
+        log.blocking_append([register(2)]).await.unwrap();
+    }
+    let mut bytes = std::fs::read(wal_path(&dir)).unwrap();
+    let end = wal::Wal::end_of_frames(&bytes);
+    let entry2 = wal::frame(&wal::Record::Entries(vec![register(2)])).unwrap();
+    // The group's header never reached the disk; its records did.
+    let committed = wal::frame(&wal::Record::<()>::Committed(Some(log_id(1, 1)))).unwrap();
+    // A group holds each record as its length and payload: as long as the two frames.
+    let header = end - entry2.len() - committed.len();
+    bytes[header..header + 8].fill(0);
+    std::fs::write(wal_path(&dir), &bytes).unwrap();
+    let mut log = open(dir.path(), SyncPolicy::Sync).unwrap().log;
+    assert_eq!(indexes(&mut log).await, vec![1]);
+    assert_eq!(log.read_committed().await.unwrap(), None);
+    assert_eq!(std::fs::metadata(wal_path(&dir)).unwrap().len(), header as u64, "the torn group was cut");
 }
 
 #[tokio::test]
@@ -244,7 +299,7 @@ async fn a_checksum_failure_ends_the_log() {
         log.blocking_append([register(2)]).await.unwrap();
     }
     let mut bytes = std::fs::read(wal_path(&dir)).unwrap();
-    let last = bytes.len() - 1;
+    let last = wal::Wal::end_of_frames(&bytes) - 1;
     bytes[last] ^= 0xff;
     std::fs::write(wal_path(&dir), &bytes).unwrap();
     let mut log = open(dir.path(), SyncPolicy::Sync).unwrap().log;
@@ -263,7 +318,7 @@ async fn a_damaged_record_before_valid_ones_is_corruption_not_a_tail() {
     // A bit flipped inside entry 2's frame, synced long ago: entry 3 follows it.
     let mut bytes = std::fs::read(wal_path(&dir)).unwrap();
     let frame3 = wal::frame(&wal::Record::Entries(vec![register(3)])).unwrap();
-    let inside_frame2 = bytes.len() - frame3.len() - 3;
+    let inside_frame2 = wal::Wal::end_of_frames(&bytes) - frame3.len() - 3;
     bytes[inside_frame2] ^= 0xff;
     std::fs::write(wal_path(&dir), &bytes).unwrap();
     let Err(err) = open(dir.path(), SyncPolicy::Sync) else { panic!("a corrupt log must be refused") };

@@ -2,21 +2,27 @@
 //!
 //! The file is an 8-byte magic followed by frames `len: u32 LE | crc: u32 LE |
 //! payload`, where the payload is a postcard [`Record`] and the CRC-32 covers the
-//! length bytes and the payload. Replaying the records in order rebuilds the
-//! [`LogState`] kept in memory.
+//! length bytes and the payload. A *group* frame (the top bit of `len` set)
+//! carries several frames in its payload under its one checksum. Replaying the
+//! records in order rebuilds the [`LogState`] kept in memory. After the last
+//! frame the file holds zeros: it is grown ahead of the log in steps of
+//! [`PREALLOCATE`] bytes of written zeros, so that an append overwrites blocks
+//! the file already has and its `fdatasync` has no file size or block map to
+//! write (on ext4 here about half the cost of a sync that grows the file).
 //!
-//! A write appends frames at the end of the file with `pwrite` and calls
-//! `fdatasync` on the file, once for all its frames; a record that needs no sync
-//! waits in memory and goes in front of the next synced write. So a
-//! sync covers every byte written before it, and after a crash the file holds a
-//! prefix of what was written, possibly followed by a torn or unwritten tail.
-//! Replay stops at the first frame that is incomplete or fails its checksum and
-//! cuts the file there (that tail was never synced, so never acknowledged);
-//! but when a valid frame follows the damaged one, the damage is corruption of
-//! synced data, not a torn tail, and the file is refused instead. A
-//! frame with a valid checksum that does not decode is an error, never cut: it
-//! was written by another version. A file shorter than the magic was never synced
-//! and counts as empty.
+//! A synced write is always exactly one frame, written with `pwrite` at the end
+//! of the log, then `fdatasync`; a record that needs no sync waits in memory and
+//! goes, with the next synced write, into one group frame. So a sync covers
+//! every byte written before it, and after a crash the file holds a prefix of
+//! what was written, possibly followed by one torn frame, then zeros. Replay
+//! stops at the first frame that is incomplete or fails its checksum (a zero
+//! length is the end of the log); a damaged tail is cut there (it was never
+//! synced, so never acknowledged). When a valid frame follows the damaged one,
+//! the damage is corruption of synced data, not a torn tail (a torn write is
+//! one frame, and nothing but zeros was ever after it), and the file is refused
+//! instead. A frame with a valid checksum that does not decode is an error,
+//! never cut: it was written by another version. A file shorter than the magic
+//! was never synced and counts as empty.
 //!
 //! When a purge leaves most of the file dead (records of purged or replaced
 //! entries, old votes), the file is rewritten with only the live state: the image
@@ -49,6 +55,12 @@ const MAGIC: &[u8; 8] = b"ivywal01";
 const FRAME_HEADER: usize = 8;
 /// The largest payload replay accepts; a longer length is a torn frame.
 const MAX_RECORD_BYTES: u32 = 256 << 20;
+/// The bit of a frame's length that marks a group frame.
+const GROUP: u32 = 1 << 31;
+/// The file grows ahead of the log by this many bytes of written zeros at a
+/// time: one larger sync every few thousand appends instead of a size change
+/// in every one.
+pub(super) const PREALLOCATE: u64 = 256 << 10;
 /// Entries per record in a rewritten file, so no record grows without bound.
 const ENTRIES_PER_RECORD: usize = 256;
 /// A purge rewrites the file once its dead bytes exceed both its live bytes and
@@ -140,14 +152,35 @@ impl LogState {
 /// Encodes `record` as one frame.
 pub(super) fn frame<Es: Serialize>(record: &Record<Es>) -> io::Result<Vec<u8>> {
     let payload = codec::encode(record).map_err(io::Error::other)?;
+    framed(&payload, 0)
+}
+
+/// One group frame holding the records of `frames` (whole frames from
+/// [`frame`], in order). Inside the group a record is `len: u32 LE | payload`,
+/// with no checksum of its own: the group's covers them, and the bytes of a
+/// group torn by a crash can never pass for a valid frame after a damaged one.
+fn group(frames: &[u8]) -> io::Result<Vec<u8>> {
+    let mut payload = Vec::with_capacity(frames.len());
+    let mut at = 0;
+    while at < frames.len() {
+        let frame = frame_at(frames, at).ok_or_else(|| io::Error::other("a queued log record is damaged"))?;
+        payload.extend_from_slice(&(frame.payload.len() as u32).to_le_bytes());
+        payload.extend_from_slice(frame.payload);
+        at = frame.next;
+    }
+    framed(&payload, GROUP)
+}
+
+fn framed(payload: &[u8], flags: u32) -> io::Result<Vec<u8>> {
     let len = u32::try_from(payload.len())
         .ok()
         .filter(|len| *len <= MAX_RECORD_BYTES)
         .ok_or_else(|| io::Error::other(format!("a log record of {} bytes is too large", payload.len())))?;
+    let head = len | flags;
     let mut out = Vec::with_capacity(FRAME_HEADER + payload.len());
-    out.extend_from_slice(&len.to_le_bytes());
-    out.extend_from_slice(&checksum(len, &payload).to_le_bytes());
-    out.extend_from_slice(&payload);
+    out.extend_from_slice(&head.to_le_bytes());
+    out.extend_from_slice(&checksum(head, payload).to_le_bytes());
+    out.extend_from_slice(payload);
     Ok(out)
 }
 
@@ -158,36 +191,70 @@ fn checksum(len: u32, payload: &[u8]) -> u32 {
     hasher.finalize()
 }
 
-/// The payload of the frame at `at` and the offset after it; `None` at the end
-/// of the file or at an incomplete or damaged frame.
-fn frame_at(buf: &[u8], at: usize) -> Option<(&[u8], usize)> {
+/// A frame read back: its payload, whether it is a group, the offset after it.
+struct Frame<'a> {
+    payload: &'a [u8],
+    group: bool,
+    next: usize,
+}
+
+/// The frame at `at`; `None` at the end of the log (a zero length, or the end
+/// of the file) or at an incomplete or damaged frame.
+fn frame_at(buf: &[u8], at: usize) -> Option<Frame<'_>> {
     let header = buf.get(at..at.checked_add(FRAME_HEADER)?)?;
-    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+    let head = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
     let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+    let len = head & !GROUP;
     if len == 0 || len > MAX_RECORD_BYTES {
         return None;
     }
     let start = at + FRAME_HEADER;
     let payload = buf.get(start..start + len as usize)?;
-    (checksum(len, payload) == crc).then_some((payload, start + len as usize))
+    (checksum(head, payload) == crc).then_some(Frame { payload, group: head & GROUP != 0, next: start + len as usize })
 }
 
 /// Replays the frames after the magic; returns the state and the valid length.
 fn replay(buf: &[u8], path: &Path) -> Result<(LogState, usize), Error> {
     let mut state = LogState::default();
     let mut at = MAGIC.len();
-    while let Some((payload, next)) = frame_at(buf, at) {
-        let record: Owned = codec::decode(payload).map_err(|e| {
-            Error::Storage(format!(
-                "{}: the record at byte {at} has a valid checksum but does not decode ({e}); \
-                 was it written by another version of ivy?",
-                path.display()
-            ))
-        })?;
-        state.apply(record);
-        at = next;
+    while let Some(frame) = frame_at(buf, at) {
+        if frame.group {
+            replay_group(frame.payload, &mut state).map_err(|why| {
+                Error::Storage(format!(
+                    "{}: the group of records at byte {at} has a valid checksum but {why}; \
+                     was it written by another version of ivy?",
+                    path.display()
+                ))
+            })?;
+        } else {
+            state.apply(decode_record(frame.payload).map_err(|e| {
+                Error::Storage(format!(
+                    "{}: the record at byte {at} has a valid checksum but does not decode ({e}); \
+                     was it written by another version of ivy?",
+                    path.display()
+                ))
+            })?);
+        }
+        at = frame.next;
     }
     Ok((state, at))
+}
+
+fn decode_record(payload: &[u8]) -> Result<Owned, String> {
+    codec::decode(payload).map_err(|e| e.to_string())
+}
+
+/// Applies the records of a group (see [`group`]); under the group's checksum
+/// every record must be whole and decode.
+fn replay_group(payload: &[u8], state: &mut LogState) -> Result<(), String> {
+    let mut rest = payload;
+    while !rest.is_empty() {
+        let (len, after) = rest.split_first_chunk::<4>().ok_or("ends inside a record's length")?;
+        let record = after.get(..u32::from_le_bytes(*len) as usize).ok_or("ends inside a record")?;
+        state.apply(decode_record(record).map_err(|e| format!("a record in it does not decode ({e})"))?);
+        rest = &after[record.len()..];
+    }
+    Ok(())
 }
 
 /// The writer of `raft.wal`: appends frames and syncs them.
@@ -195,7 +262,10 @@ fn replay(buf: &[u8], path: &Path) -> Result<(LogState, usize), Error> {
 pub(super) struct Wal {
     file: Arc<File>,
     dir: PathBuf,
+    /// Where the next frame goes: the end of the log.
     end: u64,
+    /// The file's length: zeros from `end` up to it.
+    allocated: u64,
     compact_after: u64,
     syncer: Syncer,
     /// Frames of records that need no sync, not yet in the file: they go in
@@ -214,10 +284,11 @@ pub(super) fn open(dir: &Path, syncer: Syncer) -> Result<(Wal, LogState), Error>
     let mut file = file.map_err(|e| io_err("cannot open", e))?;
     let mut buf = Vec::new();
     file.read_to_end(&mut buf).map_err(|e| io_err("cannot read", e))?;
-    let wal = |file, end| Wal {
+    let wal = |file, end, allocated| Wal {
         file: Arc::new(file),
         dir: dir.to_path_buf(),
         end,
+        allocated,
         compact_after: COMPACT_AFTER_DEAD_BYTES,
         syncer: syncer.clone(),
         queued: Vec::new(),
@@ -225,7 +296,8 @@ pub(super) fn open(dir: &Path, syncer: Syncer) -> Result<(Wal, LogState), Error>
     };
     if never_synced(&buf) {
         start_empty(&file, dir, &syncer).map_err(|e| io_err("cannot initialise", e))?;
-        return Ok((wal(file, MAGIC.len() as u64), LogState::default()));
+        let end = MAGIC.len() as u64;
+        return Ok((wal(file, end, end), LogState::default()));
     }
     if !buf.starts_with(MAGIC) {
         return Err(Error::Storage(format!("{} is not an ivy Raft log (unknown header)", path.display())));
@@ -239,19 +311,20 @@ pub(super) fn open(dir: &Path, syncer: Syncer) -> Result<(Wal, LogState), Error>
             path.display()
         )));
     }
-    if valid < buf.len() {
-        tracing::warn!("{}: dropping {} bytes of an unsynced tail at byte {valid}", path.display(), buf.len() - valid);
-        file.set_len(valid as u64)
-            .and_then(|()| syncer.data(&file))
-            .map_err(|e| io_err("cannot cut the tail of", e))?;
+    if buf[valid..].iter().all(|b| *b == 0) {
+        // The space grown ahead of the log: kept for the next appends.
+        return Ok((wal(file, valid as u64, buf.len() as u64), state));
     }
-    Ok((wal(file, valid as u64), state))
+    tracing::warn!("{}: dropping {} bytes of an unsynced tail at byte {valid}", path.display(), buf.len() - valid);
+    file.set_len(valid as u64).and_then(|()| syncer.data(&file)).map_err(|e| io_err("cannot cut the tail of", e))?;
+    Ok((wal(file, valid as u64, valid as u64), state))
 }
 
 /// The offset of a valid frame somewhere after the damaged one at `at`, if any.
 /// Only the last write can be torn by a crash (each append is synced before the
-/// next one is written), so a valid frame after a damaged one means corruption
-/// of synced data, which must not be cut away silently.
+/// next one is written, and is one frame with only zeros after it), so a valid
+/// frame after a damaged one means corruption of synced data, which must not be
+/// cut away silently.
 fn later_frame(buf: &[u8], at: usize) -> Option<usize> {
     (at + 1..buf.len().saturating_sub(FRAME_HEADER)).find(|&i| frame_at(buf, i).is_some())
 }
@@ -291,33 +364,41 @@ pub(super) fn rewrite(dir: &Path, image: &[u8], syncer: &Syncer) -> io::Result<F
 }
 
 impl Wal {
-    /// Appends `frames` at the end of the file; when `sync`, returns only once
-    /// they are on stable storage (one `fdatasync` for all of them). Frames that
-    /// need no sync are only queued: they reach the file with the next synced
-    /// write, in front of its frames, so the file keeps the order records were
-    /// made in and a record that needs no sync costs no IO of its own.
-    pub(super) async fn write(&mut self, frames: Vec<u8>, sync: bool) -> io::Result<()> {
+    /// Writes the frame `frame` (one, from [`frame`]) at the end of the log;
+    /// when `sync`, returns only once it is on stable storage. A frame that
+    /// needs no sync is only queued: it reaches the file with the next synced
+    /// write, the two (or more) in one group frame, so the file keeps the order
+    /// records were made in, a record that needs no sync costs no IO of its
+    /// own, and every synced write is a single frame.
+    pub(super) async fn write(&mut self, frame: Vec<u8>, sync: bool) -> io::Result<()> {
         self.usable()?;
         if !sync {
-            self.queued.extend_from_slice(&frames);
+            self.queued.extend_from_slice(&frame);
             return Ok(());
         }
-        let frames = if self.queued.is_empty() {
-            frames
+        let frame = if self.queued.is_empty() {
+            frame
         } else {
             let mut all = std::mem::take(&mut self.queued);
-            all.extend_from_slice(&frames);
-            all
+            all.extend_from_slice(&frame);
+            group(&all)?
         };
         let (file, at, syncer) = (self.file.clone(), self.end, self.syncer.clone());
-        let len = frames.len() as u64;
+        let end = at + frame.len() as u64;
+        // Past the zeros already there, the file grows by a step of zeros
+        // beyond the frame, synced with it.
+        let allocated = if end > self.allocated { end + PREALLOCATE } else { self.allocated };
+        let grow = allocated - self.allocated.max(end);
         let written = blocking(move || {
-            file.write_all_at(&frames, at)?;
+            file.write_all_at(&frame, at)?;
+            if grow > 0 {
+                file.write_all_at(&vec![0; grow as usize], end)?;
+            }
             syncer.data(&file)
         })
         .await;
         if written.is_ok() {
-            self.end += len;
+            (self.end, self.allocated) = (end, allocated);
         }
         self.settle(written)
     }
@@ -337,17 +418,27 @@ impl Wal {
                 // The image holds the queued records' effects.
                 self.queued.clear();
                 tracing::info!("{WAL_FILE}: rewrote the log: {dead} of {} bytes were dead", self.end);
-                (self.file, self.end) = (Arc::new(file), live);
+                (self.file, self.end, self.allocated) = (Arc::new(file), live, live);
                 Ok(())
             }
             Err(e) => self.settle(Err(e)),
         }
     }
 
-    /// Bytes in the file.
+    /// Bytes of the log (the file may hold zeros after them).
     #[cfg(test)]
     pub(super) fn len(&self) -> u64 {
         self.end
+    }
+
+    /// Where the log's frames end in the file's bytes `buf` (tests).
+    #[cfg(test)]
+    pub(super) fn end_of_frames(buf: &[u8]) -> usize {
+        let mut at = MAGIC.len();
+        while let Some(frame) = frame_at(buf, at) {
+            at = frame.next;
+        }
+        at
     }
 
     /// Lowers the dead bytes a purge tolerates (tests).
