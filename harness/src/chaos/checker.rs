@@ -63,6 +63,40 @@ pub struct Verdict {
     pub details: Vec<String>,
 }
 
+/// The checks as the reports print them: one line of counts, then the first
+/// violations in words, each on its own line and indented.
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "  checks: {} pages; not linearizable {}; undecided {}; lost acknowledged writes {}; phantom values {}; duplicate applications {}; epoch regressions {}; lost with a survivor {}; refused as stale {}",
+            self.pages,
+            self.not_linearizable.len(),
+            self.undecided.len(),
+            self.lost_acknowledged_writes,
+            self.phantom_values,
+            self.duplicate_applications,
+            self.epoch_regressions,
+            self.lost_with_survivors,
+            self.stale_refusals
+        )?;
+        for d in &self.details {
+            write!(f, "\n    {d}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A report's last line: CLEAN, or VIOLATIONS and why (`not_clean`, the
+/// reasons the report found; none means clean).
+pub fn write_verdict_line(f: &mut std::fmt::Formatter<'_>, not_clean: &[String]) -> std::fmt::Result {
+    if not_clean.is_empty() {
+        write!(f, "  verdict: CLEAN")
+    } else {
+        write!(f, "  verdict: VIOLATIONS ({})", not_clean.join("; "))
+    }
+}
+
 impl Verdict {
     /// True when nothing is wrong.
     pub fn clean(&self) -> bool {

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use super::checker::Verdict;
+use super::checker::{write_verdict_line, Verdict};
 use super::history::{History, Op, Outcome};
 use super::netns_run::CutRecovery;
 use super::ChaosConfig;
@@ -137,7 +137,6 @@ fn longest_gap(work: &[&Op], duration_ns: u64) -> f64 {
 
 impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let v = &self.verdict;
         writeln!(
             f,
             "chaos report: {} mode, seed {}, {} s, {} clients x {} workers, {} pages",
@@ -158,20 +157,9 @@ impl std::fmt::Display for Report {
             "  longest unavailability: {:.0} ms; recovered: {}",
             self.longest_unavailability_ms, self.recovered
         )?;
-        writeln!(
-            f,
-            "  checks: {} pages; not linearizable {}; undecided {}; lost acknowledged writes {}; phantom values {}; duplicate applications {}; epoch regressions {}; lost with a survivor {}; refused as stale {}",
-            v.pages, v.not_linearizable.len(), v.undecided.len(), v.lost_acknowledged_writes, v.phantom_values, v.duplicate_applications, v.epoch_regressions, v.lost_with_survivors, v.stale_refusals
-        )?;
-        for d in &v.details {
-            writeln!(f, "    {d}")?;
-        }
+        writeln!(f, "{}", self.verdict)?;
         write_cuts(f, &self.cuts)?;
-        write!(f, "  verdict: {}", if self.clean { "CLEAN" } else { "VIOLATIONS" })?;
-        if !self.not_clean.is_empty() {
-            write!(f, " ({})", self.not_clean.join("; "))?;
-        }
-        Ok(())
+        write_verdict_line(f, &self.not_clean)
     }
 }
 

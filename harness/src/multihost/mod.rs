@@ -29,7 +29,7 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::chaos::checker::{self, Verdict};
+use crate::chaos::checker::{self, write_verdict_line, Verdict};
 use crate::chaos::history::{self, History, Op, Outcome};
 use cluster::CmContainers;
 use docker::{Cleanup, Project};
@@ -91,6 +91,8 @@ pub struct MultihostReport {
     pub leftovers: Vec<String>,
     /// Every final read answered, a clean verdict, nothing left over.
     pub clean: bool,
+    /// Why the run is not clean (empty when it is).
+    pub not_clean: Vec<String>,
 }
 
 /// Runs the whole test; `Err` when the run could not be carried out (Docker
@@ -250,7 +252,16 @@ fn summarise(history: &History, phases: Vec<(String, f64)>, leftovers: Vec<Strin
     let finals: Vec<&Op> = ops.iter().filter(|o| o.last).collect();
     let final_reads_ok = finals.iter().filter(|o| o.outcome == Outcome::Ok).count();
     let verdict = checker::check_history(history);
-    let clean = final_reads_ok == finals.len() && verdict.clean() && leftovers.is_empty();
+    let mut not_clean = Vec::new();
+    if final_reads_ok < finals.len() {
+        not_clean.push(format!("{} final reads failed", finals.len() - final_reads_ok));
+    }
+    if !verdict.clean() {
+        not_clean.push("the checks above found violations".to_string());
+    }
+    if !leftovers.is_empty() {
+        not_clean.push(format!("{} Docker objects left after teardown", leftovers.len()));
+    }
     MultihostReport {
         ops_ok: count(Outcome::Ok),
         ops_failed: count(Outcome::Fail),
@@ -260,28 +271,21 @@ fn summarise(history: &History, phases: Vec<(String, f64)>, leftovers: Vec<Strin
         phases,
         verdict,
         leftovers,
-        clean,
+        clean: not_clean.is_empty(),
+        not_clean,
     }
 }
 
 impl std::fmt::Display for MultihostReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let v = &self.verdict;
         writeln!(f, "multihost report")?;
         for (phase, s) in &self.phases {
             writeln!(f, "  {phase:<52} {s:6.1} s")?;
         }
         writeln!(f, "  ops: {} ok, {} failed, {} unknown", self.ops_ok, self.ops_failed, self.ops_unknown)?;
         writeln!(f, "  final reads: {}/{} ok", self.final_reads_ok, self.final_reads)?;
-        writeln!(
-            f,
-            "  checks: {} pages; not linearizable {}; undecided {}; lost acknowledged writes {}; phantom values {}; duplicate applications {}; epoch regressions {}",
-            v.pages, v.not_linearizable.len(), v.undecided.len(), v.lost_acknowledged_writes, v.phantom_values, v.duplicate_applications, v.epoch_regressions
-        )?;
-        for d in &v.details {
-            writeln!(f, "    {d}")?;
-        }
+        writeln!(f, "{}", self.verdict)?;
         writeln!(f, "  leftovers after teardown: {:?}", self.leftovers)?;
-        write!(f, "  verdict: {}", if self.clean { "CLEAN" } else { "VIOLATIONS" })
+        write_verdict_line(f, &self.not_clean)
     }
 }
