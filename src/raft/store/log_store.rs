@@ -32,7 +32,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use openraft::storage::{LogFlushed, LogState as RaftLogState, RaftLogReader, RaftLogStorage};
 use openraft::{Entry, LogId, OptionalSend, StorageError, StorageIOError, Vote};
 
-use super::wal::{frame, LogState, Record, Wal};
+use super::wal::{encode, LogState, Record, Wal};
 use crate::raft::TypeConfig;
 
 type NodeId = u64;
@@ -83,7 +83,7 @@ impl LogStore {
 
     /// Appends a record that carries no entries and applies it in memory.
     async fn write_meta(&mut self, record: Record<()>, sync: bool) -> io::Result<()> {
-        let bytes = frame(&record)?;
+        let bytes = encode(&record)?;
         self.state().apply(record.with_entries(|()| Vec::new()));
         self.wal.write(bytes, sync).await
     }
@@ -171,7 +171,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             callback.log_io_completed(Ok(()));
             return Ok(());
         }
-        let bytes = frame(&Record::Entries(&entries[..])).map_err(|e| StorageIOError::write_logs(&e))?;
+        let bytes = encode(&Record::Entries(&entries[..])).map_err(|e| StorageIOError::write_logs(&e))?;
         self.state().apply(Record::Entries(entries));
         let written = self.wal.write(bytes, true).await;
         let failure = written.as_ref().err().map(StorageIOError::write_logs);

@@ -3,7 +3,8 @@
 //! The file is an 8-byte magic followed by frames `len: u32 LE | crc: u32 LE |
 //! payload`, where the payload is a postcard [`Record`] and the CRC-32 covers the
 //! length bytes and the payload. A *group* frame (the top bit of `len` set)
-//! carries several frames in its payload under its one checksum. Replaying the
+//! carries several records under its one checksum, each as `len: u32 LE |
+//! payload` with no checksum of its own. Replaying the
 //! records in order rebuilds the [`LogState`] kept in memory. After the last
 //! frame the file holds zeros: it is grown ahead of the log in steps of
 //! [`PREALLOCATE`] bytes of written zeros, so that an append overwrites blocks
@@ -149,34 +150,28 @@ impl LogState {
     }
 }
 
-/// Encodes `record` as one frame.
-pub(super) fn frame<Es: Serialize>(record: &Record<Es>) -> io::Result<Vec<u8>> {
+/// Encodes `record` as a frame's payload (what [`Wal::write`] takes).
+pub(super) fn encode<Es: Serialize>(record: &Record<Es>) -> io::Result<Vec<u8>> {
     let payload = codec::encode(record).map_err(io::Error::other)?;
-    framed(&payload, 0)
+    length(&payload)?;
+    Ok(payload)
 }
 
-/// One group frame holding the records of `frames` (whole frames from
-/// [`frame`], in order). Inside the group a record is `len: u32 LE | payload`,
-/// with no checksum of its own: the group's covers them, and the bytes of a
-/// group torn by a crash can never pass for a valid frame after a damaged one.
-fn group(frames: &[u8]) -> io::Result<Vec<u8>> {
-    let mut payload = Vec::with_capacity(frames.len());
-    let mut at = 0;
-    while at < frames.len() {
-        let frame = frame_at(frames, at).ok_or_else(|| io::Error::other("a queued log record is damaged"))?;
-        payload.extend_from_slice(&(frame.payload.len() as u32).to_le_bytes());
-        payload.extend_from_slice(frame.payload);
-        at = frame.next;
-    }
-    framed(&payload, GROUP)
+/// Encodes `record` as one frame.
+pub(super) fn frame<Es: Serialize>(record: &Record<Es>) -> io::Result<Vec<u8>> {
+    framed(&encode(record)?, 0)
+}
+
+/// The length of a frame's payload, refused past the largest replay accepts.
+fn length(payload: &[u8]) -> io::Result<u32> {
+    u32::try_from(payload.len())
+        .ok()
+        .filter(|len| *len <= MAX_RECORD_BYTES)
+        .ok_or_else(|| io::Error::other(format!("a log record of {} bytes is too large", payload.len())))
 }
 
 fn framed(payload: &[u8], flags: u32) -> io::Result<Vec<u8>> {
-    let len = u32::try_from(payload.len())
-        .ok()
-        .filter(|len| *len <= MAX_RECORD_BYTES)
-        .ok_or_else(|| io::Error::other(format!("a log record of {} bytes is too large", payload.len())))?;
-    let head = len | flags;
+    let head = length(payload)? | flags;
     let mut out = Vec::with_capacity(FRAME_HEADER + payload.len());
     out.extend_from_slice(&head.to_le_bytes());
     out.extend_from_slice(&checksum(head, payload).to_le_bytes());
@@ -244,8 +239,8 @@ fn decode_record(payload: &[u8]) -> Result<Owned, String> {
     codec::decode(payload).map_err(|e| e.to_string())
 }
 
-/// Applies the records of a group (see [`group`]); under the group's checksum
-/// every record must be whole and decode.
+/// Applies the records of a group (see [`Wal::write`]); under the group's
+/// checksum every record must be whole and decode.
 fn replay_group(payload: &[u8], state: &mut LogState) -> Result<(), String> {
     let mut rest = payload;
     while !rest.is_empty() {
@@ -268,8 +263,10 @@ pub(super) struct Wal {
     allocated: u64,
     compact_after: u64,
     syncer: Syncer,
-    /// Frames of records that need no sync, not yet in the file: they go in
-    /// front of the next synced write, in the order they were made.
+    /// Records that need no sync, not yet in the file, each as `len: u32 LE |
+    /// payload` (the form inside a group frame): they go into the group frame
+    /// of the next synced write, in front of its record, in the order they
+    /// were made.
     queued: Vec<u8>,
     /// Why the file may no longer be written, after a failed write or sync.
     broken: Option<String>,
@@ -364,24 +361,28 @@ pub(super) fn rewrite(dir: &Path, image: &[u8], syncer: &Syncer) -> io::Result<F
 }
 
 impl Wal {
-    /// Writes the frame `frame` (one, from [`frame`]) at the end of the log;
-    /// when `sync`, returns only once it is on stable storage. A frame that
-    /// needs no sync is only queued: it reaches the file with the next synced
-    /// write, the two (or more) in one group frame, so the file keeps the order
-    /// records were made in, a record that needs no sync costs no IO of its
-    /// own, and every synced write is a single frame.
-    pub(super) async fn write(&mut self, frame: Vec<u8>, sync: bool) -> io::Result<()> {
+    /// Writes the record `record` (a payload from [`encode`]) at the end of
+    /// the log; when `sync`, returns only once it is on stable storage. A
+    /// record that needs no sync is only queued: it reaches the file with the
+    /// next synced write, the two (or more) in one group frame, so the file
+    /// keeps the order records were made in, a record that needs no sync costs
+    /// no IO of its own, and every synced write is a single frame. Inside a
+    /// group a record has no checksum of its own (the group's covers it), so
+    /// the bytes of a group torn by a crash cannot pass for a valid frame after
+    /// a damaged one.
+    pub(super) async fn write(&mut self, record: Vec<u8>, sync: bool) -> io::Result<()> {
         self.usable()?;
+        if !sync || !self.queued.is_empty() {
+            self.queued.extend_from_slice(&length(&record)?.to_le_bytes());
+            self.queued.extend_from_slice(&record);
+        }
         if !sync {
-            self.queued.extend_from_slice(&frame);
             return Ok(());
         }
         let frame = if self.queued.is_empty() {
-            frame
+            framed(&record, 0)?
         } else {
-            let mut all = std::mem::take(&mut self.queued);
-            all.extend_from_slice(&frame);
-            group(&all)?
+            framed(&std::mem::take(&mut self.queued), GROUP)?
         };
         let (file, at, syncer) = (self.file.clone(), self.end, self.syncer.clone());
         let end = at + frame.len() as u64;
@@ -434,11 +435,7 @@ impl Wal {
     /// Where the log's frames end in the file's bytes `buf` (tests).
     #[cfg(test)]
     pub(super) fn end_of_frames(buf: &[u8]) -> usize {
-        let mut at = MAGIC.len();
-        while let Some(frame) = frame_at(buf, at) {
-            at = frame.next;
-        }
-        at
+        replay(buf, Path::new(WAL_FILE)).expect("a log that replays").1
     }
 
     /// Lowers the dead bytes a purge tolerates (tests).
