@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 use crate::error::Error;
 use crate::protocol::{ClientId, FaultRequest, Grant};
-use crate::rpc::{Channels, ManagerClient, Removal, Security};
+use crate::rpc::{Channels, ManagerClient, Removal, Security, FAULT_REPLY_MARGIN};
 use crate::status::{NodeReport, PagesReport, StatusReport};
 
 /// Pause after a round in which every CM node failed to serve the request (a
@@ -117,7 +117,12 @@ impl CmConn {
     pub async fn fault(&self, request: &FaultRequest, give_up: Instant) -> Result<Grant, Error> {
         let what = format!("{} fault on {}", request.kind, request.page);
         let wait = || give_up.saturating_duration_since(Instant::now());
-        self.call_until(&what, give_up, |cm| async move { self.rpc.fault(&cm, request, wait()).await }).await
+        // The CM answers FAULT_REPLY_MARGIN before `wait` runs out: an attempt
+        // needs more time than that, or its answer ("did not complete within
+        // 0 ms") would hide the error that tells why the fault failed.
+        let min_attempt = FAULT_REPLY_MARGIN + MIN_ATTEMPT;
+        self.call_within(&what, give_up, min_attempt, |cm| async move { self.rpc.fault(&cm, request, wait()).await })
+            .await
     }
 
     /// Asks every CM node for its status, at most [`STATUS_TIMEOUT`] each.
@@ -141,11 +146,27 @@ impl CmConn {
         F: Fn(String) -> Fut,
         Fut: Future<Output = Result<T, Error>>,
     {
+        self.call_within(what, give_up, MIN_ATTEMPT, f).await
+    }
+
+    /// Like [`CmConn::call_until`], starting no attempt with less than
+    /// `min_attempt` left.
+    async fn call_within<T, F, Fut>(
+        &self,
+        what: &str,
+        give_up: Instant,
+        min_attempt: Duration,
+        f: F,
+    ) -> Result<T, Error>
+    where
+        F: Fn(String) -> Fut,
+        Fut: Future<Output = Result<T, Error>>,
+    {
         let started = Instant::now();
         let mut last = None;
         // The nodes that failed this call since its last pause.
         let mut failed: Vec<usize> = Vec::new();
-        while give_up.saturating_duration_since(Instant::now()) >= MIN_ATTEMPT {
+        while give_up.saturating_duration_since(Instant::now()) >= min_attempt {
             let (index, addr) = self.current();
             let attempt = tokio::time::timeout_at(give_up, f(addr));
             let err = tokio::select! {

@@ -38,7 +38,7 @@ use crate::status::{ClientLease, NodeStatus, PageState as ShownState, PageView, 
 pub const FAULT_REPLY_DEADLINE: Duration = Duration::from_millis(2500);
 
 /// How long before the caller's own deadline a slow fault answers why it is slow.
-const REPLY_MARGIN: Duration = Duration::from_millis(50);
+const REPLY_MARGIN: Duration = crate::rpc::FAULT_REPLY_MARGIN;
 
 /// How often a fault held up by a silent holder plans again (the holder may be
 /// back, or evicted).

@@ -16,6 +16,12 @@ use crate::error::Error;
 use crate::protocol::{ClientId, FaultKind, FaultRequest, Grant, PageName};
 use crate::status::{ClientLease, LeaderRef, NodeStatus, PageState, PageView, PagesReport, Role};
 
+/// How long before a fault caller's deadline (the `wait` it sends) the CM
+/// answers a slow fault with why it is slow. An attempt with less time than
+/// this left can only hear that the fault did not complete in no time, which
+/// says nothing: callers do not start one.
+pub const FAULT_REPLY_MARGIN: Duration = Duration::from_millis(50);
+
 /// What removing a client did to the pages it owned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Removal {
@@ -290,7 +296,8 @@ impl ManagerClient {
     }
 
     /// Sends one fault request to the CM at `addr`, telling it the caller waits
-    /// at most `wait` (so it can answer why before then).
+    /// at most `wait` (so it can answer why before then: [`FAULT_REPLY_MARGIN`]
+    /// before it).
     pub async fn fault(&self, addr: &str, request: &FaultRequest, wait: Duration) -> Result<Grant, Error> {
         let req = pb::FaultRequest { client: request.client, seq: request.seq, page: request.page.to_string() };
         let mut req = Request::new(req);

@@ -39,7 +39,7 @@ pub use convert::{error_from_status, status_from_error};
 pub use health::{Health, HealthState, MANAGER_SERVICE};
 pub use heartbeat::{HeartbeatApi, HeartbeatClient, Pulse};
 pub use holder::{holder_router, HolderApi, HolderClient, HolderRef};
-pub use manager::{ManagerApi, ManagerClient, Removal};
+pub use manager::{ManagerApi, ManagerClient, Removal, FAULT_REPLY_MARGIN};
 pub use net::{Channels, Server};
 pub use security::{
     Callers, Security, TlsFiles, CLIENT_ROLE_NAME, MAX_CONCURRENT_PER_CONNECTION, NODE_ROLE_NAME,
