@@ -213,23 +213,19 @@ fn replay(buf: &[u8], path: &Path) -> Result<(LogState, usize), Error> {
     let mut state = LogState::default();
     let mut at = MAGIC.len();
     while let Some(frame) = frame_at(buf, at) {
-        if frame.group {
-            replay_group(frame.payload, &mut state).map_err(|why| {
-                Error::Storage(format!(
-                    "{}: the group of records at byte {at} has a valid checksum but {why}; \
-                     was it written by another version of ivy?",
-                    path.display()
-                ))
-            })?;
+        let (what, applied) = if frame.group {
+            ("group of records", replay_group(frame.payload, &mut state))
         } else {
-            state.apply(decode_record(frame.payload).map_err(|e| {
-                Error::Storage(format!(
-                    "{}: the record at byte {at} has a valid checksum but does not decode ({e}); \
-                     was it written by another version of ivy?",
-                    path.display()
-                ))
-            })?);
-        }
+            let record = decode_record(frame.payload).map_err(|e| format!("does not decode ({e})"));
+            ("record", record.map(|r| state.apply(r)))
+        };
+        applied.map_err(|why| {
+            Error::Storage(format!(
+                "{}: the {what} at byte {at} has a valid checksum but {why}; \
+                 was it written by another version of ivy?",
+                path.display()
+            ))
+        })?;
         at = frame.next;
     }
     Ok((state, at))
@@ -300,6 +296,10 @@ pub(super) fn open(dir: &Path, syncer: Syncer) -> Result<(Wal, LogState), Error>
         return Err(Error::Storage(format!("{} is not an ivy Raft log (unknown header)", path.display())));
     }
     let (state, valid) = replay(&buf, &path)?;
+    if buf[valid..].iter().all(|b| *b == 0) {
+        // The space grown ahead of the log: kept for the next appends.
+        return Ok((wal(file, valid as u64, buf.len() as u64), state));
+    }
     if let Some(later) = later_frame(&buf, valid) {
         return Err(Error::Storage(format!(
             "{}: the record at byte {valid} is damaged but a valid record follows at byte {later}; \
@@ -307,10 +307,6 @@ pub(super) fn open(dir: &Path, syncer: Syncer) -> Result<(Wal, LogState), Error>
              wipe its data dir, add it back)",
             path.display()
         )));
-    }
-    if buf[valid..].iter().all(|b| *b == 0) {
-        // The space grown ahead of the log: kept for the next appends.
-        return Ok((wal(file, valid as u64, buf.len() as u64), state));
     }
     tracing::warn!("{}: dropping {} bytes of an unsynced tail at byte {valid}", path.display(), buf.len() - valid);
     file.set_len(valid as u64).and_then(|()| syncer.data(&file)).map_err(|e| io_err("cannot cut the tail of", e))?;
