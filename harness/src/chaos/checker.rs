@@ -87,6 +87,20 @@ impl std::fmt::Display for Verdict {
     }
 }
 
+/// Why a run with this verdict and `final_reads_ok` of `final_reads` final
+/// reads answered is not clean, as far as those two tell (a report adds its own
+/// conditions); empty when they find nothing wrong.
+pub fn not_clean(verdict: &Verdict, final_reads_ok: usize, final_reads: usize) -> Vec<String> {
+    let mut why = Vec::new();
+    if final_reads_ok < final_reads {
+        why.push(format!("{} final reads failed", final_reads - final_reads_ok));
+    }
+    if !verdict.clean() {
+        why.push("the checks above found violations".to_string());
+    }
+    why
+}
+
 /// A report's last line: CLEAN, or VIOLATIONS and why (`not_clean`, the
 /// reasons the report found; none means clean).
 pub fn write_verdict_line(f: &mut std::fmt::Formatter<'_>, not_clean: &[String]) -> std::fmt::Result {

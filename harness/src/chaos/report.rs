@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use super::checker::{write_verdict_line, Verdict};
+use super::checker::{not_clean as not_clean_reasons, write_verdict_line, Verdict};
 use super::history::{History, Op, Outcome};
 use super::netns_run::CutRecovery;
 use super::ChaosConfig;
@@ -73,12 +73,7 @@ impl Report {
         if !recovered {
             not_clean.push("no CM node led after healing".to_string());
         }
-        if final_ok < finals.len() {
-            not_clean.push(format!("{} final reads failed", finals.len() - final_ok));
-        }
-        if !verdict.clean() {
-            not_clean.push("the checks above found violations".to_string());
-        }
+        not_clean.extend(not_clean_reasons(&verdict, final_ok, finals.len()));
         let final_read_failures = finals
             .iter()
             .filter(|o| o.outcome != Outcome::Ok)

@@ -252,13 +252,7 @@ fn summarise(history: &History, phases: Vec<(String, f64)>, leftovers: Vec<Strin
     let finals: Vec<&Op> = ops.iter().filter(|o| o.last).collect();
     let final_reads_ok = finals.iter().filter(|o| o.outcome == Outcome::Ok).count();
     let verdict = checker::check_history(history);
-    let mut not_clean = Vec::new();
-    if final_reads_ok < finals.len() {
-        not_clean.push(format!("{} final reads failed", finals.len() - final_reads_ok));
-    }
-    if !verdict.clean() {
-        not_clean.push("the checks above found violations".to_string());
-    }
+    let mut not_clean = checker::not_clean(&verdict, final_reads_ok, finals.len());
     if !leftovers.is_empty() {
         not_clean.push(format!("{} Docker objects left after teardown", leftovers.len()));
     }
