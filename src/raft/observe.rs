@@ -31,6 +31,14 @@ pub async fn observe(raft: Raft, contact: Arc<Contact>) {
     let mut seen = Seen::default();
     loop {
         let m = watch.borrow_and_update().clone();
+        if m == RaftMetrics::new_initial(m.id) {
+            // openraft's placeholder until its core reports the state it loaded:
+            // logging it would show a restarted node at term 0 with no voters.
+            if watch.changed().await.is_err() {
+                return;
+            }
+            continue;
+        }
         contact.saw_quorum_ack(m.millis_since_quorum_ack);
         metrics::raft(&gauges(&m));
         log_changes(&m, &mut seen);
