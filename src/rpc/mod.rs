@@ -12,7 +12,8 @@
 //!
 //! An [`Error`](crate::Error) crosses the wire inside the `tonic::Status` (JSON in
 //! its details), so a client sees exactly the error the manager raised, leader
-//! hint included. [`net`] keeps one HTTP/2 connection per peer and runs servers;
+//! hint included. [`net`] keeps one HTTP/2 connection per peer (the calling side
+//! is our own `link`, not tonic's channel: a call leaves in one write) and runs servers;
 //! [`health`] carries the gRPC health statuses and reflection every CM serves.
 
 mod cluster;
@@ -20,6 +21,7 @@ mod convert;
 pub mod health;
 mod heartbeat;
 mod holder;
+mod link;
 mod manager;
 pub mod net;
 #[cfg(test)]
@@ -27,6 +29,7 @@ mod proptests;
 mod raft;
 mod security;
 pub mod socket;
+mod tls;
 
 /// Code generated from `proto/ivy.proto`.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]

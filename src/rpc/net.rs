@@ -1,7 +1,7 @@
 //! Connections: lazily connected channels with deadlines, and a server runner.
 //!
 //! Every channel pings its peer over HTTP/2 while a call is in flight
-//! ([`KEEPALIVE_INTERVAL`]; servers ping too, less often:
+//! ([`socket::KEEPALIVE_INTERVAL`]; servers ping too, less often:
 //! [`SERVER_KEEPALIVE_INTERVAL`]), and every socket is tuned ([`socket::tune`]), so a connection to a silent peer
 //! is closed within about a second instead of sitting in TCP back-off for tens of
 //! seconds. A call that ran out of time also drops its cached channel
@@ -17,14 +17,13 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_stream::StreamExt;
-use tonic::transport::Endpoint;
 
+use super::link::Link;
 use super::security::{AuthChannel, Security};
-use super::socket::{self, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, SERVER_KEEPALIVE_INTERVAL};
+use super::socket::{self, KEEPALIVE_TIMEOUT, SERVER_KEEPALIVE_INTERVAL};
 use crate::error::Error;
 
-/// How long a connection attempt to any peer may take.
-pub const RPC_CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+pub use super::link::RPC_CONNECT_TIMEOUT;
 
 /// Most streams a peer may reset before its connection is accepted: Raft cancels
 /// the AppendEntries of a timed-out heartbeat, and h2's default (20) then tears
@@ -38,19 +37,8 @@ pub const MAX_CACHED_CHANNELS: usize = 4096;
 /// A lazily connected channel to `addr` (host:port) whose every call has
 /// `timeout`, secured as `security` says.
 pub fn channel(addr: &str, timeout: Duration, security: &Security) -> Result<AuthChannel, Error> {
-    let endpoint = Endpoint::from_shared(format!("{}://{addr}", security.scheme()))
-        .map_err(|e| Error::Malformed(format!("bad address {addr:?}: {e}")))?
-        .timeout(timeout)
-        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
-        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-        .keep_alive_while_idle(false);
-    let endpoint = security.secure(endpoint)?;
-    let authority = addr.to_string();
-    let connector = tower::service_fn(move |_: tonic::transport::Uri| {
-        let authority = authority.clone();
-        async move { socket::connect(&authority, RPC_CONNECT_TIMEOUT).await.map(hyper_util::rt::TokioIo::new) }
-    });
-    Ok(security.stamped(endpoint.connect_with_connector_lazy(connector)))
+    http::uri::Authority::try_from(addr).map_err(|e| Error::Malformed(format!("bad address {addr:?}: {e}")))?;
+    Ok(security.stamped(Link::new(addr, timeout, security.tls_client())))
 }
 
 /// A server builder with keepalive pings and the reset-stream allowance.

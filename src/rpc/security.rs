@@ -31,10 +31,12 @@ use std::time::Duration;
 use subtle::ConstantTimeEq;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig};
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tonic::{Request, Status};
 
 use super::convert::status_from_error;
+use super::link::Link;
+use super::tls::TlsClient;
 use crate::error::Error;
 
 /// The DNS name every node certificate carries, marking its holder a CM node.
@@ -61,7 +63,7 @@ pub const MIN_TOKEN_LEN: usize = 16;
 const AUTH_HEADER: &str = "authorization";
 
 /// A channel whose every call carries this process's token.
-pub type AuthChannel = InterceptedService<Channel, Stamp>;
+pub type AuthChannel = InterceptedService<Link, Stamp>;
 
 /// The files of `--tls-cert`, `--tls-key` and `--tls-ca`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,7 +80,7 @@ pub struct TlsFiles {
 #[derive(Clone)]
 struct Tls {
     server: ServerTlsConfig,
-    client: ClientTlsConfig,
+    client: TlsClient,
 }
 
 /// How this process authenticates itself and its callers; the default is
@@ -123,18 +125,15 @@ impl Security {
     pub fn with_tls_pem(mut self, cert: &[u8], key: &[u8], ca: &[u8]) -> Result<Self, Error> {
         let identity = Identity::from_pem(cert, key);
         let server = ServerTlsConfig::new()
-            .identity(identity.clone())
+            .identity(identity)
             .client_ca_root(Certificate::from_pem(ca))
             .timeout(TLS_HANDSHAKE_TIMEOUT);
-        let client = ClientTlsConfig::new().identity(identity).ca_certificate(Certificate::from_pem(ca));
         // Build both once, so a bad certificate or key is a configuration error
         // now rather than a failed connection later.
         tonic::transport::Server::builder()
             .tls_config(server.clone())
             .map_err(|e| Error::InvalidConfig(format!("TLS certificate, key or CA unusable: {}", source_chain(&e))))?;
-        Endpoint::from_static("https://127.0.0.1:1")
-            .tls_config(client.clone())
-            .map_err(|e| Error::InvalidConfig(format!("TLS certificate, key or CA unusable: {}", source_chain(&e))))?;
+        let client = TlsClient::from_pem(cert, key, ca)?;
         self.tls = Some(Arc::new(Tls { server, client }));
         Ok(self)
     }
@@ -180,26 +179,14 @@ impl Security {
         }
     }
 
-    /// The URI scheme of channels: `https` with TLS.
-    pub(super) fn scheme(&self) -> &'static str {
-        if self.is_tls() {
-            "https"
-        } else {
-            "http"
-        }
+    /// The TLS configuration of outgoing connections, when TLS is on.
+    pub(super) fn tls_client(&self) -> Option<TlsClient> {
+        self.tls.as_ref().map(|tls| tls.client.clone())
     }
 
-    /// `endpoint` speaking TLS when configured.
-    pub(super) fn secure(&self, endpoint: Endpoint) -> Result<Endpoint, Error> {
-        match &self.tls {
-            Some(tls) => endpoint.tls_config(tls.client.clone()).map_err(|e| Error::InvalidConfig(source_chain(&e))),
-            None => Ok(endpoint),
-        }
-    }
-
-    /// `channel` with this process's token stamped on every call.
-    pub(super) fn stamped(&self, channel: Channel) -> AuthChannel {
-        InterceptedService::new(channel, Stamp(self.token.clone()))
+    /// `link` with this process's token stamped on every call.
+    pub(super) fn stamped(&self, link: Link) -> AuthChannel {
+        InterceptedService::new(link, Stamp(self.token.clone()))
     }
 
     /// A server builder with TLS, the handshake deadline, the per-connection

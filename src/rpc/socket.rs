@@ -10,8 +10,8 @@
 //! - TCP_USER_TIMEOUT: a connection whose data stays unacknowledged for
 //!   [`TCP_USER_TIMEOUT`] is closed (the next call dials afresh).
 //!
-//! HTTP/2 keepalive pings ([`KEEPALIVE_INTERVAL`], [`KEEPALIVE_TIMEOUT`]) are set
-//! on the channels and servers themselves (`net.rs`): every 500 ms from the
+//! HTTP/2 keepalive pings ([`KEEPALIVE_INTERVAL`], [`KEEPALIVE_TIMEOUT`]) are sent
+//! by the connections themselves (`link.rs` calling, `net.rs` serving): every 500 ms from the
 //! calling side while a call is in flight (the side that must notice a silent
 //! peer and dial again), and every [`SERVER_KEEPALIVE_INTERVAL`] from the
 //! serving side. An idle connection is not pinged by its caller: if its peer
