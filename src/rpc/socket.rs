@@ -11,9 +11,10 @@
 //!   [`TCP_USER_TIMEOUT`] is closed (the next call dials afresh).
 //!
 //! HTTP/2 keepalive pings ([`KEEPALIVE_INTERVAL`], [`KEEPALIVE_TIMEOUT`]) are sent
-//! by the connections themselves (`link.rs` calling, `net.rs` serving): every 500 ms from the
-//! calling side while a call is in flight (the side that must notice a silent
-//! peer and dial again), and every [`SERVER_KEEPALIVE_INTERVAL`] from the
+//! by the connections themselves (`link.rs` calling, `net.rs` serving): from the
+//! calling side while a call is in flight and nothing has arrived for 500 ms
+//! (the side that must notice a silent peer and dial again; a reply still
+//! arriving is not silence), and every [`SERVER_KEEPALIVE_INTERVAL`] from the
 //! serving side. An idle connection is not pinged by its caller: if its peer
 //! went silent meanwhile, TCP keepalive closes it, or the next call on it runs
 //! out of its deadline, which drops the cached channel
@@ -25,8 +26,8 @@ use std::time::Duration;
 
 use tokio::net::TcpStream;
 
-/// HTTP/2 ping interval of every channel (the calling side) while a call is in
-/// flight. Idle connections are not pinged: at 100 clients there are about
+/// How long nothing may arrive on a connection (the calling side) with a call
+/// in flight before it is pinged. Idle connections are not pinged: at 100 clients there are about
 /// 6,000 of them, and pinging them all cost the 100-client benchmark 15-35% of
 /// its throughput with Raft (5-10% with the baseline).
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_millis(500);
@@ -40,7 +41,8 @@ pub const KEEPALIVE_INTERVAL: Duration = Duration::from_millis(500);
 /// benchmark 37-58% of its throughput with Raft (16-22% with the baseline).
 pub const SERVER_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 
-/// A ping not answered within this closes the connection.
+/// A ping not answered within this, with nothing else arriving meanwhile,
+/// closes the connection.
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Idle time before TCP keepalive probes start, and the interval between them.
