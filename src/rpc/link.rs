@@ -426,9 +426,13 @@ fn transport(err: h2::Error) -> Status {
     Status::unavailable(format!("transport error: {err}"))
 }
 
-/// The call's `grpc-timeout` header: digits and a unit (H, M, S, m, u, n).
+/// The call's `grpc-timeout` header.
 fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
-    let value = headers.get("grpc-timeout")?.to_str().ok()?;
+    parse_grpc_timeout(headers.get("grpc-timeout")?.to_str().ok()?)
+}
+
+/// A `grpc-timeout` value: an integer and a unit (H, M, S, m, u, n).
+pub(crate) fn parse_grpc_timeout(value: &str) -> Option<Duration> {
     let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
     let n: u64 = digits.parse().ok()?;
     Some(match unit {

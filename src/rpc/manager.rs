@@ -166,21 +166,9 @@ fn answer<T>(result: Result<T, Error>) -> Result<Response<T>, Status> {
     reply(result)
 }
 
-/// The caller's deadline, from the standard `grpc-timeout` header (an integer
-/// and a unit: H, M, S, m, u, n).
+/// The caller's deadline, from the standard `grpc-timeout` header.
 fn grpc_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
-    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
-    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
-    let n: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(n.saturating_mul(3600)),
-        "M" => Duration::from_secs(n.saturating_mul(60)),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    })
+    super::link::parse_grpc_timeout(metadata.get("grpc-timeout")?.to_str().ok()?)
 }
 
 fn status_reply(st: NodeStatus) -> pb::StatusReply {
