@@ -12,7 +12,8 @@
 //! together (h2 holds data beyond the window until the window opens), and the
 //! connection task writes both at once. `cargo bench --bench rpc_call` calls
 //! the same tonic server through a `Link` and through tonic's channel (README,
-//! "Benchmark": 11-15% less time a call one at a time, 13-17% with 16 at once).
+//! "Benchmark": 10-25% less time a call one at a time, 5-17% with 16 at once;
+//! runs vary).
 //!
 //! What it keeps from tonic's channel: sockets dialled and tuned by
 //! [`socket::connect`] within [`RPC_CONNECT_TIMEOUT`], TLS when the security
