@@ -203,7 +203,13 @@ impl Link {
                 transport(err)
             })?;
         if !body.is_empty() {
-            stream.send_data(body, true).map_err(transport)?;
+            // The peer may already have answered and closed the stream (a call
+            // refused at its headers, say, with the connection task running on
+            // another thread); then the body has nowhere to go and the answer
+            // below says what happened.
+            if let Err(err) = stream.send_data(body, true) {
+                tracing::trace!(peer = %self.inner.authority, "request body not sent: {err}");
+            }
         }
         let (parts, mut body) = reply.await.map_err(transport)?.into_parts();
         let mut data = BytesMut::new();
