@@ -115,7 +115,9 @@ impl Leader {
         Ok(Leader { rpc: ClusterClient::new(channels), addrs: parse_addrs(&target.cm)? })
     }
 
-    /// The leader's address and its view of the membership; tries for a few seconds.
+    /// The leader's address and its view of the membership; tries for a few
+    /// seconds, except when a node refuses this command's credentials (asking
+    /// again cannot change that).
     async fn find(&self) -> Result<(String, Members)> {
         let give_up = Instant::now() + Duration::from_secs(10);
         let mut last = None;
@@ -130,6 +132,7 @@ impl Leader {
                 match self.rpc.members(&addr).await {
                     Ok(members) => return Ok((addr, members)),
                     Err(Error::NotLeader { leader: Some((_, hint)) }) => queue.push(hint),
+                    Err(err @ Error::Unauthenticated(_)) => bail!("{addr} refused the call: {err}"),
                     Err(err) => last = Some(err),
                 }
             }
