@@ -66,6 +66,9 @@ async fn broken_lease_build_is_caught() -> Result<()> {
     // A short deadline frees the cut-off client's workers from the faults they
     // cannot finish, so they read again while the others move the pages on.
     cfg.client_timeout_ms = 700;
+    // A short lease: each cut-off leaves more of its length to the time after
+    // the eviction, when the others move the pages on.
+    cfg.client_lease_ms = 1000;
     cfg.unsafe_ignore_lease = true;
     let report = chaos::run(&cfg).await?;
     println!("{report}");

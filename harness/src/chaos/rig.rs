@@ -203,15 +203,43 @@ impl Rig {
     }
 
     async fn client_isolate(&self, rng: &mut StdRng, on_client: impl Fn(usize, u64, LifeKind)) -> String {
-        let slot = self.client_holding_copies(rng).await;
         let held = self.well_past_lease(rng);
+        let (slot, valid) = self.cut_off_a_holder(rng).await;
         let id = slot.proc().await.id();
         on_client(slot.index, id, LifeKind::Stopped);
-        self.set_client_links(|c, _| c == slot.index, LinkState::Blackhole);
-        slot.holder.set(LinkState::Blackhole);
         tokio::time::sleep(held).await;
         self.heal_links();
-        format!("client {} (directory client {id}) cut off from everyone for {} ms", slot.index, held.as_millis())
+        format!(
+            "client {} (directory client {id}) cut off from everyone for {} ms, holding {valid} valid copies",
+            slot.index,
+            held.as_millis()
+        )
+    }
+
+    /// Cuts off a client that still holds a valid copy once the cut is in place,
+    /// when one can be found in a few tries: a copy that no invalidation can now
+    /// reach is what makes a cut-off hurt (a client that serves local hits past
+    /// its lease serves it after the others moved the page on). The copy may be
+    /// invalidated between the question and the cut; a client found holding none
+    /// behind the cut is let back at once and another tried. Returns the client
+    /// and how many valid copies it held behind the cut.
+    async fn cut_off_a_holder(&self, rng: &mut StdRng) -> (&ClientSlot, usize) {
+        const TRIES: usize = 20;
+        const BETWEEN_TRIES: Duration = Duration::from_millis(20);
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let slot = self.client_holding_copies(rng).await;
+            self.set_client_links(|c, _| c == slot.index, LinkState::Blackhole);
+            slot.holder.set(LinkState::Blackhole);
+            let valid = valid_copies(slot).await;
+            if valid > 0 || tries >= TRIES {
+                return (slot, valid);
+            }
+            self.set_client_links(|c, _| c == slot.index, LinkState::Pass);
+            slot.holder.set(LinkState::Pass);
+            tokio::time::sleep(BETWEEN_TRIES).await;
+        }
     }
 
     async fn client_slow(&self, rng: &mut StdRng) -> String {
@@ -226,12 +254,9 @@ impl Rig {
     /// A client that holds copies it may read locally, when one does (the one a
     /// cut-off hurts most), else any client.
     async fn client_holding_copies(&self, rng: &mut StdRng) -> &ClientSlot {
-        const ASK_TIMEOUT: Duration = Duration::from_millis(500);
         let mut holding = Vec::new();
         for slot in &self.clients {
-            let answer = slot.proc().await.call("print", ASK_TIMEOUT).await;
-            let pages = answer.as_ref().and_then(|a| a["pages"].as_array().cloned()).unwrap_or_default();
-            if pages.iter().any(|p| p["access"] != "invalid") {
+            if valid_copies(slot).await > 0 {
                 holding.push(slot);
             }
         }
@@ -311,4 +336,14 @@ impl Rig {
 
 pub(super) fn ms(rng: &mut StdRng, lo: u64, hi: u64) -> Duration {
     Duration::from_millis(rng.gen_range(lo..=hi))
+}
+
+/// How many pages a client's page table holds with read or write access (its
+/// `print`, asked over its control channel, which no link fault touches); 0
+/// when it does not answer in time.
+async fn valid_copies(slot: &ClientSlot) -> usize {
+    const ASK_TIMEOUT: Duration = Duration::from_millis(500);
+    let answer = slot.proc().await.call("print", ASK_TIMEOUT).await;
+    let pages = answer.as_ref().and_then(|a| a["pages"].as_array().cloned()).unwrap_or_default();
+    pages.iter().filter(|p| p["access"] != "invalid").count()
 }
