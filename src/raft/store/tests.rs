@@ -415,7 +415,7 @@ async fn a_log_kept_in_sled_by_an_earlier_version_moves_into_the_file() {
     assert_eq!(log.read_vote().await.unwrap(), Some(vote));
     assert_eq!(log.read_committed().await.unwrap(), Some(log_id(1, 2)));
     drop(log);
-    let db = sled::Config::new().path(dir.path()).open().unwrap();
+    let db = sled_again(dir.path());
     let names: Vec<String> = db.tree_names().iter().map(|n| String::from_utf8_lossy(n).into_owned()).collect();
     assert!(!names.iter().any(|n| n.starts_with("raft_")), "old trees dropped: {names:?}");
 }
