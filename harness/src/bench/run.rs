@@ -193,15 +193,19 @@ struct Marks {
 
 /// Kills the client holding the most copies: it stops issuing operations, then
 /// stops serving and renewing its lease. Returns the pages it held.
+///
+/// The pages are listed once the client has stopped answering: a copy it gave up
+/// to a write already under way (it answered the invalidation just before it
+/// stopped) is then no longer listed, so it cannot pass for a page whose writes
+/// the kill never blocked.
 async fn kill_client(fleet: &Fleet) -> Vec<String> {
     let held = |c: &Client| c.pages().into_iter().filter(|(_, l)| l.access != Access::Invalid).count();
     let Some(victim) = (0..fleet.clients.len()).max_by_key(|i| held(&fleet.clients[*i])) else { return Vec::new() };
     fleet.halted[victim].store(true, Ordering::SeqCst);
     let client = &fleet.clients[victim];
-    let pages = client.pages().into_iter().filter(|(_, l)| l.access != Access::Invalid).map(|(p, _)| p.to_string());
-    let pages = pages.collect();
     client.halt().await;
-    pages
+    let pages = client.pages().into_iter().filter(|(_, l)| l.access != Access::Invalid).map(|(p, _)| p.to_string());
+    pages.collect()
 }
 
 /// How a scenario finds its moments: fractions of the operations done, or of
@@ -238,19 +242,22 @@ async fn apply_scenario(fleet: Fleet, scenario: Scenario, when: When, began: Ins
         if !when.reach(*point, began).await {
             break;
         }
+        // Each kill is marked once it is done (the client stopped, every victim
+        // node reaped): a fault that started while the last of several victims
+        // was still up must not count as served after the kill.
         if scenario == Scenario::KillClient {
-            marks.kills.push(began.elapsed());
             marks.client_pages = kill_client(&fleet).await;
+            marks.kills.push(began.elapsed());
             continue;
         }
         let victims: Vec<u64> = match scenario {
             Scenario::KillBoth => nodes.cms.ids(),
             _ => nodes.cms.leader().await.into_iter().collect(),
         };
-        marks.kills.push(began.elapsed());
         for id in &victims {
             nodes.cms.kill(*id).await;
         }
+        marks.kills.push(began.elapsed());
         marks.killed.extend(victims.iter().copied());
         if scenario == Scenario::KillLeader {
             continue;
