@@ -221,11 +221,14 @@ impl Rig {
     /// reach is what makes a cut-off hurt (a client that serves local hits past
     /// its lease serves it after the others moved the page on). The copy may be
     /// invalidated between the question and the cut; a client found holding none
-    /// behind the cut is let back at once and another tried. Returns the client
-    /// and how many valid copies it held behind the cut.
+    /// behind the cut is let back at once and another tried (at most 20 tries
+    /// or 2 s; then the last one stays cut off). Returns the client and how many
+    /// valid copies it held behind the cut.
     async fn cut_off_a_holder(&self, rng: &mut StdRng) -> (&ClientSlot, usize) {
         const TRIES: usize = 20;
+        const PATIENCE: Duration = Duration::from_secs(2);
         const BETWEEN_TRIES: Duration = Duration::from_millis(20);
+        let give_up = tokio::time::Instant::now() + PATIENCE;
         let mut tries = 0;
         loop {
             tries += 1;
@@ -233,7 +236,7 @@ impl Rig {
             self.set_client_links(|c, _| c == slot.index, LinkState::Blackhole);
             slot.holder.set(LinkState::Blackhole);
             let valid = valid_copies(slot).await;
-            if valid > 0 || tries >= TRIES {
+            if valid > 0 || tries >= TRIES || tokio::time::Instant::now() >= give_up {
                 return (slot, valid);
             }
             self.set_client_links(|c, _| c == slot.index, LinkState::Pass);
