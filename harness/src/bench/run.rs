@@ -199,13 +199,18 @@ struct Marks {
 /// stopped) is then no longer listed, so it cannot pass for a page whose writes
 /// the kill never blocked.
 async fn kill_client(fleet: &Fleet) -> Vec<String> {
-    let held = |c: &Client| c.pages().into_iter().filter(|(_, l)| l.access != Access::Invalid).count();
-    let Some(victim) = (0..fleet.clients.len()).max_by_key(|i| held(&fleet.clients[*i])) else { return Vec::new() };
+    let Some(victim) = (0..fleet.clients.len()).max_by_key(|i| valid_pages(&fleet.clients[*i]).len()) else {
+        return Vec::new();
+    };
     fleet.halted[victim].store(true, Ordering::SeqCst);
     let client = &fleet.clients[victim];
     client.halt().await;
-    let pages = client.pages().into_iter().filter(|(_, l)| l.access != Access::Invalid).map(|(p, _)| p.to_string());
-    pages.collect()
+    valid_pages(client)
+}
+
+/// The pages a client's page table holds with read or write access.
+fn valid_pages(client: &Client) -> Vec<String> {
+    client.pages().into_iter().filter(|(_, l)| l.access != Access::Invalid).map(|(p, _)| p.to_string()).collect()
 }
 
 /// How a scenario finds its moments: fractions of the operations done, or of
