@@ -76,6 +76,32 @@ async fn two_processes_share_one_region() -> Result<()> {
     Ok(())
 }
 
+/// A store loop and a load loop on one word: every store takes the page from
+/// the loader's copy and every load takes it back, so each round races a
+/// grant against the next fault's forward or invalidation. Both must finish
+/// (no region poisoned by "the copy was superseded"), and the loader must see
+/// the last value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_store_loop_and_a_load_loop_on_one_page_both_finish() -> Result<()> {
+    const STORES: u64 = 150;
+    let cluster = Cluster::start(ClusterMode::raft()).await?;
+    if !svm_available(&cluster).await? {
+        return Ok(());
+    }
+    let mut a = shell(&cluster, &[])?;
+    let mut b = shell(&cluster, &[])?;
+    ok(&a.cmd("store 0 0")?);
+    assert_eq!(ok(&b.cmd("load 0")?), 0);
+    b.send(&format!("await 0 {STORES} 60000"))?;
+    for k in 1..=STORES {
+        ok(&a.cmd(&format!("store 0 {k}"))?);
+    }
+    let seen = b.next()?;
+    assert_eq!((ok(&seen), &seen["timed_out"]), (&STORES.into(), &Value::Null), "{seen}");
+    assert_eq!(ok(&a.cmd("load 0")?), STORES);
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn broken_build_keeping_stale_mappings_is_caught() -> Result<()> {
     let cluster = Cluster::start(ClusterMode::raft()).await?;

@@ -27,8 +27,13 @@ impl HolderApi for HolderService {
     }
 
     async fn forward(&self, page: PageName, fwd: Forward, requester: HolderRef) -> Result<(), Error> {
-        // A mapped page's stores are stopped and taken from memory first.
+        // A mapped page's stores are stopped and taken from memory first, after
+        // the faulting thread had its turn with a page just granted to it
+        // (unless this client's own fault asks: that is the thread itself).
         let regions = &self.shared.regions;
+        if requester.id != self.shared.id() {
+            regions.hold(&self.shared, &page).await;
+        }
         let copy = regions.around(&self.shared, &page, |t| t.forward(&page, fwd.epoch, fwd.kind, fwd.created))?;
         if requester.id == self.shared.id() {
             // The requester is this client (an owner reading back what it kept).
@@ -46,6 +51,7 @@ impl HolderApi for HolderService {
 
     async fn invalidate(&self, page: PageName, epoch: Epoch) -> Result<(), Error> {
         // A mapped page is zapped: the next access faults again.
+        self.shared.regions.hold(&self.shared, &page).await;
         self.shared.regions.around(&self.shared, &page, |t| t.invalidate(&page, epoch));
         Ok(())
     }

@@ -273,6 +273,11 @@ impl PageTable {
         true
     }
 
+    /// True when bytes sent for a fault of ours on `page` wait for its grant.
+    pub fn has_pending(&self, page: &PageName) -> bool {
+        self.pending.contains_key(page)
+    }
+
     /// The manager granted our fault on `page` at `epoch`: install the pending copy
     /// (or create the page) and return the bytes the fault was for.
     pub fn grant(&mut self, page: &PageName, epoch: Epoch, created: bool, seq: u64) -> Result<Vec<u8>> {

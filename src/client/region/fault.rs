@@ -62,7 +62,9 @@ impl Faulter {
         if self.map.poisoned().is_some() {
             return self.map.detach(i, missing);
         }
+        self.map.faulting(i, true);
         let served = if missing { self.missing(i) } else { self.upgrade(i) };
+        self.map.faulting(i, false);
         if let Err(err) = served {
             self.map.poison(i, &err);
             self.map.detach(i, missing);

@@ -9,6 +9,10 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
 
 use super::uffd::{self, Uffd, PAGE};
 use super::RegionStats;
@@ -29,6 +33,24 @@ pub(super) enum Installed {
     Detached,
 }
 
+/// How long a page just put in memory for a faulting thread stays there before
+/// a manager's forward or invalidation may take it: room for the faulting
+/// load or store to run once (the window of Mirage; "Holding a granted page"
+/// in docs/DESIGN.md).
+pub(super) const HOLD: Duration = Duration::from_millis(2);
+
+/// The longest a manager's forward or invalidation waits for a hold, far
+/// inside the manager's deadline for the call.
+pub(super) const HOLD_MAX: Duration = Duration::from_millis(20);
+
+/// Whether the fault thread is serving a fault on a page, and until when a page
+/// it put in memory is held for it.
+#[derive(Debug, Clone, Copy, Default)]
+struct Hold {
+    faulting: bool,
+    until: Option<Instant>,
+}
+
 /// Counters of one region.
 #[derive(Debug, Default)]
 pub(super) struct Counters {
@@ -47,6 +69,9 @@ pub(crate) struct Mapping {
     pub(super) pages: usize,
     pub(super) uffd: Uffd,
     installed: Mutex<Vec<Installed>>,
+    holds: Mutex<Vec<Hold>>,
+    /// Woken when a fault ends or a hold starts.
+    held: Notify,
     poison: Mutex<Option<Error>>,
     pub(super) counters: Counters,
     /// Testing only: an invalidation leaves the stale page mapped (a broken build).
@@ -60,8 +85,9 @@ impl Mapping {
     /// A mapping of `pages` pages at `base`, registered with `uffd`, all missing.
     pub(super) fn new(name: &str, base: usize, pages: usize, uffd: Uffd, keep_stale: bool) -> Self {
         let installed = Mutex::new(vec![Installed::Missing; pages]);
+        let (holds, held) = (Mutex::new(vec![Hold::default(); pages]), Notify::new());
         let (poison, counters) = (Mutex::new(None), Counters::default());
-        Mapping { name: name.to_string(), base, pages, uffd, installed, poison, counters, keep_stale }
+        Mapping { name: name.to_string(), base, pages, uffd, installed, holds, held, poison, counters, keep_stale }
     }
 
     /// The index of `page` when it is one of this region's (`<name>.<index>`).
@@ -83,6 +109,56 @@ impl Mapping {
 
     pub(super) fn state(&self) -> State<'_> {
         self.installed.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn holds(&self) -> MutexGuard<'_, Vec<Hold>> {
+        self.holds.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The fault thread starts (true) or ends (false) serving a fault on page `i`.
+    pub(super) fn faulting(&self, i: usize, on: bool) {
+        self.holds()[i].faulting = on;
+        if !on {
+            self.held.notify_waiters();
+        }
+    }
+
+    /// Page `i` was just put in memory for the faulting thread: hold it there.
+    fn hold(&self, i: usize) {
+        self.holds()[i].until = Some(Instant::now() + HOLD);
+        self.held.notify_waiters();
+    }
+
+    /// Waits, before a manager's forward or invalidation of page `i` is served,
+    /// while the fault thread's fault on the page has its copy on the way (the
+    /// table holds a pending copy: the fault reached its owner's transfer, so
+    /// its grant follows its commit) and while a page it put in memory is held
+    /// for it. Never longer than [`HOLD_MAX`]: a hold only delays the answer, as
+    /// a slow network would.
+    pub(super) async fn wait_hold(&self, shared: &Shared, i: usize) {
+        let give_up = Instant::now() + HOLD_MAX;
+        let page = self.page(i);
+        loop {
+            let woken = self.held.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            let hold = self.holds()[i];
+            let until = if hold.faulting && shared.table().has_pending(&page) {
+                give_up
+            } else {
+                match hold.until {
+                    Some(t) if t > Instant::now() => t.min(give_up),
+                    _ => return,
+                }
+            };
+            tokio::select! {
+                _ = woken => {}
+                _ = tokio::time::sleep_until(until) => {}
+            }
+            if Instant::now() >= give_up {
+                return;
+            }
+        }
     }
 
     /// Runs `f` on the table for page `i` with the memory brought in line before
@@ -161,6 +237,7 @@ impl Mapping {
         buf[..n].copy_from_slice(&bytes[..n]);
         self.uffd.copy(self.addr(i), &buf, !writable)?;
         st[i] = if writable { Installed::Writable } else { Installed::ReadOnly };
+        self.hold(i);
         self.counters.bytes_in.fetch_add(PAGE as u64, Ordering::Relaxed);
         Ok(true)
     }
@@ -178,6 +255,7 @@ impl Mapping {
         if same {
             self.uffd.write_protect(self.addr(i), false)?;
             st[i] = Installed::Writable;
+            self.hold(i);
         } else {
             self.zap(st, i);
             self.uffd.wake(self.addr(i));

@@ -97,6 +97,15 @@ impl Regions {
         f(&mut shared.table())
     }
 
+    /// Waits while a mapped page is held for its region's faulting thread
+    /// (bounded; see `Mapping::wait_hold`). Returns at once for other pages.
+    pub(crate) async fn hold(&self, _shared: &Shared, _page: &PageName) {
+        #[cfg(target_os = "linux")]
+        if let Some((map, i)) = self.find(_page) {
+            map.wait_hold(_shared, i).await;
+        }
+    }
+
     /// True when a mapped region backs `page`.
     pub(crate) fn backs(&self, _page: &PageName) -> bool {
         #[cfg(target_os = "linux")]
