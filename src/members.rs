@@ -89,6 +89,8 @@ pub struct JoinState {
     pub voters: Vec<u64>,
     /// The leader it knows of.
     pub leader: Option<u64>,
+    /// True when its directory holds clients or pages (the cluster was used).
+    pub in_use: bool,
 }
 
 /// The format tag of a backup file.

@@ -61,7 +61,8 @@ impl ClusterApi for ClusterHandler {
     }
 
     async fn join_state(&self) -> Result<JoinState, Error> {
-        Ok(self.raft()?.join_state(self.join))
+        let in_use = self.server.read(|d| d.holds_data());
+        Ok(self.raft()?.join_state(self.join, in_use))
     }
 
     async fn save_snapshot(&self) -> Result<Vec<u8>, Error> {
@@ -88,7 +89,9 @@ pub async fn may_initialize(id: u64, peers: &BTreeMap<u64, String>, channels: &C
         });
     }
     let wanted: Vec<u64> = peers.keys().copied().collect();
-    let mut initialize = true;
+    // Peers that run this very cluster and know its leader, and whether its
+    // directory was used already.
+    let (mut running, mut in_use) = (Vec::new(), false);
     while let Some(joined) = asks.join_next().await {
         let Ok((peer, addr, answer)) = joined else { continue };
         let Ok(Ok(state)) = answer else { continue };
@@ -110,13 +113,27 @@ pub async fn may_initialize(id: u64, peers: &BTreeMap<u64, String>, channels: &C
             // with two late nodes out of three no one could be elected.
             continue;
         }
-        tracing::warn!(
-            "node {peer} already runs this cluster; not initialising, waiting for its leader (if this node lost its \
-             data dir, stop it, `ivy member remove --id {id}`, and add it again with --join)"
-        );
-        initialize = false;
+        running.push(peer);
+        in_use |= state.in_use;
     }
-    Ok(initialize)
+    running.sort_unstable();
+    if running.is_empty() {
+        return Ok(true);
+    }
+    if in_use {
+        // Either this member starts for the first time after the others were
+        // used (harmless), or it lost its data dir (it may have voted or held
+        // entries it no longer has): only the operator knows which.
+        tracing::warn!(
+            "nodes {running:?} already run this cluster and its directory holds data; this node's data dir is \
+             empty, so it does not initialise and waits for the leader's log. If this node held data before (a \
+             lost or wiped data dir), stop it, run `ivy member remove --id {id}`, and add it again with --join"
+        );
+    } else {
+        // The usual start of a new cluster whose other members were quicker.
+        tracing::info!("nodes {running:?} formed this cluster moments ago; joining it as the member it lists");
+    }
+    Ok(false)
 }
 
 /// Commits the backup seeded in `seed` once this node leads, unless the
@@ -125,7 +142,7 @@ pub async fn restore_seed(server: Arc<RequestServer>, seed: PathBuf, backup: Bac
     let mut every = tokio::time::interval(Duration::from_millis(100));
     loop {
         every.tick().await;
-        if server.read(|d| d.pages().next().is_some() || d.client_count() > 0) {
+        if server.read(|d| d.holds_data()) {
             tracing::info!(event = "restore", "the directory holds data already; the restore seed is not needed");
             break;
         }

@@ -258,6 +258,12 @@ impl Directory {
         self.clients.iter()
     }
 
+    /// True when any client or page was ever committed and is still here (the
+    /// directory is not the empty one of a cluster just formed).
+    pub fn holds_data(&self) -> bool {
+        !self.pages.is_empty() || !self.clients.is_empty()
+    }
+
     /// Number of registered clients.
     pub fn client_count(&self) -> usize {
         self.clients.len()

@@ -179,10 +179,10 @@ impl RaftReplica {
     }
 
     /// Whether this node belongs to a cluster.
-    pub fn join_state(&self, join_mode: bool) -> JoinState {
+    pub fn join_state(&self, join_mode: bool, in_use: bool) -> JoinState {
         let m = self.raft().metrics().borrow().clone();
         let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
-        JoinState { id: m.id, initialized: !voters.is_empty(), join_mode, voters, leader: m.current_leader }
+        JoinState { id: m.id, initialized: !voters.is_empty(), join_mode, voters, leader: m.current_leader, in_use }
     }
 
     /// A backup of `directory` at a linearizable point: the leader reads after

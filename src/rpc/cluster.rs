@@ -84,6 +84,7 @@ impl pb::cluster_server::Cluster for Adapter {
             join_mode: s.join_mode,
             voters: s.voters,
             leader: s.leader.unwrap_or(0),
+            in_use: s.in_use,
         });
         reply(state)
     }
@@ -186,7 +187,8 @@ impl ClusterClient {
         let reply = self.stub(addr)?.join_state(pb::JoinStateRequest {}).await;
         let r = reply.map_err(|s| self.failed(&s, addr))?.into_inner();
         let leader = (r.leader != 0).then_some(r.leader);
-        Ok(JoinState { id: r.id, initialized: r.initialized, join_mode: r.join_mode, voters: r.voters, leader })
+        let (id, initialized, join_mode, voters, in_use) = (r.id, r.initialized, r.join_mode, r.voters, r.in_use);
+        Ok(JoinState { id, initialized, join_mode, voters, leader, in_use })
     }
 
     /// A backup from the leader at `addr`.
