@@ -446,9 +446,10 @@ struct BenchArgs {
     /// failover-procs: pause after a restart before the next kill, ms.
     #[arg(long, env = "IVY_BENCH_SETTLE_MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(0..=600_000))]
     settle_ms: u64,
-    /// idle: how long, e.g. 300s.
-    #[arg(long, env = "IVY_BENCH_DURATION", default_value = "300s", value_parser = parse_duration)]
-    duration: Duration,
+    /// idle: how long [default: 300s]. custom: run each scenario this long
+    /// (a fixed-duration workload; --ops is then the most a client issues).
+    #[arg(long, env = "IVY_BENCH_DURATION", value_parser = parse_duration)]
+    duration: Option<Duration>,
     /// idle: CPU-burning threads.
     #[arg(long, env = "IVY_BENCH_BURNERS", default_value_t = 4, value_parser = clap::value_parser!(u64).range(0..=64))]
     burners: u64,
@@ -792,7 +793,7 @@ async fn run_bench(args: BenchArgs) -> Result<()> {
     let cm_args: Vec<String> = args.cm_args.split_whitespace().map(str::to_string).collect();
     if args.suite == Suite::Idle {
         let cfg = bench::idle::IdleConfig {
-            duration_s: args.duration.as_secs().max(1),
+            duration_s: args.duration.unwrap_or(Duration::from_secs(300)).as_secs().max(1),
             clients: args.idle_clients as usize,
             burners: args.burners as usize,
             cm_args,
@@ -822,7 +823,7 @@ async fn run_bench(args: BenchArgs) -> Result<()> {
         pages: args.pages as usize,
         ops: args.ops as usize,
         read_ratio: args.read_ratio,
-        duration_ms: None,
+        duration_ms: args.duration.map(|d| d.as_millis().max(1) as u64),
     };
     let plan: Vec<(Workload, Vec<Scenario>)> = match args.suite {
         Suite::Custom => vec![(custom, args.scenario.clone())],
