@@ -34,6 +34,13 @@ async fn svm_available(cluster: &Cluster) -> Result<bool> {
     }
 }
 
+/// A fresh in-process Raft cluster, or `None` (said why) where this machine
+/// cannot map regions.
+async fn svm_cluster() -> Result<Option<Cluster>> {
+    let cluster = Cluster::start(ClusterMode::raft()).await?;
+    Ok(svm_available(&cluster).await?.then_some(cluster))
+}
+
 /// An `ivy svm-shell` process on region `r` of `cluster`.
 fn shell(cluster: &Cluster, extra: &[&str]) -> Result<ClientProc> {
     let mut cmd = Command::new(IVY);
@@ -48,10 +55,7 @@ fn ok(v: &Value) -> &Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_processes_share_one_region() -> Result<()> {
-    let cluster = Cluster::start(ClusterMode::raft()).await?;
-    if !svm_available(&cluster).await? {
-        return Ok(());
-    }
+    let Some(cluster) = svm_cluster().await? else { return Ok(()) };
     let mut a = shell(&cluster, &[])?;
     let mut b = shell(&cluster, &[])?;
     // A stores, B loads the same bytes; B stores to the same page, A loads both.
@@ -84,10 +88,7 @@ async fn two_processes_share_one_region() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_store_loop_and_a_load_loop_on_one_page_both_finish() -> Result<()> {
     const STORES: u64 = 150;
-    let cluster = Cluster::start(ClusterMode::raft()).await?;
-    if !svm_available(&cluster).await? {
-        return Ok(());
-    }
+    let Some(cluster) = svm_cluster().await? else { return Ok(()) };
     let mut a = shell(&cluster, &[])?;
     let mut b = shell(&cluster, &[])?;
     ok(&a.cmd("store 0 0")?);
@@ -104,10 +105,7 @@ async fn a_store_loop_and_a_load_loop_on_one_page_both_finish() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn broken_build_keeping_stale_mappings_is_caught() -> Result<()> {
-    let cluster = Cluster::start(ClusterMode::raft()).await?;
-    if !svm_available(&cluster).await? {
-        return Ok(());
-    }
+    let Some(cluster) = svm_cluster().await? else { return Ok(()) };
     let mut a = shell(&cluster, &[])?;
     let mut b = shell(&cluster, &["--unsafe-keep-stale"])?;
     ok(&a.cmd("store 0 7")?);
@@ -124,10 +122,7 @@ async fn broken_build_keeping_stale_mappings_is_caught() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_page_lost_with_its_client_poisons_the_others_region() -> Result<()> {
-    let cluster = Cluster::start(ClusterMode::raft()).await?;
-    if !svm_available(&cluster).await? {
-        return Ok(());
-    }
+    let Some(cluster) = svm_cluster().await? else { return Ok(()) };
     let mut a = shell(&cluster, &[])?;
     let mut b = shell(&cluster, &["--timeout-ms", "20000"])?;
     ok(&b.cmd("store 0 1")?);
