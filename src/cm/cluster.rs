@@ -18,6 +18,13 @@ use crate::rpc::{Channels, ClusterApi, ClusterClient};
 /// Deadline of one join probe.
 pub const JOIN_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// How long a node of a new cluster waits for another to form it (see
+/// [`formation`]) before it initialises the cluster itself.
+pub const FORMATION_WAIT: Duration = Duration::from_secs(1);
+
+/// Pause between two rounds of join probes while another node forms the cluster.
+pub const FORMATION_POLL: Duration = Duration::from_millis(50);
+
 /// The `Cluster` service of one node.
 pub struct ClusterHandler {
     server: Arc<RequestServer>,
@@ -71,14 +78,30 @@ impl ClusterApi for ClusterHandler {
     }
 }
 
-/// Before a node with an empty store initialises a new cluster from `peers`:
-/// asks every other listed peer whether it belongs to a cluster already.
-/// Returns `Ok(true)` to initialise, `Ok(false)` when a peer already runs the
-/// very cluster `peers` describes and knows its leader (this node is a member
-/// that started late: it waits for the leader), and an error when a peer
-/// belongs to another one. A peer of the same membership with no leader yet is
-/// a node of this new cluster that initialised first: this one initialises too.
-pub async fn may_initialize(id: u64, peers: &BTreeMap<u64, String>, channels: &Channels) -> Result<bool, Error> {
+/// What the peers of a node with an empty store say about forming its cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Formation {
+    /// No peer holds a membership, and no peer with a lower id that could
+    /// form the cluster answered: this node initialises it.
+    Initialise,
+    /// A peer runs this very cluster and knows its leader: this node waits for
+    /// the leader's log (it started late).
+    Join,
+    /// A peer initialised moments ago and has no leader yet (it is being
+    /// elected, with this node's vote), or a peer with a lower id answered and
+    /// will initialise: ask again shortly.
+    NotYet,
+}
+
+/// Asks every other listed peer whether it belongs to a cluster already,
+/// before a node with an empty store (not `--join`) initialises a new one from
+/// `peers`. An error when a peer belongs to another cluster. Of the nodes of a
+/// new cluster only the one with the lowest id among those that answer
+/// initialises; the others vote for it and take its log, so that they do not
+/// all campaign at term 1 at once (a split vote, or a late campaign deposing
+/// the first leader, costs a second election). An unreachable peer counts as
+/// not initialised: the nodes of a new cluster start in any order.
+pub async fn formation(id: u64, peers: &BTreeMap<u64, String>, channels: &Channels) -> Result<Formation, Error> {
     let client = ClusterClient::new(channels.clone());
     let mut asks = tokio::task::JoinSet::new();
     for (peer, addr) in peers.iter().filter(|(p, _)| **p != id) {
@@ -89,13 +112,16 @@ pub async fn may_initialize(id: u64, peers: &BTreeMap<u64, String>, channels: &C
         });
     }
     let wanted: Vec<u64> = peers.keys().copied().collect();
-    // Peers that run this very cluster and know its leader, and whether its
-    // directory was used already.
-    let (mut running, mut in_use) = (Vec::new(), false);
+    // Peers that run this very cluster and know its leader, whether its
+    // directory was used already, and whether some peer is forming it.
+    let (mut running, mut in_use, mut forming) = (Vec::new(), false, false);
     while let Some(joined) = asks.join_next().await {
         let Ok((peer, addr, answer)) = joined else { continue };
         let Ok(Ok(state)) = answer else { continue };
         if !state.initialized {
+            // A lower-numbered peer of this new cluster is the one to form it
+            // (a `--join` node never does).
+            forming |= peer < id && !state.join_mode;
             continue;
         }
         if state.voters != wanted {
@@ -107,10 +133,10 @@ pub async fn may_initialize(id: u64, peers: &BTreeMap<u64, String>, channels: &C
             )));
         }
         if state.leader.is_none() {
-            // The peer initialised moments ago and has no leader yet: the nodes
-            // of this new cluster are starting together. Without this node's
-            // membership it would refuse every vote (members-only voting), and
-            // with two late nodes out of three no one could be elected.
+            // The peer initialised moments ago and is being elected: this
+            // node's vote (it lets openraft decide while it has no membership,
+            // `votes::refuse_vote`) helps elect it.
+            forming = true;
             continue;
         }
         running.push(peer);
@@ -118,7 +144,7 @@ pub async fn may_initialize(id: u64, peers: &BTreeMap<u64, String>, channels: &C
     }
     running.sort_unstable();
     if running.is_empty() {
-        return Ok(true);
+        return Ok(if forming { Formation::NotYet } else { Formation::Initialise });
     }
     if in_use {
         // Either this member starts for the first time after the others were
@@ -133,7 +159,7 @@ pub async fn may_initialize(id: u64, peers: &BTreeMap<u64, String>, channels: &C
         // The usual start of a new cluster whose other members were quicker.
         tracing::info!("nodes {running:?} formed this cluster moments ago; joining it as the member it lists");
     }
-    Ok(false)
+    Ok(Formation::Join)
 }
 
 /// Commits the backup seeded in `seed` once this node leads, unless the

@@ -28,7 +28,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 pub use admission::{Admission, MAX_FAULTS_IN_FLIGHT};
-pub use cluster::{may_initialize, ClusterHandler, JOIN_PROBE_TIMEOUT};
+pub use cluster::{formation, ClusterHandler, Formation, FORMATION_WAIT, JOIN_PROBE_TIMEOUT};
 pub use leases::{Leases, DEFAULT_CLIENT_LEASE, LEASE_MARGIN_SHARE};
 pub use replica::Replica;
 pub use request_server::{ManagerHandler, RequestServer, FAULT_REPLY_DEADLINE};
@@ -196,10 +196,6 @@ impl CmNode {
                     transport: RaftClient::new(channels.clone()),
                 };
                 let (replica, dir) = crate::raft::node::start(start).await?;
-                if let Err(err) = first_start(&replica, &config, &channels).await {
-                    replica.shutdown().await;
-                    return Err(err);
-                }
                 seed = read_seed(&config.data_dir)?;
                 let transport = TransportHandler::new(replica.raft().clone(), replica.contact(), config.join);
                 let server = Arc::new(
@@ -226,7 +222,7 @@ impl CmNode {
         };
         let manager = Arc::new(ManagerHandler(server.clone()));
         let health = Health::new().await;
-        let grpc = match crate::rpc::serve_cm(manager, peers, &health, listener, &config.security) {
+        let mut grpc = match crate::rpc::serve_cm(manager, peers, &health, listener, &config.security) {
             Ok(grpc) => grpc,
             Err(err) => {
                 if let Some(poller) = &poller {
@@ -236,6 +232,15 @@ impl CmNode {
                 return Err(err);
             }
         };
+        // A new node decides whether to form its cluster while serving, so
+        // that its peers' probes and votes get answers meanwhile.
+        if let Replica::Raft(replica) = server.replica() {
+            if let Err(err) = first_start(replica, &config, &channels).await {
+                replica.shutdown().await;
+                grpc.stop().await;
+                return Err(err);
+            }
+        }
         config.security.warn_if_exposed(&format!("CM node {}", config.id), addr);
         let lease_watch = tokio::spawn(server.clone().watch_leases());
         if let Some((path, backup)) = seed {
@@ -308,7 +313,10 @@ impl Drop for CmNode {
 }
 
 /// On a store with no membership: a `--join` node waits to be added; a node of
-/// a new cluster asks its peers first ([`may_initialize`]) and initialises.
+/// a new cluster asks its peers ([`formation`]) until one of them forms the
+/// cluster (its log then reaches this node), a leader is known, or this node is
+/// the one to initialise it; after [`FORMATION_WAIT`] with none of these, it
+/// initialises the cluster itself.
 async fn first_start(replica: &crate::raft::RaftReplica, config: &CmConfig, channels: &Channels) -> Result<(), Error> {
     if replica.is_initialized().await? {
         return Ok(());
@@ -317,10 +325,26 @@ async fn first_start(replica: &crate::raft::RaftReplica, config: &CmConfig, chan
         tracing::info!(event = "join", id = config.id, "waiting to be added to a cluster (ivy member add)");
         return Ok(());
     }
-    if may_initialize(config.id, &config.peers, channels).await? {
-        replica.initialize(&config.peers).await?;
+    let give_up = tokio::time::Instant::now() + FORMATION_WAIT;
+    loop {
+        match formation(config.id, &config.peers, channels).await? {
+            Formation::Join => return Ok(()),
+            Formation::Initialise => break,
+            Formation::NotYet if tokio::time::Instant::now() >= give_up => {
+                tracing::info!("no peer formed the cluster within {FORMATION_WAIT:?}; this node initialises it");
+                break;
+            }
+            Formation::NotYet => {}
+        }
+        if replica.has_membership() {
+            return Ok(());
+        }
+        tokio::time::sleep(cluster::FORMATION_POLL).await;
+        if replica.has_membership() {
+            return Ok(());
+        }
     }
-    Ok(())
+    replica.initialize(&config.peers).await
 }
 
 /// The backup `ivy snapshot restore` seeded in `data_dir`, if any.

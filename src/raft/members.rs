@@ -178,6 +178,12 @@ impl RaftReplica {
         waited.await.ok().flatten()
     }
 
+    /// True once this node holds a membership (its own initial one, or the one
+    /// its leader's log brought).
+    pub fn has_membership(&self) -> bool {
+        self.raft().metrics().borrow().membership_config.membership().voter_ids().next().is_some()
+    }
+
     /// Whether this node belongs to a cluster.
     pub fn join_state(&self, join_mode: bool, in_use: bool) -> JoinState {
         let m = self.raft().metrics().borrow().clone();
