@@ -326,7 +326,8 @@ async fn first_start(replica: &crate::raft::RaftReplica, config: &CmConfig, chan
         return Ok(());
     }
     let give_up = tokio::time::Instant::now() + FORMATION_WAIT;
-    loop {
+    // Until the forming peer's log brings this node its membership.
+    while !replica.has_membership() {
         match formation(config.id, &config.peers, channels).await? {
             Formation::Join => return Ok(()),
             Formation::Initialise => break,
@@ -334,14 +335,7 @@ async fn first_start(replica: &crate::raft::RaftReplica, config: &CmConfig, chan
                 tracing::info!("no peer formed the cluster within {FORMATION_WAIT:?}; this node initialises it");
                 break;
             }
-            Formation::NotYet => {}
-        }
-        if replica.has_membership() {
-            return Ok(());
-        }
-        tokio::time::sleep(cluster::FORMATION_POLL).await;
-        if replica.has_membership() {
-            return Ok(());
+            Formation::NotYet => tokio::time::sleep(cluster::FORMATION_POLL).await,
         }
     }
     replica.initialize(&config.peers).await
