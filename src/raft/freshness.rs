@@ -23,6 +23,16 @@ use openraft::{BasicNode, RaftMetrics, ServerState};
 pub struct Contact {
     quorum_ack: Mutex<Option<Instant>>,
     leader: Mutex<Option<Instant>>,
+    asked: Mutex<Option<VoteAsked>>,
+    handing_over: std::sync::atomic::AtomicBool,
+}
+
+/// The last vote request this node received, and whether it refused it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct VoteAsked {
+    term: u64,
+    candidate: u64,
+    refused: bool,
 }
 
 impl Contact {
@@ -36,6 +46,38 @@ impl Contact {
     /// Records that the leader of the current term was just heard from.
     pub fn heard_leader(&self) {
         *lock(&self.leader) = Some(Instant::now());
+    }
+
+    /// Marks a hand-over of this node's leadership as begun (`true`) or over:
+    /// while it runs, this node's campaigner starts no election of its own.
+    pub fn set_handing_over(&self, on: bool) {
+        self.handing_over.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether this node is handing its leadership over.
+    pub fn handing_over(&self) -> bool {
+        self.handing_over.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Records a vote request from `candidate` for `term` as it arrives, before
+    /// it is judged: until [`Contact::vote_refused`], it may yet be granted (a
+    /// grant is answered only once the vote is on disk).
+    pub fn vote_asked(&self, term: u64, candidate: u64) {
+        *lock(&self.asked) = Some(VoteAsked { term, candidate, refused: false });
+    }
+
+    /// Records that the vote request from `candidate` for `term` was refused.
+    pub fn vote_refused(&self, term: u64, candidate: u64) {
+        let mut asked = lock(&self.asked);
+        if let Some(a) = asked.as_mut().filter(|a| a.term == term && a.candidate == candidate) {
+            a.refused = true;
+        }
+    }
+
+    /// Whether `candidate` asked this node's vote for `term`, and was granted
+    /// it or is still being answered.
+    pub fn vote_pending_or_granted(&self, term: u64, candidate: u64) -> bool {
+        *lock(&self.asked) == Some(VoteAsked { term, candidate, refused: false })
     }
 
     /// How long ago a majority acknowledged this node as leader.

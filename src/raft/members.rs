@@ -5,10 +5,12 @@
 //! effect by asking the most up-to-date follower to campaign at once.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::{BasicNode, ChangeMembers, RaftMetrics, ServerState};
 
+use super::freshness::Contact;
 use super::{leader_of, raft_error, Raft, RaftReplica};
 use crate::error::Error;
 use crate::members::{Backup, JoinState, Member, Members, BACKUP_FORMAT};
@@ -111,9 +113,22 @@ impl RaftReplica {
             .ok_or_else(|| Error::InvalidConfig("there is no other voter to hand over to".into()))?;
         let addr = self.peers.get(&target.id).cloned().unwrap_or_else(|| target.addr.clone());
         tracing::info!(event = "handover", to = target.id, "handing leadership over to node {}", target.id);
-        // No campaign of our own once deposed, and no heartbeats to refresh the
-        // followers' leases, until the hand-over is over.
-        let _quiet = Quiet::new(self.raft());
+        // No campaign of our own once deposed (neither openraft's nor our
+        // campaigner's), and no heartbeats to refresh the followers' leases,
+        // until the hand-over is over.
+        let _quiet = Quiet::new(self.raft(), self.contact());
+        // No new entry either: a log longer than the candidate's would make us
+        // refuse its vote. Commands wait, and fail over to the new leader
+        // (openraft's ForwardToLeader) once we no longer lead.
+        let _paused = match tokio::time::timeout(HANDOVER_ROUND, self.proposer().pause()).await {
+            Ok(paused) => Some(paused),
+            Err(_) => {
+                tracing::warn!("handing over while a commit is still unresolved");
+                None
+            }
+        };
+        let lease = Duration::from_millis(self.raft().config().election_timeout_max);
+        let tick = Duration::from_millis(self.raft().config().heartbeat_interval);
         let give_up = tokio::time::Instant::now() + HANDOVER_WAIT;
         while tokio::time::Instant::now() < give_up {
             self.caught_up_within(target.id, HANDOVER_ROUND).await;
@@ -121,13 +136,28 @@ impl RaftReplica {
             // Our own vote, committed at our election, refuses the campaign while
             // that is less than a lease ago. A heartbeat shows us the candidate's
             // higher term; our vote is then uncommitted and refuses nothing, so
-            // the candidate is asked once more unless it has won already.
+            // the candidate is asked once more, unless it wins meanwhile or its
+            // request reached us and was granted or is being answered (asking
+            // again then would restart the election our vote is about to win).
             let _ = self.raft().trigger().heartbeat().await;
+            let beat = tokio::time::Instant::now();
             let deposed = self.state_within(HANDOVER_ROUND, |m| m.state != ServerState::Leader).await;
             if deposed.is_some_and(|m| m.current_leader.is_none()) {
-                self.ask_to_campaign(target.id, &addr).await;
+                // The heartbeat's answer may have overtaken the request.
+                if let Some(leader) = self.deposed_within(tick).await {
+                    return Ok(leader);
+                }
+                let term = self.raft().metrics().borrow().current_term;
+                if !self.contact().vote_pending_or_granted(term, target.id) {
+                    self.ask_to_campaign(target.id, &addr).await;
+                }
             }
-            if let Some(leader) = self.deposed_within(HANDOVER_ROUND).await {
+            // A follower refuses the candidate while its lease from that last
+            // heartbeat holds (with more than three voters the candidate needs
+            // one), and openraft's candidate asks only once: the next round asks
+            // again once the leases have run out.
+            let next_round = (beat + lease + tick).max(tokio::time::Instant::now() + HANDOVER_ROUND);
+            if let Some(leader) = self.deposed_within(next_round - tokio::time::Instant::now()).await {
                 return Ok(leader);
             }
         }
@@ -238,13 +268,14 @@ impl RaftReplica {
 
 /// Elections and heartbeats of this node switched off while it hands over;
 /// switched back to their configured setting when dropped.
-struct Quiet(Raft);
+struct Quiet(Raft, Arc<Contact>);
 
 impl Quiet {
-    fn new(raft: &Raft) -> Self {
+    fn new(raft: &Raft, contact: Arc<Contact>) -> Self {
         raft.runtime_config().elect(false);
         raft.runtime_config().heartbeat(false);
-        Quiet(raft.clone())
+        contact.set_handing_over(true);
+        Quiet(raft.clone(), contact)
     }
 }
 
@@ -253,5 +284,6 @@ impl Drop for Quiet {
         let config = self.0.config();
         self.0.runtime_config().elect(config.enable_elect);
         self.0.runtime_config().heartbeat(config.enable_heartbeat);
+        self.1.set_handing_over(false);
     }
 }

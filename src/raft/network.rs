@@ -168,7 +168,13 @@ impl RaftApi for TransportHandler {
                 if let Some(refusal) = super::votes::refuse_vote(&self.raft.metrics().borrow(), &rpc, self.joining) {
                     return encode(&Ok::<_, RaftError<u64>>(refusal));
                 }
-                encode(&self.raft.vote(rpc).await)
+                let (term, candidate) = (rpc.vote.leader_id.term, rpc.vote.leader_id.node_id);
+                self.contact.vote_asked(term, candidate);
+                let reply = self.raft.vote(rpc).await;
+                if !matches!(&reply, Ok(r) if r.vote_granted) {
+                    self.contact.vote_refused(term, candidate);
+                }
+                encode(&reply)
             }
             RaftCall::PreVote => super::prevote::answer(&self.raft, &self.contact, &request).await,
             RaftCall::Campaign => {

@@ -52,9 +52,11 @@ pub async fn start(s: RaftStart<'_>) -> Result<(RaftReplica, SharedDirectory), E
     let raft = Raft::new(s.id, s.timers.config(s.snapshot_every)?, network, store.log, store.state_machine)
         .await
         .map_err(|e| Error::Internal(format!("raft start: {e}")))?;
-    tokio::spawn(super::prevote::campaign(raft.clone(), s.id, s.peers.clone(), s.transport.clone()));
     let proposer = Proposer::spawn(raft.clone());
     let contact = Arc::new(Contact::default());
+    let campaigner =
+        super::prevote::campaign(raft.clone(), s.id, s.peers.clone(), s.transport.clone(), contact.clone());
+    tokio::spawn(campaigner);
     tokio::spawn(super::observe::observe(raft.clone(), contact.clone()));
     let replica = RaftReplica {
         raft,

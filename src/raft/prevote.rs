@@ -26,6 +26,7 @@
 //! election openraft's voting would let through (docs/DESIGN.md, "Pre-vote").
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::{LogId, ServerState};
@@ -146,8 +147,8 @@ async fn view(raft: &Raft, contact: &Contact, candidate: u64) -> Result<VoterVie
 /// leader has been heard from for a randomised election timeout, and starts an
 /// election only when a majority grants. `peers` are the addresses this node
 /// reaches the other CM nodes at.
-pub async fn campaign(raft: Raft, me: u64, peers: BTreeMap<u64, String>, transport: RaftClient) {
-    let mut c = Campaigner { raft, me, peers, transport, rng: rand::rngs::StdRng::from_entropy() };
+pub async fn campaign(raft: Raft, me: u64, peers: BTreeMap<u64, String>, transport: RaftClient, contact: Arc<Contact>) {
+    let mut c = Campaigner { raft, me, peers, transport, contact, rng: rand::rngs::StdRng::from_entropy() };
     let started = Instant::now();
     let mut jitter = c.jitter();
     loop {
@@ -192,6 +193,7 @@ struct Campaigner {
     me: u64,
     peers: BTreeMap<u64, String>,
     transport: RaftClient,
+    contact: Arc<Contact>,
     rng: rand::rngs::StdRng,
 }
 
@@ -233,7 +235,8 @@ impl Campaigner {
         match state {
             ServerState::Shutdown => return Due::Stop,
             ServerState::Leader => return Due::In(self.tick()),
-            _ if !voter => return Due::In(self.tick()),
+            // A leader handing over must not win its own leadership back.
+            _ if !voter || self.contact.handing_over() => return Due::In(self.tick()),
             _ => {}
         }
         // A busy core may fail to answer; ask again next tick (a stopped one

@@ -10,9 +10,10 @@
 //! node lost and regained leadership never answered) fails, as a lost quorum, so
 //! one stuck write cannot stall every later one.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Mutex, OwnedMutexGuard};
 
 use super::{raft_error, Batch, Raft};
 use crate::error::Error;
@@ -30,14 +31,27 @@ type Reply = oneshot::Sender<Result<Applied, Error>>;
 #[derive(Clone)]
 pub struct Proposer {
     tx: mpsc::UnboundedSender<(DirCmd, Reply)>,
+    /// Held by the task while a batch is being committed, and by [`Proposer::pause`].
+    gate: Arc<Mutex<()>>,
 }
+
+/// While held, the proposer commits nothing; commands wait in its queue.
+pub type Paused = OwnedMutexGuard<()>;
 
 impl Proposer {
     /// Starts the proposer for `raft`.
     pub fn spawn(raft: Raft) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(raft, rx));
-        Proposer { tx }
+        let gate = Arc::new(Mutex::new(()));
+        tokio::spawn(run(raft, rx, gate.clone()));
+        Proposer { tx, gate }
+    }
+
+    /// Waits until the batch being committed (if any) has resolved, then holds
+    /// every later one until the guard is dropped: the log of a leader handing
+    /// over must not outgrow its successor's.
+    pub async fn pause(&self) -> Paused {
+        self.gate.clone().lock_owned().await
     }
 
     /// Commits `cmd` and returns its outcome once applied on this (leader) node.
@@ -49,8 +63,9 @@ impl Proposer {
     }
 }
 
-async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<(DirCmd, Reply)>) {
+async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<(DirCmd, Reply)>, gate: Arc<Mutex<()>>) {
     while let Some(first) = rx.recv().await {
+        let _committing = gate.lock().await;
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {

@@ -119,6 +119,9 @@ pub enum Scenario {
     /// 6: kill a client holding copies of pages a third of the way in (it stops
     /// serving and renewing its lease, like a kill -9).
     KillClient,
+    /// Stop the leader gracefully (SIGTERM: a Raft leader hands over first) a
+    /// third of the way in, and restart it; marked when the signal is sent.
+    StopRestart,
 }
 
 impl Scenario {

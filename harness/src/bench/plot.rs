@@ -155,7 +155,11 @@ fn timeline(path: &Path, results: &[RunResult]) -> Result<()> {
                 .map_err(plot_err("timeline"))?
                 .label(r.mode.name())
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
-            let what = if *scenario == Scenario::KillClient { "client kill" } else { "kill" };
+            let what = match scenario {
+                Scenario::KillClient => "client kill",
+                Scenario::StopRestart => "SIGTERM",
+                _ => "kill",
+            };
             for (k, mark) in r.fault_marks_ms.iter().filter(|m| **m / 1e3 <= secs).enumerate() {
                 let x = mark / 1e3;
                 let dash = DashedLineSeries::new(vec![(x, 0.0), (x, top)], 6, 4, c.stroke_width(2));

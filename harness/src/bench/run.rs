@@ -23,6 +23,10 @@ use ivy_raft::protocol::{Access, Hit, RandomOp, RandomOps};
 /// How long a killed node stays down before a restart.
 const DOWN_FOR: Duration = Duration::from_millis(500);
 
+/// How long a gracefully stopped node may take to exit before it is killed
+/// (a hand-over gives up after 3 s).
+const STOP_WAIT: Duration = Duration::from_secs(5);
+
 /// How long the cluster may take to elect a leader.
 const LEADER_WAIT: Duration = Duration::from_secs(30);
 
@@ -240,7 +244,11 @@ async fn apply_scenario(fleet: Fleet, scenario: Scenario, when: When, began: Ins
     let mut marks = Marks::default();
     let points: &[f64] = match scenario {
         Scenario::None => &[],
-        Scenario::KillLeader | Scenario::KillRestart | Scenario::KillBoth | Scenario::KillClient => &[1.0 / 3.0],
+        Scenario::KillLeader
+        | Scenario::KillRestart
+        | Scenario::KillBoth
+        | Scenario::KillClient
+        | Scenario::StopRestart => &[1.0 / 3.0],
         Scenario::KillRestartMany => &[0.25, 0.5, 0.75],
     };
     for point in points {
@@ -259,10 +267,19 @@ async fn apply_scenario(fleet: Fleet, scenario: Scenario, when: When, began: Ins
             Scenario::KillBoth => nodes.cms.ids(),
             _ => nodes.cms.leader().await.into_iter().collect(),
         };
-        for id in &victims {
-            nodes.cms.kill(*id).await;
+        if scenario == Scenario::StopRestart {
+            // The signal is the operator's act: the mark is when it is sent, and
+            // the node serves until it has handed over.
+            marks.kills.push(began.elapsed());
+            for id in &victims {
+                nodes.cms.stop(*id, STOP_WAIT).await;
+            }
+        } else {
+            for id in &victims {
+                nodes.cms.kill(*id).await;
+            }
+            marks.kills.push(began.elapsed());
         }
-        marks.kills.push(began.elapsed());
         marks.killed.extend(victims.iter().copied());
         if scenario == Scenario::KillLeader {
             continue;

@@ -137,6 +137,19 @@ impl CmProc {
         }
     }
 
+    /// SIGTERM, then waits up to `wait` for the process to exit (kill -9 after).
+    pub async fn stop(&self, wait: Duration) {
+        let child = self.child().take();
+        let Some(mut child) = child else { return };
+        if let Some(pid) = child.id() {
+            signal(pid, "TERM");
+        }
+        if tokio::time::timeout(wait, child.wait()).await.is_err() {
+            tracing::warn!("CM {} did not exit within {wait:?} of SIGTERM: killing it", self.id);
+            let _ = child.kill().await;
+        }
+    }
+
     /// Its data dir (the value of `--data-dir`).
     pub fn data_dir(&self) -> Option<PathBuf> {
         let args = self.args.lock().unwrap_or_else(|e| e.into_inner());
@@ -216,6 +229,13 @@ impl CmSet {
     pub async fn kill(&self, id: u64) {
         if let Some(cm) = self.0.get(&id) {
             cm.kill9().await;
+        }
+    }
+
+    /// Stops node `id` gracefully (see [`CmProc::stop`]).
+    pub async fn stop(&self, id: u64, wait: Duration) {
+        if let Some(cm) = self.0.get(&id) {
+            cm.stop(wait).await;
         }
     }
 
