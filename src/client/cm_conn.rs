@@ -21,7 +21,7 @@ use crate::status::{NodeReport, PagesReport, StatusReport};
 /// a node that failed in the same round is not followed, so an election cannot
 /// make a call ping-pong without pausing), and after a node's own answer about
 /// the request (an unreachable page owner, no quorum).
-const ROUND_BACKOFF: Duration = Duration::from_millis(20);
+const ROUND_BACKOFF: Duration = Duration::from_millis(10);
 
 /// A call starts no attempt with less time than this left before its deadline:
 /// such an attempt could only fail for lack of time, and its answer would hide

@@ -8,9 +8,9 @@
 //! (`enable_elect: false`, see [`super::RaftTimers::config`]) and a
 //! [`campaign`] task per node decides when to call `raft.trigger().elect()`:
 //!
-//! 1. it waits as openraft's timer would: until no leader has been heard from
-//!    for the leader lease (openraft's `election_timeout_max`) plus a random
-//!    part of the election timeout spread, measured from openraft's own
+//! 1. it waits until no leader has been heard from for the leader lease
+//!    (openraft's `election_timeout_max`) plus a random part of up to half the
+//!    election timeout spread, measured from openraft's own
 //!    `vote_last_modified` (touched on every AppendEntries it accepts);
 //! 2. it asks every voter a `PreVote` (with a deadline), which changes nothing
 //!    on the voter;
@@ -218,9 +218,10 @@ impl Campaigner {
         self.rng.gen_range(lo..hi)
     }
 
-    /// The random part of the next election timeout.
+    /// The random part of the next election timeout: up to half the spread
+    /// (docs/DESIGN.md, "Pre-vote": the wait past the lease is pure delay).
     fn jitter(&mut self) -> Duration {
-        self.between(Duration::ZERO, self.max() - self.min().min(self.max()))
+        self.between(Duration::ZERO, (self.max() - self.min().min(self.max())) / 2)
     }
 
     /// When this node should canvass: as openraft's election timer, the

@@ -70,8 +70,10 @@ impl Syncer {
         if self.policy == SyncPolicy::UnsafeSkip {
             return Ok(());
         }
+        let started = std::time::Instant::now();
         file.sync_data()?;
         self.count.bump();
+        slow_sync(started.elapsed());
         Ok(())
     }
 
@@ -80,9 +82,23 @@ impl Syncer {
         if self.policy == SyncPolicy::UnsafeSkip {
             return Ok(());
         }
+        let started = std::time::Instant::now();
         File::open(path)?.sync_all()?;
         self.count.bump();
+        slow_sync(started.elapsed());
         Ok(())
+    }
+}
+
+/// A sync slower than this is logged: half the default leader lease, so a
+/// stall long enough to cost an election or a commit timeout is on record.
+pub const SLOW_SYNC: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Logs a sync that took `took` when it exceeds [`SLOW_SYNC`] (a disk or file
+/// system that stalls every node's commits at once shows up here first).
+fn slow_sync(took: std::time::Duration) {
+    if took >= SLOW_SYNC {
+        tracing::warn!(event = "slow_sync", ms = took.as_millis() as u64, "a sync took {} ms", took.as_millis());
     }
 }
 
