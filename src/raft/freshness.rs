@@ -74,10 +74,11 @@ impl Contact {
         }
     }
 
-    /// Whether `candidate` asked this node's vote for `term`, and was granted
-    /// it or is still being answered.
-    pub fn vote_pending_or_granted(&self, term: u64, candidate: u64) -> bool {
-        *lock(&self.asked) == Some(VoteAsked { term, candidate, refused: false })
+    /// What became of `candidate`'s request for this node's vote in `term`:
+    /// `None` if it has not arrived, `Some(true)` if it was refused,
+    /// `Some(false)` if it was granted or is still being answered.
+    pub fn vote_refused_to(&self, term: u64, candidate: u64) -> Option<bool> {
+        lock(&self.asked).filter(|a| a.term == term && a.candidate == candidate).map(|a| a.refused)
     }
 
     /// How long ago a majority acknowledged this node as leader.

@@ -142,13 +142,16 @@ impl RaftReplica {
             let _ = self.raft().trigger().heartbeat().await;
             let beat = tokio::time::Instant::now();
             let deposed = self.state_within(HANDOVER_ROUND, |m| m.state != ServerState::Leader).await;
-            if deposed.is_some_and(|m| m.current_leader.is_none()) {
-                // The heartbeat's answer may have overtaken the request.
-                if let Some(leader) = self.deposed_within(tick).await {
-                    return Ok(leader);
-                }
-                let term = self.raft().metrics().borrow().current_term;
-                if !self.contact().vote_pending_or_granted(term, target.id) {
+            if let Some(m) = deposed.filter(|m| m.current_leader.is_none()) {
+                let refused = match self.contact().vote_refused_to(m.current_term, target.id) {
+                    Some(refused) => refused,
+                    // The heartbeat's answer may have overtaken the request.
+                    None => match self.deposed_within(tick).await {
+                        Some(leader) => return Ok(leader),
+                        None => self.contact().vote_refused_to(m.current_term, target.id) != Some(false),
+                    },
+                };
+                if refused {
                     self.ask_to_campaign(target.id, &addr).await;
                 }
             }
