@@ -13,6 +13,7 @@
 //! - a follower's last contact is stamped by the transport each time it accepts
 //!   an AppendEntries or a snapshot from the leader of its current term.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -24,7 +25,7 @@ pub struct Contact {
     quorum_ack: Mutex<Option<Instant>>,
     leader: Mutex<Option<Instant>>,
     asked: Mutex<Option<VoteAsked>>,
-    handing_over: std::sync::atomic::AtomicBool,
+    handing_over: AtomicBool,
 }
 
 /// The last vote request this node received, and whether it refused it.
@@ -51,12 +52,12 @@ impl Contact {
     /// Marks a hand-over of this node's leadership as begun (`true`) or over:
     /// while it runs, this node's campaigner starts no election of its own.
     pub fn set_handing_over(&self, on: bool) {
-        self.handing_over.store(on, std::sync::atomic::Ordering::SeqCst);
+        self.handing_over.store(on, Ordering::SeqCst);
     }
 
     /// Whether this node is handing its leadership over.
     pub fn handing_over(&self) -> bool {
-        self.handing_over.load(std::sync::atomic::Ordering::SeqCst)
+        self.handing_over.load(Ordering::SeqCst)
     }
 
     /// Records a vote request from `candidate` for `term` as it arrives, before

@@ -187,8 +187,14 @@ impl ClusterClient {
         let reply = self.stub(addr)?.join_state(pb::JoinStateRequest {}).await;
         let r = reply.map_err(|s| self.failed(&s, addr))?.into_inner();
         let leader = (r.leader != 0).then_some(r.leader);
-        let (id, initialized, join_mode, voters, in_use) = (r.id, r.initialized, r.join_mode, r.voters, r.in_use);
-        Ok(JoinState { id, initialized, join_mode, voters, leader, in_use })
+        Ok(JoinState {
+            id: r.id,
+            initialized: r.initialized,
+            join_mode: r.join_mode,
+            voters: r.voters,
+            leader,
+            in_use: r.in_use,
+        })
     }
 
     /// A backup from the leader at `addr`.
