@@ -501,6 +501,11 @@ fn main() -> ExitCode {
         _ => LogLevel::Warn,
     };
     logging::init(&cli.log, default_level);
+    match ivy_raft::rpc::socket::raise_open_files_limit() {
+        Ok((before, after)) if after > before => tracing::debug!("open-files limit raised from {before} to {after}"),
+        Ok(_) => {}
+        Err(err) => tracing::warn!("cannot raise the open-files limit: {err}"),
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(err) => return fail(&anyhow::anyhow!("cannot start the tokio runtime: {err}")),
@@ -626,6 +631,7 @@ async fn run_client(args: ClientArgs) -> Result<()> {
             security: args.security.load()?,
             unsafe_ignore_lease: args.unsafe_ignore_lease,
             unsafe_late_install: args.unsafe_late_install,
+            peer_channels: None,
         };
         Client::start(config).await
     };

@@ -16,6 +16,7 @@
 //! is our own `link`, not tonic's channel: a call leaves in one write) and runs servers;
 //! [`health`] carries the gRPC health statuses and reflection every CM serves.
 
+mod accept;
 mod cluster;
 mod convert;
 pub mod health;

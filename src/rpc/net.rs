@@ -1,8 +1,8 @@
 //! Connections: lazily connected channels with deadlines, and a server runner.
 //!
 //! Every channel pings its peer over HTTP/2 while a call is in flight
-//! ([`socket::KEEPALIVE_INTERVAL`]; servers ping too, less often:
-//! [`SERVER_KEEPALIVE_INTERVAL`]), and every socket is tuned ([`socket::tune`]), so a connection to a silent peer
+//! ([`socket::KEEPALIVE_INTERVAL`](super::socket::KEEPALIVE_INTERVAL); servers ping too, less often:
+//! [`SERVER_KEEPALIVE_INTERVAL`]), and every socket is tuned ([`socket::tune`](super::socket::tune)), so a connection to a silent peer
 //! is closed within about a second instead of sitting in TCP back-off for tens of
 //! seconds. A call that ran out of time also drops its cached channel
 //! ([`Channels::forget`]), so the next call dials afresh.
@@ -15,12 +15,11 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
-use tokio_stream::StreamExt;
 
+use super::accept::Accepting;
 use super::link::Link;
 use super::security::{AuthChannel, Security};
-use super::socket::{self, KEEPALIVE_TIMEOUT, SERVER_KEEPALIVE_INTERVAL};
+use super::socket::{KEEPALIVE_TIMEOUT, SERVER_KEEPALIVE_INTERVAL};
 use crate::error::Error;
 
 pub use super::link::RPC_CONNECT_TIMEOUT;
@@ -141,18 +140,13 @@ impl Drop for Server {
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves, with every accepted
-/// socket tuned (tonic's `serve_with_incoming` ignores its own socket options).
+/// socket tuned (tonic's `serve_with_incoming` ignores its own socket options)
+/// and accepting paused, not spun, while the process is out of files.
 pub async fn serve<F>(router: tonic::transport::server::Router, listener: TcpListener, shutdown: F)
 where
     F: Future<Output = ()> + Send,
 {
-    let incoming = TcpListenerStream::new(listener).map(|conn| {
-        if let Ok(sock) = &conn {
-            socket::tune(sock);
-        }
-        conn
-    });
-    if let Err(err) = router.serve_with_incoming_shutdown(incoming, shutdown).await {
+    if let Err(err) = router.serve_with_incoming_shutdown(Accepting::new(listener), shutdown).await {
         tracing::warn!("gRPC server stopped: {err}");
     }
 }

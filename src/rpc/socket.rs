@@ -94,3 +94,42 @@ pub async fn connect(authority: &str, timeout: Duration) -> io::Result<TcpStream
     tune(&stream);
     Ok(stream)
 }
+
+/// Raises this process's soft limit on open files to its hard limit, as Go's
+/// runtime does at start: every connection is a file, a CM serves one per client
+/// (up to `--max-clients`, 10,000 by default), and a shell's usual soft limit of
+/// 1,024 would make it refuse clients long before that. Returns the soft limit
+/// before and after.
+pub fn raise_open_files_limit() -> io::Result<(u64, u64)> {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit only read or write the struct passed.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let before = limit.rlim_cur;
+    if limit.rlim_cur >= limit.rlim_max {
+        return Ok((before, before));
+    }
+    limit.rlim_cur = limit.rlim_max;
+    // SAFETY: as above.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((before, limit.rlim_cur))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_open_files_limit_is_raised_to_the_hard_limit() {
+        let (_, after) = raise_open_files_limit().expect("raise the limit");
+        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: getrlimit only writes the struct passed.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) }, 0);
+        assert_eq!(limit.rlim_cur, limit.rlim_max);
+        assert_eq!(after, limit.rlim_cur);
+        assert_eq!(raise_open_files_limit().expect("again"), (after, after), "a second call changes nothing");
+    }
+}
