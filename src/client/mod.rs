@@ -80,6 +80,31 @@ pub struct ClientConfig {
     /// Testing only: install a fault's late reply even after an invalidation or
     /// a release superseded its copy (a broken build the chaos checker must catch).
     pub unsafe_late_install: bool,
+    /// Connections to other clients' page holders shared with the other clients
+    /// of this process (default: this client's own).
+    pub peer_channels: Option<PeerChannels>,
+}
+
+/// Connections to page holders that several clients of one process share, as
+/// clients on one machine would share one connection per peer if they were one
+/// process: without it, N clients in one process open about N² connections to
+/// each other, 2N² sockets (both ends are here), and a 100-client process ran
+/// into its open-files limit. Every client given the same `PeerChannels` must
+/// use the `security` it was made with.
+#[derive(Clone)]
+pub struct PeerChannels(Channels);
+
+impl std::fmt::Debug for PeerChannels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PeerChannels")
+    }
+}
+
+impl PeerChannels {
+    /// An empty set of shared connections, secured as `security` says.
+    pub fn new(security: &Security) -> Self {
+        PeerChannels(Channels::new(PAGE_SEND_TIMEOUT, security.clone()))
+    }
 }
 
 impl ClientConfig {
@@ -96,6 +121,7 @@ impl ClientConfig {
             security: Security::default(),
             unsafe_ignore_lease: false,
             unsafe_late_install: false,
+            peer_channels: None,
         }
     }
 }
@@ -233,7 +259,10 @@ impl Client {
             advertised,
             cm,
             table: Mutex::new(table),
-            peers: HolderClient::new(Channels::new(PAGE_SEND_TIMEOUT, security.clone())),
+            peers: HolderClient::new(match config.peer_channels {
+                Some(PeerChannels(shared)) => shared,
+                None => Channels::new(PAGE_SEND_TIMEOUT, security.clone()),
+            }),
             max_page_bytes: config.max_page_bytes,
             lease: LeaseView::new(config.unsafe_ignore_lease),
             events: broadcast::channel(EVENT_BACKLOG).0,

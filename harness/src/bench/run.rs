@@ -17,8 +17,9 @@ use crate::chaos::history::{Op, OpKind, Outcome};
 use crate::chaos::procs::{free_port, CmProc, CmSet};
 use crate::op_counter::OpCounter;
 use anyhow::{anyhow, Result};
-use ivy_raft::client::{Client, ClientConfig};
+use ivy_raft::client::{Client, ClientConfig, PeerChannels};
 use ivy_raft::protocol::{Access, Hit, RandomOp, RandomOps};
+use ivy_raft::rpc::Security;
 
 /// How long a killed node stays down before a restart.
 const DOWN_FOR: Duration = Duration::from_millis(500);
@@ -96,9 +97,12 @@ pub async fn run_one(
     std::fs::create_dir_all(&dir).map_err(|e| anyhow!("{}: {e}", dir.display()))?;
     let nodes = Arc::new(Nodes::start(cfg, mode, &dir).await?);
     let mut clients = Vec::with_capacity(work.clients);
+    // One connection per peer for the whole fleet, as one process per machine would have.
+    let peers = PeerChannels::new(&Security::default());
     for _ in 0..work.clients {
         let mut config = ClientConfig::new(nodes.addrs.clone());
         config.op_timeout = OP_TIMEOUT;
+        config.peer_channels = Some(peers.clone());
         clients.push(Arc::new(Client::start(config).await?));
     }
     for p in 1..=work.pages {
