@@ -6,10 +6,12 @@
 //! in the backlog, so the two used to spin: in a 100-client `ivy bench` (every
 //! client in one process, about 20,000 sockets) the accept loop took over half of
 //! the process's CPU time. [`Accepting`] never yields an error: a connection that
-//! failed on its own (reset before it was accepted) is skipped, and a shortage of
-//! files, buffers or memory pauses accepting, from 5 ms doubling to 100 ms (the
-//! pending connections wait in the backlog meanwhile), with a warning that names
-//! the cause and the limit to raise.
+//! failed on its own (an error accept(2) says to treat as "try again": reset or
+//! aborted before it was accepted, a network error pending on it) is skipped, and
+//! any other error (above all a shortage of files, buffers or memory) pauses
+//! accepting, from 5 ms doubling to 100 ms (the pending connections wait in the
+//! backlog meanwhile), with a warning that names the cause and, for a shortage,
+//! the limit to raise.
 
 use std::future::Future;
 use std::io;
@@ -45,7 +47,7 @@ impl Accepting {
         Accepting { listener, pause: None, next_pause: FIRST_PAUSE, warned: None }
     }
 
-    /// Pauses accepting after `err`, which said a resource ran out.
+    /// Pauses accepting after `err`, which was not about one connection.
     fn pause_for(&mut self, err: &io::Error) {
         let now = Instant::now();
         if self.warned.is_none_or(|at| now.duration_since(at) >= WARN_EVERY) {
@@ -84,18 +86,36 @@ impl Stream for Accepting {
                     socket::tune(&stream);
                     return Poll::Ready(Some(Ok(stream)));
                 }
-                Poll::Ready(Err(err)) if is_shortage(&err) => this.pause_for(&err),
                 // The connection failed before it was accepted: take the next one.
-                Poll::Ready(Err(err)) => tracing::debug!("accept: {err}"),
+                Poll::Ready(Err(err)) if is_connection_error(&err) => tracing::debug!("accept: {err}"),
+                Poll::Ready(Err(err)) => this.pause_for(&err),
             }
         }
     }
 }
 
-/// True when accepting failed because the process or the system ran out of
-/// something (files, buffers, memory): asking again at once would fail again.
-fn is_shortage(err: &io::Error) -> bool {
-    matches!(err.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))
+/// True when accepting failed because of the connection it was accepting (the
+/// errors accept(2) tells a server to treat as "try again"): the next one may
+/// well succeed. Any other error would most likely come again at once.
+fn is_connection_error(err: &io::Error) -> bool {
+    matches!(
+        err.raw_os_error(),
+        Some(
+            libc::ECONNABORTED
+                | libc::ECONNRESET
+                | libc::EINTR
+                | libc::EPERM
+                | libc::EPROTO
+                | libc::ENOPROTOOPT
+                | libc::ENETDOWN
+                | libc::ENETUNREACH
+                | libc::EHOSTDOWN
+                | libc::EHOSTUNREACH
+                | libc::ENONET
+                | libc::EOPNOTSUPP
+                | libc::ETIMEDOUT
+        )
+    )
 }
 
 /// What an operator can do about `err`.
@@ -103,7 +123,8 @@ fn shortage_hint(err: &io::Error) -> &'static str {
     match err.raw_os_error() {
         Some(libc::EMFILE) => "this process is at its open-files limit: raise it (ulimit -n, LimitNOFILE=)",
         Some(libc::ENFILE) => "the system is at its open-files limit: raise fs.file-max",
-        _ => "the system is short of memory or socket buffers",
+        Some(libc::ENOBUFS | libc::ENOMEM) => "the system is short of memory or socket buffers",
+        _ => "an error that is not about one connection",
     }
 }
 
@@ -112,12 +133,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_resource_errors_pause_accepting() {
-        for code in [libc::EMFILE, libc::ENFILE, libc::ENOBUFS, libc::ENOMEM] {
-            assert!(is_shortage(&io::Error::from_raw_os_error(code)), "{code}");
+    fn only_errors_of_one_connection_are_skipped_without_a_pause() {
+        for code in [libc::ECONNABORTED, libc::ECONNRESET, libc::EPROTO, libc::EPERM, libc::EINTR] {
+            assert!(is_connection_error(&io::Error::from_raw_os_error(code)), "{code}");
         }
-        for code in [libc::ECONNABORTED, libc::EPROTO, libc::EPERM, libc::EINTR] {
-            assert!(!is_shortage(&io::Error::from_raw_os_error(code)), "{code}");
+        for code in [libc::EMFILE, libc::ENFILE, libc::ENOBUFS, libc::ENOMEM, libc::EBADF, libc::EINVAL] {
+            assert!(!is_connection_error(&io::Error::from_raw_os_error(code)), "{code}");
         }
         assert!(shortage_hint(&io::Error::from_raw_os_error(libc::EMFILE)).contains("ulimit"));
     }
