@@ -67,23 +67,21 @@ impl Syncer {
 
     /// `fdatasync`: the file's bytes and its size reach stable storage.
     pub(super) fn data(&self, file: &File) -> io::Result<()> {
-        if self.policy == SyncPolicy::UnsafeSkip {
-            return Ok(());
-        }
-        let started = std::time::Instant::now();
-        file.sync_data()?;
-        self.count.bump();
-        slow_sync(started.elapsed());
-        Ok(())
+        self.sync(|| file.sync_data())
     }
 
     /// `fsync` of a directory: the names created, renamed or removed in it are durable.
     pub(super) fn dir(&self, path: &Path) -> io::Result<()> {
+        self.sync(|| File::open(path)?.sync_all())
+    }
+
+    /// Runs `sync` unless the policy skips syncs, counts it and logs it if slow.
+    fn sync(&self, sync: impl FnOnce() -> io::Result<()>) -> io::Result<()> {
         if self.policy == SyncPolicy::UnsafeSkip {
             return Ok(());
         }
         let started = std::time::Instant::now();
-        File::open(path)?.sync_all()?;
+        sync()?;
         self.count.bump();
         slow_sync(started.elapsed());
         Ok(())
