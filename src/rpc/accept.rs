@@ -25,7 +25,7 @@ use tokio_stream::Stream;
 
 use super::socket;
 
-/// The first pause after accepting failed for want of a resource.
+/// The first pause after accepting failed for a reason other than the connection.
 const FIRST_PAUSE: Duration = Duration::from_millis(5);
 /// The longest pause.
 const LONGEST_PAUSE: Duration = Duration::from_millis(100);
