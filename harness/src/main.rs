@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use ivy_harness::bench::{self, BenchConfig, BenchMode, Scenario, Workload};
+use ivy_harness::bench::{self, BenchConfig, BenchMode, Scenario, Workload, SCALE_ROUNDS};
 use ivy_harness::chaos::{self, ChaosConfig, Nemesis};
 use ivy_harness::cluster::ClusterMode;
 use ivy_harness::demo;
@@ -422,6 +422,10 @@ struct BenchArgs {
         default_value = "none,kill-leader,kill-restart,kill-restart-many,kill-both"
     )]
     scenario: Vec<Scenario>,
+    /// Rounds of each (scenario, mode), the modes alternated run by run; each
+    /// mode's median run is reported, with every round's throughput.
+    #[arg(long, env = "IVY_BENCH_REPEAT", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=100))]
+    repeat: u64,
     /// A preset set of workloads instead of the flags above.
     #[arg(long, env = "IVY_BENCH_SUITE", value_enum, default_value = "custom")]
     suite: Suite,
@@ -830,6 +834,7 @@ async fn run_bench(args: BenchArgs) -> Result<()> {
         ops: args.ops as usize,
         read_ratio: args.read_ratio,
         duration_ms: args.duration.map(|d| d.as_millis().max(1) as u64),
+        repeat: args.repeat as usize,
     };
     let plan: Vec<(Workload, Vec<Scenario>)> = match args.suite {
         Suite::Custom => vec![(custom, args.scenario.clone())],
@@ -839,7 +844,14 @@ async fn run_bench(args: BenchArgs) -> Result<()> {
             (Workload { label: "failover".into(), ops: 300, ..Workload::original() }, Scenario::all()),
             (Workload::timeline(), vec![Scenario::None, Scenario::KillRestartMany]),
             (
-                Workload { label: "scale".into(), clients: 100, pages: 1000, ops: 100, ..Workload::original() },
+                Workload {
+                    label: "scale".into(),
+                    clients: 100,
+                    pages: 1000,
+                    ops: 100,
+                    repeat: SCALE_ROUNDS,
+                    ..Workload::original()
+                },
                 vec![Scenario::None],
             ),
             (

@@ -20,12 +20,32 @@ pub struct Workload {
     /// fractions of the duration instead of fractions of the operations.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<u64>,
+    /// Runs of each (mode, scenario), the modes alternated run by run; the bench
+    /// reports the run with the median throughput and every run's throughput.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub repeat: usize,
+}
+
+fn one() -> usize {
+    1
+}
+
+fn is_one(n: &usize) -> bool {
+    *n == 1
 }
 
 impl Workload {
     /// The original experiment: 10 clients × 10 coin-flip operations on P1..P10.
     pub fn original() -> Self {
-        Workload { label: "original".into(), clients: 10, pages: 10, ops: 10, read_ratio: 0.5, duration_ms: None }
+        Workload {
+            label: "original".into(),
+            clients: 10,
+            pages: 10,
+            ops: 10,
+            read_ratio: 0.5,
+            duration_ms: None,
+            repeat: 1,
+        }
     }
 
     /// The timeline workload: 10 clients on P1..P10, coin-flip reads and

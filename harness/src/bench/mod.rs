@@ -32,15 +32,20 @@ pub use output::{markdown as output_markdown, write_all};
 pub use run::run_one;
 pub use syncs::SyncStats;
 
+/// Rounds of the README suite's 100-client run: one run of it lasts about 2 s,
+/// and on this project's 2-core machine runs side by side differ by a third.
+pub const SCALE_ROUNDS: usize = 5;
+
 /// Runs every (workload, scenario) of `plan` in every mode, modes alternated
 /// within each pair so both see the same machine, with a progress bar on a
-/// terminal (a line per run otherwise).
+/// terminal (a line per run otherwise). A workload with `repeat` > 1 runs that
+/// many rounds of alternated pairs and keeps each mode's median run.
 pub async fn run_plan(
     config: &BenchConfig,
     plan: &[(Workload, Vec<Scenario>)],
     modes: &[BenchMode],
 ) -> anyhow::Result<Vec<RunResult>> {
-    let total: u64 = plan.iter().map(|(w, s)| (w.clients * w.ops * s.len() * modes.len()) as u64).sum();
+    let total: u64 = plan.iter().map(|(w, s)| (w.clients * w.ops * w.repeat * s.len() * modes.len()) as u64).sum();
     let progress = indicatif::ProgressBar::new(total);
     progress.set_style(
         indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} ops {msg}")
@@ -49,18 +54,45 @@ pub async fn run_plan(
     let mut results = Vec::new();
     for (work, scenarios) in plan {
         for scenario in scenarios {
-            for mode in modes {
-                let what = format!("{} / {mode} / {}", work.label, scenario.name());
-                progress.set_message(what.clone());
-                if progress.is_hidden() {
-                    eprintln!("bench: {what}");
+            let mut runs: Vec<Vec<RunResult>> = vec![Vec::new(); modes.len()];
+            for round in 1..=work.repeat.max(1) {
+                for (mode, runs) in modes.iter().zip(&mut runs) {
+                    let mut what = format!("{} / {mode} / {}", work.label, scenario.name());
+                    if work.repeat > 1 {
+                        what += &format!(" (round {round} of {})", work.repeat);
+                    }
+                    progress.set_message(what.clone());
+                    if progress.is_hidden() {
+                        eprintln!("bench: {what}");
+                    }
+                    runs.push(run_one(config, work, *mode, *scenario, round, &progress).await?);
                 }
-                results.push(run_one(config, work, *mode, *scenario, &progress).await?);
             }
+            results.extend(runs.into_iter().filter_map(median_run));
         }
     }
     progress.finish_and_clear();
     Ok(results)
+}
+
+/// The run with the median throughput (the lower middle one of an even count),
+/// carrying every run's throughput in run order; its operations, failures and
+/// lost writes become the totals over every run, so no round's loss is hidden.
+fn median_run(runs: Vec<RunResult>) -> Option<RunResult> {
+    if runs.len() < 2 {
+        return runs.into_iter().next();
+    }
+    let every: Vec<f64> = runs.iter().map(|r| r.throughput).collect();
+    let ops = runs.iter().map(|r| r.ops).sum();
+    let failed = runs.iter().map(|r| r.failed).sum();
+    let lost = runs.iter().map(|r| r.acked_writes_lost).sum();
+    let mut order: Vec<usize> = (0..runs.len()).collect();
+    order.sort_by(|&a, &b| every[a].total_cmp(&every[b]));
+    let mid = order[(runs.len() - 1) / 2];
+    let mut median = runs.into_iter().nth(mid)?;
+    median.round_throughputs = every;
+    (median.ops, median.failed, median.acked_writes_lost) = (ops, failed, lost);
+    Some(median)
 }
 
 /// What a run measures: how the directory is replicated and, for Raft, whether
@@ -175,9 +207,9 @@ pub struct RunResult {
     pub mode: BenchMode,
     /// The scenario.
     pub scenario: Scenario,
-    /// Operations attempted.
+    /// Operations attempted (with `repeat` > 1, over every round).
     pub ops: usize,
-    /// Operations that failed.
+    /// Operations that failed (with `repeat` > 1, over every round).
     pub failed: usize,
     /// Successful operations per second of wall time.
     pub throughput: f64,
@@ -193,7 +225,8 @@ pub struct RunResult {
     /// that started after the kill and succeeded, ms (how long writes were blocked).
     #[serde(default)]
     pub writes_blocked_ms: Vec<f64>,
-    /// Acknowledged writes missing from the read-back.
+    /// Acknowledged writes missing from the read-back (with `repeat` > 1, over
+    /// every round).
     pub acked_writes_lost: usize,
     /// Mean time a client took for all its operations, ms (the original's metric).
     pub avg_client_ms: f64,
@@ -207,4 +240,54 @@ pub struct RunResult {
     /// written before syncs were counted).
     #[serde(default)]
     pub syncs: Option<SyncStats>,
+    /// With `repeat` > 1: the throughput of every round's run of this mode and
+    /// scenario, in run order (this result is the median one).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub round_throughputs: Vec<f64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(throughput: f64, failed: usize, lost: usize) -> RunResult {
+        RunResult {
+            workload: Workload::original(),
+            mode: BenchMode::Raft,
+            scenario: Scenario::None,
+            ops: 100,
+            failed,
+            throughput,
+            read_fault: Latency::default(),
+            write_fault: Latency::default(),
+            local_hit_rate: 0.0,
+            failover_gaps_ms: Vec::new(),
+            writes_blocked_ms: Vec::new(),
+            acked_writes_lost: lost,
+            avg_client_ms: throughput,
+            wall_ms: 0.0,
+            timeline: Vec::new(),
+            fault_marks_ms: Vec::new(),
+            syncs: None,
+            round_throughputs: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_median_run_is_kept_with_every_rounds_throughput_and_the_totals() {
+        let kept = median_run(vec![run(300.0, 0, 0), run(100.0, 2, 1), run(200.0, 1, 0)]).unwrap();
+        assert_eq!(kept.avg_client_ms, 200.0, "the median run itself, not a blend");
+        assert_eq!(kept.round_throughputs, vec![300.0, 100.0, 200.0]);
+        assert_eq!((kept.ops, kept.failed, kept.acked_writes_lost), (300, 3, 1), "no round's failures are hidden");
+    }
+
+    #[test]
+    fn an_even_count_keeps_the_lower_middle_run_and_one_run_is_left_alone() {
+        let kept = median_run(vec![run(400.0, 0, 0), run(100.0, 0, 0), run(300.0, 0, 0), run(200.0, 0, 0)]).unwrap();
+        assert_eq!(kept.avg_client_ms, 200.0);
+        let one = median_run(vec![run(50.0, 1, 0)]).unwrap();
+        assert!(one.round_throughputs.is_empty());
+        assert_eq!((one.ops, one.failed), (100, 1));
+        assert!(median_run(Vec::new()).is_none());
+    }
 }

@@ -34,6 +34,22 @@ fn blocked(r: &RunResult) -> String {
     joined(&r.writes_blocked_ms)
 }
 
+/// Every round's throughput, "-" for a single run.
+fn rounds(r: &RunResult) -> String {
+    joined(&r.round_throughputs)
+}
+
+/// Throughput, with the range and count of the rounds when the run is a median.
+fn ops_per_s(r: &RunResult) -> String {
+    let n = r.round_throughputs.len();
+    let lo = r.round_throughputs.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = r.round_throughputs.iter().copied().fold(0.0, f64::max);
+    match n {
+        0 => format!("{:.0}", r.throughput),
+        _ => format!("{:.0} (median of {n}: {lo:.0}-{hi:.0})", r.throughput),
+    }
+}
+
 fn joined(values: &[f64]) -> String {
     if values.is_empty() {
         return "-".into();
@@ -64,6 +80,9 @@ fn text(results: &[RunResult]) -> String {
         let _ = writeln!(out, "Summary:");
         let _ = writeln!(out, "  Total:\t{:.4} secs.", r.wall_ms / 1e3);
         let _ = writeln!(out, "  Requests/sec:\t{:.1}", r.throughput);
+        if !r.round_throughputs.is_empty() {
+            let _ = writeln!(out, "  Rounds:\t{} (median shown; each round's requests/sec: {})", w.repeat, rounds(r));
+        }
         let _ = writeln!(out, "  Failed:\t{} of {}", r.failed, r.ops);
         let _ = writeln!(out, "  Local hits:\t{:.1}%", r.local_hit_rate * 100.0);
         let _ = writeln!(out, "  Avg per client:\t{:.2} ms", r.avg_client_ms);
@@ -95,13 +114,13 @@ fn csv(results: &[RunResult]) -> String {
     let mut out = String::from(
         "workload,mode,scenario,clients,pages,ops_per_client,read_ratio,ops,failed,throughput_ops_s,local_hit_rate,\
 read_p50_ms,read_p99_ms,read_p999_ms,write_p50_ms,write_p99_ms,write_p999_ms,failover_gaps_ms,writes_blocked_ms,acked_writes_lost,avg_client_ms,\
-syncs_per_commit,syncs,commits\n",
+syncs_per_commit,syncs,commits,round_throughputs\n",
     );
     for r in results {
         let w = &r.workload;
         let _ = writeln!(
             out,
-            "{},{},{},{},{},{},{},{},{},{:.1},{:.4},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{},{},{},{:.2},{},{},{}",
+            "{},{},{},{},{},{},{},{},{},{:.1},{:.4},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{},{},{},{:.2},{},{},{},{}",
             w.label,
             r.mode.name(),
             r.scenario.name(),
@@ -125,7 +144,8 @@ syncs_per_commit,syncs,commits\n",
             r.avg_client_ms,
             per_commit(r),
             r.syncs.as_ref().map_or(String::new(), |s| s.syncs.to_string()),
-            r.syncs.as_ref().map_or(String::new(), |s| s.commits.to_string())
+            r.syncs.as_ref().map_or(String::new(), |s| s.commits.to_string()),
+            rounds(r)
         );
     }
     out
@@ -141,11 +161,11 @@ pub fn markdown(results: &[RunResult]) -> String {
         let (rf, wf) = (&r.read_fault, &r.write_fault);
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {:.0} | {}/{} | {:.0}% | {:.2} / {:.2} / {:.2} | {:.2} / {:.2} / {:.2} | {} | {} | {} | {:.1} | {} |",
+            "| {} | {} | {} | {} | {}/{} | {:.0}% | {:.2} / {:.2} / {:.2} | {:.2} / {:.2} / {:.2} | {} | {} | {} | {:.1} | {} |",
             r.workload.label,
             r.mode.name(),
             r.scenario.name(),
-            r.throughput,
+            ops_per_s(r),
             r.failed,
             r.ops,
             r.local_hit_rate * 100.0,

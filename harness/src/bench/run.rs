@@ -85,15 +85,20 @@ impl Nodes {
     }
 }
 
-/// Runs one workload in one mode under one scenario.
+/// Runs one workload in one mode under one scenario (`round` of its `repeat`).
 pub async fn run_one(
     cfg: &BenchConfig,
     work: &Workload,
     mode: BenchMode,
     scenario: Scenario,
+    round: usize,
     progress: &ProgressBar,
 ) -> Result<RunResult> {
-    let dir = cfg.out.join("runs").join(format!("{}-{}-{}", work.label, mode, scenario.name()));
+    let mut name = format!("{}-{}-{}", work.label, mode, scenario.name());
+    if work.repeat > 1 {
+        name += &format!("-{round}");
+    }
+    let dir = cfg.out.join("runs").join(name);
     std::fs::create_dir_all(&dir).map_err(|e| anyhow!("{}: {e}", dir.display()))?;
     let nodes = Arc::new(Nodes::start(cfg, mode, &dir).await?);
     let mut clients = Vec::with_capacity(work.clients);
@@ -370,6 +375,7 @@ fn summarise(
         timeline,
         fault_marks_ms: kills.iter().map(|k| k.as_secs_f64() * 1e3).collect(),
         syncs: None,
+        round_throughputs: Vec::new(),
     }
 }
 
