@@ -92,6 +92,17 @@ impl Syncer {
 /// stall long enough to cost an election or a commit timeout is on record.
 pub const SLOW_SYNC: std::time::Duration = std::time::Duration::from_millis(100);
 
+/// Logs a step of the log's IO (`what`: an append, a compaction) that took
+/// `took` when it exceeds [`SLOW_SYNC`], syncs and all: its writes, the file's
+/// creation and rename can stall too, and openraft waits for the step before it
+/// does anything else, heartbeats included.
+pub fn slow_log_io(what: &'static str, took: std::time::Duration) {
+    if took >= SLOW_SYNC {
+        let ms = took.as_millis() as u64;
+        tracing::warn!(event = "slow_log_io", what, ms, "the log's {what} took {ms} ms");
+    }
+}
+
 /// Logs a sync that took `took` when it exceeds [`SLOW_SYNC`] (a disk or file
 /// system that stalls every node's commits at once shows up here first).
 fn slow_sync(took: std::time::Duration) {

@@ -42,7 +42,7 @@ use openraft::{Entry, LogId, Vote};
 use serde::{Deserialize, Serialize};
 
 use super::codec;
-use super::sync::{blocking, Syncer};
+use super::sync::{blocking, slow_log_io, Syncer};
 use crate::error::Error;
 use crate::raft::TypeConfig;
 
@@ -392,12 +392,14 @@ impl Wal {
         // about 0.1 ms of a 0.45 ms commit here (docs/DESIGN.md, "A commit,
         // measured step by step"). The worker is blocked for one write and sync;
         // the runtime's other workers take its queued tasks meanwhile.
+        let started = std::time::Instant::now();
         let written = self.file.write_all_at(&frame, at).and_then(|()| {
             if grow > 0 {
                 self.file.write_all_at(&vec![0; grow as usize], end)?;
             }
             self.syncer.data(&self.file)
         });
+        slow_log_io(if grow > 0 { "append (growing the file)" } else { "append" }, started.elapsed());
         if written.is_ok() {
             (self.end, self.allocated) = (end, allocated);
         }
@@ -413,7 +415,9 @@ impl Wal {
             return Ok(());
         }
         let (dir, syncer) = (self.dir.clone(), self.syncer.clone());
+        let started = std::time::Instant::now();
         let rewritten = blocking(move || rewrite(&dir, &image, &syncer)).await;
+        slow_log_io("compaction", started.elapsed());
         match rewritten {
             Ok(file) => {
                 // The image holds the queued records' effects.
