@@ -423,7 +423,8 @@ struct BenchArgs {
     )]
     scenario: Vec<Scenario>,
     /// Rounds of each (scenario, mode), the modes alternated run by run; each
-    /// mode's median run is reported, with every round's throughput.
+    /// mode's median run is reported, with every round's throughput (custom
+    /// suite; the readme suite runs its 100-client workload in 5 rounds).
     #[arg(long, env = "IVY_BENCH_REPEAT", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=100))]
     repeat: u64,
     /// A preset set of workloads instead of the flags above.
