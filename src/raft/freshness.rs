@@ -25,15 +25,18 @@ pub struct Contact {
     quorum_ack: Mutex<Option<Instant>>,
     leader: Mutex<Option<Instant>>,
     asked: Mutex<Option<VoteAsked>>,
+    prevoted: Mutex<Option<(u64, Instant)>>,
     handing_over: AtomicBool,
 }
 
-/// The last vote request this node received, and whether it refused it.
+/// The last vote request this node received, when it arrived, and whether it
+/// refused it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct VoteAsked {
     term: u64,
     candidate: u64,
     refused: bool,
+    at: Instant,
 }
 
 impl Contact {
@@ -64,7 +67,7 @@ impl Contact {
     /// it is judged: until [`Contact::vote_refused`], it may yet be granted (a
     /// grant is answered only once the vote is on disk).
     pub fn vote_asked(&self, term: u64, candidate: u64) {
-        *lock(&self.asked) = Some(VoteAsked { term, candidate, refused: false });
+        *lock(&self.asked) = Some(VoteAsked { term, candidate, refused: false, at: Instant::now() });
     }
 
     /// Records that the vote request from `candidate` for `term` was refused.
@@ -80,6 +83,24 @@ impl Contact {
     /// `Some(false)` if it was granted or is still being answered.
     pub fn vote_refused_to(&self, term: u64, candidate: u64) -> Option<bool> {
         lock(&self.asked).filter(|a| a.term == term && a.candidate == candidate).map(|a| a.refused)
+    }
+
+    /// The candidate of the last vote request that arrived at or after `since`,
+    /// unless it was refused (one still being answered counts: it may be
+    /// granted).
+    pub fn vote_asked_since(&self, since: Instant) -> Option<u64> {
+        lock(&self.asked).filter(|a| a.at >= since && !a.refused).map(|a| a.candidate)
+    }
+
+    /// Records that this node granted `candidate` a pre-vote.
+    pub fn granted_prevote(&self, candidate: u64) {
+        *lock(&self.prevoted) = Some((candidate, Instant::now()));
+    }
+
+    /// The candidate of the last pre-vote this node granted at or after
+    /// `since`, and when it granted it.
+    pub fn prevote_granted_since(&self, since: Instant) -> Option<(u64, Instant)> {
+        lock(&self.prevoted).filter(|(_, at)| *at >= since)
     }
 
     /// How long ago a majority acknowledged this node as leader.
@@ -187,6 +208,22 @@ mod tests {
         let orphan = metrics(ServerState::Follower, None);
         assert!(!standing(&orphan, &c, window).in_working_cluster());
         assert_eq!(standing(&metrics(ServerState::Candidate, None), &c, window), Standing::Candidate);
+    }
+
+    #[test]
+    fn remembers_the_last_vote_and_pre_vote_asked_and_when() {
+        let c = Contact::default();
+        let before = Instant::now();
+        assert_eq!((c.vote_asked_since(before), c.prevote_granted_since(before)), (None, None));
+        c.vote_asked(5, 2);
+        c.granted_prevote(3);
+        assert_eq!(c.vote_asked_since(before), Some(2));
+        assert!(matches!(c.prevote_granted_since(before), Some((3, at)) if at >= before));
+        c.vote_refused(5, 2);
+        assert_eq!(c.vote_asked_since(before), None, "a refused vote is no rival");
+        c.vote_asked(6, 3);
+        let later = Instant::now() + Duration::from_millis(1);
+        assert_eq!((c.vote_asked_since(later), c.prevote_granted_since(later)), (None, None), "older than the round");
     }
 
     #[test]

@@ -15,7 +15,9 @@
 //! 2. it asks every voter a `PreVote` (with a deadline), which changes nothing
 //!    on the voter;
 //! 3. only when a majority of every voter set (itself included) grants does it
-//!    start a real election.
+//!    start a real election, and only if no [`rival`] is under way (another
+//!    candidate that asked for its vote, or that it granted a pre-vote first or
+//!    crossing with a lower id): two elections at once split the vote.
 //!
 //! A voter grants ([`judge`]) unless the candidate is not a voter of its
 //! membership (members-only, as for the real vote), or it leads with a quorum that acknowledged it
@@ -103,6 +105,58 @@ pub fn judge(view: &VoterView, candidate_log: Option<&LogId<u64>>) -> Verdict {
     Verdict::Granted
 }
 
+/// Another candidate a node that just won its pre-vote lets run instead of
+/// starting an election of its own: two elections at once split the vote, and
+/// the retry comes only an election timeout later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rival {
+    /// It asked this node's vote during the round, and was not refused.
+    AskedVote(u64),
+    /// This node granted it a pre-vote just before its own round began.
+    PreVotedFirst(u64),
+    /// This node granted it a pre-vote while its own was out (the two
+    /// crossed), and its id is lower.
+    PreVotedCrossing(u64),
+}
+
+impl std::fmt::Display for Rival {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Rival::AskedVote(id) => write!(f, "node {id} asked for this node's vote meanwhile"),
+            Rival::PreVotedFirst(id) => write!(f, "node {id} was granted this node's pre-vote just before it asked"),
+            Rival::PreVotedCrossing(id) => write!(f, "node {id} (lower id) was granted this node's pre-vote meanwhile"),
+        }
+    }
+}
+
+/// A pre-vote this node granted: to whom, and whether before its own round
+/// began (rather than while its own pre-vote was out).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Granted {
+    /// The candidate.
+    pub candidate: u64,
+    /// Granted before this node's own round began.
+    pub before_round: bool,
+}
+
+/// The rival node `me` yields to after winning a pre-vote round, given the
+/// candidate of a vote request that arrived during the round (or a tick
+/// before it) and was not refused (`asked`), and the last pre-vote it granted
+/// in the same span (`prevoted`). The candidate that asked first goes ahead: a
+/// node yields to one whose pre-vote it granted before its own round began; of
+/// two whose pre-votes crossed, exactly the one with the higher id yields. So
+/// of two nodes that both win, one elects at once.
+pub fn rival(me: u64, asked: Option<u64>, prevoted: Option<Granted>) -> Option<Rival> {
+    if let Some(id) = asked.filter(|id| *id != me) {
+        return Some(Rival::AskedVote(id));
+    }
+    match prevoted.filter(|g| g.candidate != me)? {
+        Granted { candidate, before_round: true } => Some(Rival::PreVotedFirst(candidate)),
+        Granted { candidate, before_round: false } if candidate < me => Some(Rival::PreVotedCrossing(candidate)),
+        Granted { .. } => None,
+    }
+}
+
 /// True when the granting ids hold a majority of every voter set (a joint
 /// membership has two).
 pub fn has_majority(voter_sets: &[BTreeSet<u64>], granted: &BTreeSet<u64>) -> bool {
@@ -113,6 +167,9 @@ pub fn has_majority(voter_sets: &[BTreeSet<u64>], granted: &BTreeSet<u64>) -> bo
 pub async fn answer(raft: &Raft, contact: &Contact, request: &[u8]) -> Result<Vec<u8>, Error> {
     let req: PreVoteRequest = codec::decode(request).map_err(|e| Error::Malformed(format!("pre-vote payload: {e}")))?;
     let verdict = judge(&view(raft, contact, req.candidate).await?, req.last_log.as_ref());
+    if verdict == Verdict::Granted {
+        contact.granted_prevote(req.candidate);
+    }
     tracing::debug!(candidate = req.candidate, ?verdict, "pre-vote");
     codec::encode(&verdict).map_err(|e| Error::Internal(format!("encode pre-vote: {e}")))
 }
@@ -160,10 +217,18 @@ pub async fn campaign(raft: Raft, me: u64, peers: BTreeMap<u64, String>, transpo
             }
             Due::Now(seen) => seen,
         };
+        let round = std::time::Instant::now();
         // A vote granted or a leader heard while canvassing (the vote touched)
         // makes the round stale: starting an election then would depose a
-        // leader elected a moment ago.
-        let pause = if c.canvass().await && c.vote_seen().await == Some(seen) {
+        // leader elected a moment ago. A rival under way (`rival`) is checked
+        // last, from what the transport recorded as requests arrived, ahead of
+        // openraft's handling of them.
+        let won = c.canvass().await && c.vote_seen().await == Some(seen);
+        let rival = won.then(|| c.rival_since(round)).flatten();
+        let pause = if let Some(rival) = rival {
+            tracing::info!(node = me, event = "prevote_yield", "pre-vote won, but {rival}: letting it run");
+            c.between(c.tick(), c.tick() * 2)
+        } else if won {
             tracing::info!(node = me, "pre-vote won by a majority: starting an election");
             if let Err(err) = c.raft.trigger().elect().await {
                 // Only a stopped Raft refuses; `due` sees it shut down and stops.
@@ -257,6 +322,16 @@ impl Campaigner {
         self.raft.with_raft_state(|st| (st.vote_ref().is_committed(), st.vote_last_modified())).await.ok()
     }
 
+    /// The candidate this node yields to, from what arrived during the round
+    /// that began at `round` or up to a tick before it (a rival that began
+    /// just before this node did is as much in the way).
+    fn rival_since(&self, round: std::time::Instant) -> Option<Rival> {
+        let since = round.checked_sub(self.tick()).unwrap_or(round);
+        let prevoted = self.contact.prevote_granted_since(since);
+        let prevoted = prevoted.map(|(candidate, at)| Granted { candidate, before_round: at < round });
+        rival(self.me, self.contact.vote_asked_since(since), prevoted)
+    }
+
     /// Asks every other voter; true once a majority of every voter set
     /// (this node included) granted.
     async fn canvass(&self) -> bool {
@@ -325,6 +400,17 @@ mod tests {
         assert_eq!(judge(&voter(true, None, mine), log(9, 99).as_ref()), Verdict::LeaderAlive);
         let stray = VoterView { candidate_votes: false, ..voter(false, None, None) };
         assert_eq!(judge(&stray, log(9, 99).as_ref()), Verdict::NotAVoter, "members-only");
+    }
+
+    #[test]
+    fn the_first_candidate_goes_ahead_and_of_two_crossing_only_the_lower_id() {
+        let granted = |candidate, before_round| Some(Granted { candidate, before_round });
+        assert_eq!(rival(3, None, granted(1, false)), Some(Rival::PreVotedCrossing(1)));
+        assert_eq!(rival(1, None, granted(3, false)), None, "crossing: the lower id goes ahead");
+        assert_eq!(rival(1, None, granted(3, true)), Some(Rival::PreVotedFirst(3)), "it asked first");
+        assert_eq!(rival(2, None, None), None);
+        assert_eq!(rival(1, Some(3), None), Some(Rival::AskedVote(3)), "an election under way, whatever its id");
+        assert_eq!(rival(1, Some(1), granted(1, true)), None, "its own requests are no rival");
     }
 
     #[test]
