@@ -92,9 +92,10 @@ impl Contact {
         lock(&self.asked).filter(|a| a.at >= since && !a.refused).map(|a| a.candidate)
     }
 
-    /// Records that this node granted `candidate` a pre-vote.
-    pub fn granted_prevote(&self, candidate: u64) {
-        *lock(&self.prevoted) = Some((candidate, Instant::now()));
+    /// Records that this node granted `candidate` a pre-vote whose request
+    /// arrived at `arrived`.
+    pub fn granted_prevote(&self, candidate: u64, arrived: Instant) {
+        *lock(&self.prevoted) = Some((candidate, arrived));
     }
 
     /// The candidate of the last pre-vote this node granted at or after
@@ -216,7 +217,7 @@ mod tests {
         let before = Instant::now();
         assert_eq!((c.vote_asked_since(before), c.prevote_granted_since(before)), (None, None));
         c.vote_asked(5, 2);
-        c.granted_prevote(3);
+        c.granted_prevote(3, Instant::now());
         assert_eq!(c.vote_asked_since(before), Some(2));
         assert!(matches!(c.prevote_granted_since(before), Some((3, at)) if at >= before));
         c.vote_refused(5, 2);

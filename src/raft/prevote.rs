@@ -165,10 +165,14 @@ pub fn has_majority(voter_sets: &[BTreeSet<u64>], granted: &BTreeSet<u64>) -> bo
 
 /// The voter's side: answers the encoded `request` from openraft's state.
 pub async fn answer(raft: &Raft, contact: &Contact, request: &[u8]) -> Result<Vec<u8>, Error> {
+    let arrived = std::time::Instant::now();
     let req: PreVoteRequest = codec::decode(request).map_err(|e| Error::Malformed(format!("pre-vote payload: {e}")))?;
     let verdict = judge(&view(raft, contact, req.candidate).await?, req.last_log.as_ref());
     if verdict == Verdict::Granted {
-        contact.granted_prevote(req.candidate);
+        // Stamped with its arrival, not the verdict's moment: whether it came
+        // before this node's own round began must not depend on how long
+        // openraft took to answer `view`.
+        contact.granted_prevote(req.candidate, arrived);
     }
     tracing::debug!(candidate = req.candidate, ?verdict, "pre-vote");
     codec::encode(&verdict).map_err(|e| Error::Internal(format!("encode pre-vote: {e}")))
