@@ -142,7 +142,7 @@ pub async fn run(bin: &Path, out: &Path, cfg: &IdleConfig) -> Result<IdleResult>
     stop.store(true, Ordering::SeqCst);
     let iterations: u64 = burners.into_iter().map(|b| b.join().unwrap_or(0)).sum();
     let elections = logs.iter().zip(&offsets).map(|(l, o)| count_in(l, *o, "event=\"election\"")).sum();
-    let prevotes_won = logs.iter().zip(&offsets).map(|(l, o)| count_in(l, *o, "pre-vote won")).sum();
+    let prevotes_won = logs.iter().zip(&offsets).map(|(l, o)| count_in(l, *o, "pre-vote won by a majority")).sum();
     for c in &clients {
         c.quit().await;
     }
