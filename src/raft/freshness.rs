@@ -98,8 +98,8 @@ impl Contact {
         *lock(&self.prevoted) = Some((candidate, arrived));
     }
 
-    /// The candidate of the last pre-vote this node granted at or after
-    /// `since`, and when it granted it.
+    /// The candidate of the last pre-vote this node granted whose request
+    /// arrived at or after `since`, and when it arrived.
     pub fn prevote_granted_since(&self, since: Instant) -> Option<(u64, Instant)> {
         lock(&self.prevoted).filter(|(_, at)| *at >= since)
     }

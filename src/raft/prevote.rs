@@ -123,7 +123,7 @@ impl std::fmt::Display for Rival {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Rival::AskedVote(id) => write!(f, "node {id} asked for this node's vote meanwhile"),
-            Rival::PreVotedFirst(id) => write!(f, "node {id} was granted this node's pre-vote just before it asked"),
+            Rival::PreVotedFirst(id) => write!(f, "node {id} was granted this node's pre-vote just before this node asked"),
             Rival::PreVotedCrossing(id) => write!(f, "node {id} (lower id) was granted this node's pre-vote meanwhile"),
         }
     }
@@ -145,7 +145,9 @@ pub struct Granted {
 /// in the same span (`prevoted`). The candidate that asked first goes ahead: a
 /// node yields to one whose pre-vote it granted before its own round began; of
 /// two whose pre-votes crossed, exactly the one with the higher id yields. So
-/// of two nodes that both win, one elects at once.
+/// of two nodes that both win, one elects at once, except when A's pre-vote
+/// reached B just before B's round began and B's reached A before A decided:
+/// then both yield, and both ask again a tick or two later.
 pub fn rival(me: u64, asked: Option<u64>, prevoted: Option<Granted>) -> Option<Rival> {
     if let Some(id) = asked.filter(|id| *id != me) {
         return Some(Rival::AskedVote(id));
