@@ -123,7 +123,7 @@ impl std::fmt::Display for Rival {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Rival::AskedVote(id) => write!(f, "node {id} asked for this node's vote meanwhile"),
-            Rival::PreVotedFirst(id) => write!(f, "node {id} was granted this node's pre-vote just before this node asked"),
+            Rival::PreVotedFirst(id) => write!(f, "node {id} got this node's pre-vote before this node asked"),
             Rival::PreVotedCrossing(id) => write!(f, "node {id} (lower id) was granted this node's pre-vote meanwhile"),
         }
     }
