@@ -25,7 +25,7 @@ pub struct Contact {
     quorum_ack: Mutex<Option<Instant>>,
     leader: Mutex<Option<Instant>>,
     asked: Mutex<Option<VoteAsked>>,
-    prevoted: Mutex<Option<(u64, Instant)>>,
+    prevoted: Mutex<Option<PreVoteAsked>>,
     handing_over: AtomicBool,
 }
 
@@ -34,6 +34,15 @@ pub struct Contact {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct VoteAsked {
     term: u64,
+    candidate: u64,
+    refused: bool,
+    at: Instant,
+}
+
+/// The last pre-vote request this node received, when it arrived, and
+/// whether it refused it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PreVoteAsked {
     candidate: u64,
     refused: bool,
     at: Instant,
@@ -92,16 +101,29 @@ impl Contact {
         lock(&self.asked).filter(|a| a.at >= since && !a.refused).map(|a| a.candidate)
     }
 
-    /// Records that this node granted `candidate` a pre-vote whose request
-    /// arrived at `arrived`.
-    pub fn granted_prevote(&self, candidate: u64, arrived: Instant) {
-        *lock(&self.prevoted) = Some((candidate, arrived));
+    /// Records a pre-vote request from `candidate` as it arrives, before it is
+    /// judged (until [`Contact::prevote_refused`], it counts as granted), and
+    /// returns the moment it was stamped with.
+    pub fn prevote_asked(&self, candidate: u64) -> Instant {
+        let at = Instant::now();
+        *lock(&self.prevoted) = Some(PreVoteAsked { candidate, refused: false, at });
+        at
     }
 
-    /// The candidate of the last pre-vote this node granted whose request
-    /// arrived at or after `since`, and when it arrived.
+    /// Records that the pre-vote request from `candidate` stamped `at` was
+    /// refused (or could not be judged).
+    pub fn prevote_refused(&self, candidate: u64, at: Instant) {
+        let mut asked = lock(&self.prevoted);
+        if let Some(a) = asked.as_mut().filter(|a| a.candidate == candidate && a.at == at) {
+            a.refused = true;
+        }
+    }
+
+    /// The candidate of the last pre-vote request that arrived at or after
+    /// `since`, and when it arrived, unless it was refused (one still being
+    /// judged counts: it may be granted).
     pub fn prevote_granted_since(&self, since: Instant) -> Option<(u64, Instant)> {
-        lock(&self.prevoted).filter(|(_, at)| *at >= since)
+        lock(&self.prevoted).filter(|a| a.at >= since && !a.refused).map(|a| (a.candidate, a.at))
     }
 
     /// How long ago a majority acknowledged this node as leader.
@@ -217,11 +239,14 @@ mod tests {
         let before = Instant::now();
         assert_eq!((c.vote_asked_since(before), c.prevote_granted_since(before)), (None, None));
         c.vote_asked(5, 2);
-        c.granted_prevote(3, Instant::now());
+        let asked = c.prevote_asked(3);
         assert_eq!(c.vote_asked_since(before), Some(2));
-        assert!(matches!(c.prevote_granted_since(before), Some((3, at)) if at >= before));
+        assert_eq!(c.prevote_granted_since(before), Some((3, asked)), "granted or still being judged");
         c.vote_refused(5, 2);
         assert_eq!(c.vote_asked_since(before), None, "a refused vote is no rival");
+        c.prevote_refused(3, asked);
+        assert_eq!(c.prevote_granted_since(before), None, "a refused pre-vote is no rival");
+        c.prevote_asked(3);
         c.vote_asked(6, 3);
         let later = Instant::now() + Duration::from_millis(1);
         assert_eq!((c.vote_asked_since(later), c.prevote_granted_since(later)), (None, None), "older than the round");

@@ -110,7 +110,8 @@ pub fn judge(view: &VoterView, candidate_log: Option<&LogId<u64>>) -> Verdict {
 /// the retry comes only an election timeout later.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rival {
-    /// It asked this node's vote during the round, and was not refused.
+    /// It asked this node's vote during the round (or a tick before it), and
+    /// was not refused.
     AskedVote(u64),
     /// This node granted it a pre-vote just before its own round began.
     PreVotedFirst(u64),
@@ -144,10 +145,12 @@ pub struct Granted {
 /// before it) and was not refused (`asked`), and the last pre-vote it granted
 /// in the same span (`prevoted`). The candidate that asked first goes ahead: a
 /// node yields to one whose pre-vote it granted before its own round began; of
-/// two whose pre-votes crossed, exactly the one with the higher id yields. So
-/// of two nodes that both win, one elects at once, except when A's pre-vote
-/// reached B just before B's round began and B's reached A before A decided:
-/// then both yield, and both ask again a tick or two later.
+/// two whose pre-votes crossed, the one with the higher id yields. Each node
+/// judges from what it saw, so this is not exact: when A's pre-vote reached B
+/// just before B's round began and B's reached A before A decided, B yields
+/// and so does A if B has the lower id (both ask again a round later); and
+/// with uneven delays a window of a fraction of a millisecond remains in which
+/// neither sees the other in time and both elect, as without this rule.
 pub fn rival(me: u64, asked: Option<u64>, prevoted: Option<Granted>) -> Option<Rival> {
     if let Some(id) = asked.filter(|id| *id != me) {
         return Some(Rival::AskedVote(id));
@@ -167,15 +170,17 @@ pub fn has_majority(voter_sets: &[BTreeSet<u64>], granted: &BTreeSet<u64>) -> bo
 
 /// The voter's side: answers the encoded `request` from openraft's state.
 pub async fn answer(raft: &Raft, contact: &Contact, request: &[u8]) -> Result<Vec<u8>, Error> {
-    let arrived = std::time::Instant::now();
     let req: PreVoteRequest = codec::decode(request).map_err(|e| Error::Malformed(format!("pre-vote payload: {e}")))?;
-    let verdict = judge(&view(raft, contact, req.candidate).await?, req.last_log.as_ref());
-    if verdict == Verdict::Granted {
-        // Stamped with its arrival, not the verdict's moment: whether it came
-        // before this node's own round began must not depend on how long
-        // openraft took to answer `view`.
-        contact.granted_prevote(req.candidate, arrived);
+    // Recorded as it arrives, ahead of the verdict (which waits on openraft):
+    // this node's own campaigner must see a rival whose pre-vote it is about
+    // to grant, and whether it came before its own round began must not depend
+    // on how long openraft took to answer.
+    let asked = contact.prevote_asked(req.candidate);
+    let verdict = view(raft, contact, req.candidate).await.map(|v| judge(&v, req.last_log.as_ref()));
+    if !matches!(verdict, Ok(Verdict::Granted)) {
+        contact.prevote_refused(req.candidate, asked);
     }
+    let verdict = verdict?;
     tracing::debug!(candidate = req.candidate, ?verdict, "pre-vote");
     codec::encode(&verdict).map_err(|e| Error::Internal(format!("encode pre-vote: {e}")))
 }
