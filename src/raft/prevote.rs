@@ -130,13 +130,14 @@ impl std::fmt::Display for Rival {
     }
 }
 
-/// A pre-vote this node granted: to whom, and whether before its own round
-/// began (rather than while its own pre-vote was out).
+/// A pre-vote this node granted (or is still judging): to whom, and whether
+/// its request came before this node's own round began (rather than while its
+/// own pre-vote was out).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Granted {
     /// The candidate.
     pub candidate: u64,
-    /// Granted before this node's own round began.
+    /// Its request came before this node's own round began.
     pub before_round: bool,
 }
 
@@ -148,7 +149,7 @@ pub struct Granted {
 /// two whose pre-votes crossed, the one with the higher id yields. Each node
 /// judges from what it saw, so this is not exact: when A's pre-vote reached B
 /// just before B's round began and B's reached A before A decided, B yields
-/// and so does A if B has the lower id (both ask again a round later); and
+/// and so does A if B has the lower id (then both ask again a round later); and
 /// with uneven delays a window of a fraction of a millisecond remains in which
 /// neither sees the other in time and both elect, as without this rule.
 pub fn rival(me: u64, asked: Option<u64>, prevoted: Option<Granted>) -> Option<Rival> {
