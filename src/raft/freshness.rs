@@ -24,28 +24,33 @@ use openraft::{BasicNode, RaftMetrics, ServerState};
 pub struct Contact {
     quorum_ack: Mutex<Option<Instant>>,
     leader: Mutex<Option<Instant>>,
-    asked: Mutex<Option<VoteAsked>>,
-    prevoted: Mutex<Option<PreVoteAsked>>,
+    /// The last vote request, with the term it asked for.
+    asked: Mutex<Option<(u64, Asked)>>,
+    /// The last pre-vote request.
+    prevoted: Mutex<Option<Asked>>,
     handing_over: AtomicBool,
 }
 
-/// The last vote request this node received, when it arrived, and whether it
-/// refused it.
+/// A vote or pre-vote request this node received: from whom, when it
+/// arrived, and whether it refused it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct VoteAsked {
-    term: u64,
+struct Asked {
     candidate: u64,
     refused: bool,
     at: Instant,
 }
 
-/// The last pre-vote request this node received, when it arrived, and
-/// whether it refused it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct PreVoteAsked {
-    candidate: u64,
-    refused: bool,
-    at: Instant,
+impl Asked {
+    /// A request from `candidate` arriving now, not judged yet.
+    fn now(candidate: u64) -> Self {
+        Asked { candidate, refused: false, at: Instant::now() }
+    }
+
+    /// Whether it arrived at or after `since` and was not refused (granted,
+    /// or still being judged).
+    fn unrefused_since(&self, since: Instant) -> bool {
+        self.at >= since && !self.refused
+    }
 }
 
 impl Contact {
@@ -76,13 +81,13 @@ impl Contact {
     /// it is judged: until [`Contact::vote_refused`], it may yet be granted (a
     /// grant is answered only once the vote is on disk).
     pub fn vote_asked(&self, term: u64, candidate: u64) {
-        *lock(&self.asked) = Some(VoteAsked { term, candidate, refused: false, at: Instant::now() });
+        *lock(&self.asked) = Some((term, Asked::now(candidate)));
     }
 
     /// Records that the vote request from `candidate` for `term` was refused.
     pub fn vote_refused(&self, term: u64, candidate: u64) {
         let mut asked = lock(&self.asked);
-        if let Some(a) = asked.as_mut().filter(|a| a.term == term && a.candidate == candidate) {
+        if let Some((_, a)) = asked.as_mut().filter(|(t, a)| *t == term && a.candidate == candidate) {
             a.refused = true;
         }
     }
@@ -91,23 +96,23 @@ impl Contact {
     /// `None` if it has not arrived, `Some(true)` if it was refused,
     /// `Some(false)` if it was granted or is still being answered.
     pub fn vote_refused_to(&self, term: u64, candidate: u64) -> Option<bool> {
-        lock(&self.asked).filter(|a| a.term == term && a.candidate == candidate).map(|a| a.refused)
+        lock(&self.asked).filter(|(t, a)| *t == term && a.candidate == candidate).map(|(_, a)| a.refused)
     }
 
     /// The candidate of the last vote request that arrived at or after `since`,
     /// unless it was refused (one still being answered counts: it may be
     /// granted).
     pub fn vote_asked_since(&self, since: Instant) -> Option<u64> {
-        lock(&self.asked).filter(|a| a.at >= since && !a.refused).map(|a| a.candidate)
+        lock(&self.asked).filter(|(_, a)| a.unrefused_since(since)).map(|(_, a)| a.candidate)
     }
 
     /// Records a pre-vote request from `candidate` as it arrives, before it is
     /// judged (until [`Contact::prevote_refused`], it counts as granted), and
     /// returns the moment it was stamped with.
     pub fn prevote_asked(&self, candidate: u64) -> Instant {
-        let at = Instant::now();
-        *lock(&self.prevoted) = Some(PreVoteAsked { candidate, refused: false, at });
-        at
+        let asked = Asked::now(candidate);
+        *lock(&self.prevoted) = Some(asked);
+        asked.at
     }
 
     /// Records that the pre-vote request from `candidate` stamped `at` was
@@ -123,7 +128,7 @@ impl Contact {
     /// `since`, and when it arrived, unless it was refused (one still being
     /// judged counts: it may be granted).
     pub fn prevote_granted_since(&self, since: Instant) -> Option<(u64, Instant)> {
-        lock(&self.prevoted).filter(|a| a.at >= since && !a.refused).map(|a| (a.candidate, a.at))
+        lock(&self.prevoted).filter(|a| a.unrefused_since(since)).map(|a| (a.candidate, a.at))
     }
 
     /// How long ago a majority acknowledged this node as leader.
