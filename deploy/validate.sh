@@ -101,6 +101,7 @@ METRICS = {  # name -> type; histograms expose _bucket/_sum/_count
     "ivy_raft_leader_changes_total": "counter", "ivy_proposer_batch_size": "histogram",
     "ivy_clients_registered": "gauge", "ivy_pages": "gauge", "ivy_evictions_total": "counter",
     "ivy_errors_total": "counter", "ivy_store_syncs_total": "counter",
+    "ivy_releases_total": "counter",
 }
 known = set()
 for name, kind in METRICS.items():

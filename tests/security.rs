@@ -155,7 +155,7 @@ async fn missing_or_wrong_token_is_refused_and_changes_nothing() -> Result<()> {
     let stranger = HolderClient::new(Channels::new(Duration::from_secs(1), wrong));
     let me = HolderRef { id: owner.id(), addr: owner.addr().to_string() };
     let page = PageName::new("P1")?;
-    assert!(matches!(stranger.invalidate(&me, &page, 99).await, Err(Error::Unauthenticated(_))));
+    assert!(matches!(stranger.invalidate(&me, &page, 99, &[]).await, Err(Error::Unauthenticated(_))));
     assert_eq!(owner.read("P1").await?, (b"mine".to_vec(), Hit::Local), "still valid after the refused invalidation");
     cluster.shutdown().await;
     Ok(())
@@ -165,7 +165,7 @@ async fn missing_or_wrong_token_is_refused_and_changes_nothing() -> Result<()> {
 /// to the caller; both must fail.
 async fn stranger_is_refused(security: Security, owner: &HolderRef, page: &PageName, epoch: Epoch) -> Result<()> {
     let stranger = HolderClient::new(Channels::new(Duration::from_secs(1), security));
-    let invalidated = stranger.invalidate(owner, page, epoch + 1).await;
+    let invalidated = stranger.invalidate(owner, page, epoch + 1, &[]).await;
     ensure!(invalidated.is_err(), "the invalidation went through");
     let thief = HolderRef { id: 999, addr: "127.0.0.1:9".into() };
     let fwd = ivy_raft::protocol::Forward {
@@ -175,7 +175,7 @@ async fn stranger_is_refused(security: Security, owner: &HolderRef, page: &PageN
         seq: 1,
         created: false,
     };
-    ensure!(stranger.forward(owner, page, &fwd, &thief).await.is_err(), "the forward went through");
+    ensure!(stranger.forward(owner, page, &fwd, &thief, &[]).await.is_err(), "the forward went through");
     Ok(())
 }
 

@@ -163,6 +163,7 @@ pub struct CmNode {
     server: Arc<RequestServer>,
     poller: Option<JoinHandle<()>>,
     lease_watch: JoinHandle<()>,
+    release_flush: JoinHandle<()>,
     health: Health,
     watcher: JoinHandle<()>,
     grpc: Server,
@@ -243,12 +244,13 @@ impl CmNode {
         }
         config.security.warn_if_exposed(&format!("CM node {}", config.id), addr);
         let lease_watch = tokio::spawn(server.clone().watch_leases());
+        let release_flush = tokio::spawn(server.clone().deliver_releases());
         if let Some((path, backup)) = seed {
             tokio::spawn(cluster::restore_seed(server.clone(), path, backup));
         }
         let watcher = tokio::spawn(watch(server.clone(), health.clone(), config.pulse));
         tracing::info!(id = config.id, %addr, mode = %config.mode, "CM node started");
-        Ok(CmNode { addr, server, poller, lease_watch, health, watcher, grpc })
+        Ok(CmNode { addr, server, poller, lease_watch, release_flush, health, watcher, grpc })
     }
 
     /// This node's status (role, term, indexes, leader).
@@ -290,6 +292,7 @@ impl CmNode {
         self.health.shutting_down().await;
         // Replication first, so requests still in flight fail fast instead of committing.
         self.lease_watch.abort();
+        self.release_flush.abort();
         self.server.replica().shutdown().await;
         if let Some(poller) = self.poller.take() {
             poller.abort();
@@ -301,6 +304,7 @@ impl CmNode {
 impl Drop for CmNode {
     fn drop(&mut self) {
         self.lease_watch.abort();
+        self.release_flush.abort();
         self.watcher.abort();
         if let Some(poller) = self.poller.take() {
             poller.abort();

@@ -5,7 +5,9 @@
 //! leader term the node waits until it has applied everything committed before
 //! it led) and steps a [`FaultRun`], performing each step's IO: invalidations in
 //! parallel, the forward, the commit through the [`Replica`], the best-effort
-//! release. The run decides the order; this file only does the IO and holds the
+//! release (queued per holder: it rides on the next forward or invalidation to
+//! that holder, or leaves in a batch, `deliver_releases`). The run decides the
+//! order; this file only does the IO and holds the
 //! lock until the run is done, which is as soon as its commit has resolved: the
 //! reply is the requester's confirmation.
 //!
@@ -25,10 +27,10 @@ use super::admission::Admission;
 use super::leases::Leases;
 use super::replica::Replica;
 use crate::error::Error;
-use crate::metrics;
+use crate::metrics::{self, ReleaseVia};
 use crate::protocol::{
     Applied, Caps, ClientId, DirCmd, Directory, Epoch, FaultEvent, FaultRequest, FaultRun, FaultStep, Forward, Grant,
-    PageName, SharedDirectory,
+    PageName, Release, Releases, SharedDirectory,
 };
 use crate::rpc::{HolderClient, HolderRef, ManagerApi, Removal};
 use crate::status::{ClientLease, NodeStatus, PageState as ShownState, PageView, PagesReport};
@@ -54,6 +56,10 @@ pub const MAX_PAGES_SHOWN: usize = 10_000;
 /// How often the leader looks for leases that ran out, as a share of the lease.
 const LEASE_CHECKS_PER_LEASE: u32 = 8;
 
+/// How often releases that found no forward or invalidation to ride on leave
+/// in a batch of their own: the longest a holder keeps bytes it may drop.
+pub const RELEASE_FLUSH: Duration = Duration::from_millis(100);
+
 /// The leader's request server.
 pub struct RequestServer {
     replica: Replica,
@@ -63,6 +69,7 @@ pub struct RequestServer {
     skip_invalidation: bool,
     admission: Admission,
     locks: Mutex<HashMap<PageName, Arc<tokio::sync::Mutex<()>>>>,
+    releases: Mutex<Releases>,
     started: Instant,
 }
 
@@ -93,6 +100,7 @@ impl RequestServer {
             skip_invalidation,
             admission,
             locks: Mutex::default(),
+            releases: Mutex::default(),
             started: Instant::now(),
         }
     }
@@ -236,7 +244,9 @@ impl RequestServer {
         let mut calls = JoinSet::new();
         for id in holders {
             let (holder, rpc, page) = (self.holder(*id)?, self.holders.clone(), page.clone());
-            calls.spawn(async move { rpc.invalidate(&holder, &page, epoch).await });
+            let carried = self.take_releases(*id);
+            metrics::releases_sent(ReleaseVia::Invalidate, carried.len());
+            calls.spawn(async move { rpc.invalidate(&holder, &page, epoch, &carried).await });
         }
         while let Some(done) = calls.join_next().await {
             done.map_err(|e| Error::Internal(format!("invalidation task: {e}")))??;
@@ -247,21 +257,69 @@ impl RequestServer {
     /// Asks the owner to send the page to the requester.
     async fn forward(&self, client: ClientId, page: &PageName, fwd: &Forward) -> Result<(), Error> {
         let (owner, requester) = (self.holder(fwd.owner)?, self.holder(client)?);
-        self.holders.forward(&owner, page, fwd, &requester).await
+        let carried = self.take_releases(fwd.owner);
+        metrics::releases_sent(ReleaseVia::Forward, carried.len());
+        self.holders.forward(&owner, page, fwd, &requester, &carried).await
     }
 
-    /// Tells holders, best effort and without waiting, that their kept bytes may go.
+    /// Tells holders, best effort and without waiting, that their kept bytes
+    /// may go: queued, to ride on the next request to each holder; a holder
+    /// with a message's worth waiting gets them at once.
     fn release(&self, holders: &[ClientId], page: &PageName, epoch: Epoch) {
         if self.skip_invalidation {
             return;
         }
-        for holder in holders.iter().filter_map(|id| self.holder(*id).ok()) {
-            let (rpc, page) = (self.holders.clone(), page.clone());
-            tokio::spawn(async move {
-                if let Err(err) = rpc.release(&holder, &page, epoch).await {
-                    tracing::debug!("release of {page} at client {}: {err}", holder.id);
-                }
-            });
+        for id in holders {
+            let full = self.queued(|q| q.add(*id, page.clone(), epoch));
+            if full {
+                self.send_releases(*id);
+            }
+        }
+    }
+
+    fn queued<T>(&self, f: impl FnOnce(&mut Releases) -> T) -> T {
+        f(&mut self.releases.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// The releases to carry on the next message to `holder`.
+    fn take_releases(&self, holder: ClientId) -> Vec<Release> {
+        self.queued(|q| q.take(holder))
+    }
+
+    /// Sends one batch of `holder`'s waiting releases, without waiting for it.
+    fn send_releases(&self, id: ClientId) {
+        let holder = match self.holder(id) {
+            Ok(holder) => holder,
+            Err(_) => return self.queued(|q| q.forget(id)),
+        };
+        let batch = self.take_releases(id);
+        if batch.is_empty() {
+            return;
+        }
+        let rpc = self.holders.clone();
+        metrics::releases_sent(ReleaseVia::Release, batch.len());
+        tokio::spawn(async move {
+            if let Err(err) = rpc.release(&holder, &batch).await {
+                tracing::debug!("{} releases at client {}: {err}", batch.len(), holder.id);
+            }
+        });
+    }
+
+    /// Every [`RELEASE_FLUSH`], sends each holder the releases that found no
+    /// request to ride on; returns once the server is dropped. Releases are
+    /// facts of committed faults, so a node sends what it queued as leader
+    /// even after it stopped leading.
+    pub async fn deliver_releases(self: Arc<Self>) {
+        let mut ticks = tokio::time::interval(RELEASE_FLUSH);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            if Arc::strong_count(&self) == 1 {
+                return;
+            }
+            for id in self.queued(|q| q.holders()) {
+                self.send_releases(id);
+            }
         }
     }
 

@@ -46,6 +46,9 @@ pub const PAGES: &str = "ivy_pages";
 pub const EVICTIONS: &str = "ivy_evictions_total";
 /// Counter: requests this CM node answered with an error, by `kind`.
 pub const ERRORS: &str = "ivy_errors_total";
+/// Counter: releases this CM node sent, by `via`: `forward` and `invalidate`
+/// (carried on that request) or `release` (a message of their own).
+pub const RELEASES: &str = "ivy_releases_total";
 /// Counter: flushes (fsyncs) of this node's store.
 pub const STORE_SYNCS: &str = "ivy_store_syncs_total";
 /// Counter (client): reads and writes, by `op` and `result` (`local`, `fault`, `error`).
@@ -82,6 +85,30 @@ pub fn error(err: &Error) {
 /// Counts one client eviction committed by this node.
 pub fn eviction() {
     metrics::counter!(EVICTIONS).increment(1);
+}
+
+/// How releases left this CM node, for [`releases_sent`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReleaseVia {
+    /// Carried on a forward to the holder.
+    Forward,
+    /// Carried on an invalidation to the holder.
+    Invalidate,
+    /// In a `Release` message of their own.
+    Release,
+}
+
+/// Counts `n` releases sent to a holder.
+pub fn releases_sent(via: ReleaseVia, n: usize) {
+    if n == 0 {
+        return;
+    }
+    let via = match via {
+        ReleaseVia::Forward => "forward",
+        ReleaseVia::Invalidate => "invalidate",
+        ReleaseVia::Release => "release",
+    };
+    metrics::counter!(RELEASES, "via" => via).increment(n as u64);
 }
 
 /// Counts `n` syncs (`fdatasync`/`fsync`) of this node's store.
@@ -198,6 +225,7 @@ pub fn describe() {
     describe_gauge!(PAGES, "Pages in the directory.");
     describe_counter!(EVICTIONS, "Clients evicted by this node as leader.");
     describe_counter!(ERRORS, "Requests this CM node answered with an error, by kind.");
+    describe_counter!(RELEASES, "Releases (kept bytes may go) this CM node sent, by how they went.");
     describe_counter!(STORE_SYNCS, "fdatasync/fsync calls of this node's store: one per log append and per vote.");
     describe_counter!(CLIENT_OPS, "Client reads and writes, by op and how they were served.");
     describe_histogram!(CLIENT_FAULT_DURATION, Unit::Seconds, "A client's faults, round trip with retries.");

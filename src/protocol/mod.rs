@@ -23,6 +23,7 @@ mod plan;
 #[cfg(test)]
 mod proptests;
 mod random_ops;
+mod releases;
 #[cfg(test)]
 mod script;
 mod types;
@@ -35,4 +36,5 @@ pub use fault_run::{FaultEvent, FaultRequest, FaultRun, FaultStep, MAX_REPLANS, 
 pub use page_table::{LocalPage, PageTable, Transfer};
 pub use plan::{FaultPlan, Forward, Plan};
 pub use random_ops::{RandomOp, RandomOps};
+pub use releases::{Release, Releases, RELEASES_PER_MESSAGE};
 pub use types::{check_size, Access, ClientId, Epoch, FaultKind, Hit, PageName, DEFAULT_MAX_PAGE_BYTES, MAX_PAGE_NAME};

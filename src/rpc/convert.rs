@@ -4,7 +4,7 @@ use tonic::{Code, Status};
 
 use super::pb;
 use crate::error::Error;
-use crate::protocol::{Access, Epoch, FaultKind, PageName};
+use crate::protocol::{Access, Epoch, FaultKind, PageName, Release, RELEASES_PER_MESSAGE};
 
 /// Validates a page name received over the wire.
 pub(super) fn page_name(name: &str) -> Result<PageName, Error> {
@@ -40,6 +40,21 @@ pub(super) fn epoch(epoch: u64) -> Result<Epoch, Error> {
         return Err(Error::Malformed(format!("epoch {epoch} is not a page epoch")));
     }
     Ok(epoch)
+}
+
+/// Releases received over the wire: at most [`RELEASES_PER_MESSAGE`], each a
+/// valid page and epoch; one bad entry refuses them all.
+pub(super) fn releases(list: Vec<pb::Released>) -> Result<Vec<Release>, Error> {
+    if list.len() > RELEASES_PER_MESSAGE {
+        let n = list.len();
+        return Err(Error::Malformed(format!("{n} releases in one message (at most {RELEASES_PER_MESSAGE})")));
+    }
+    list.into_iter().map(|r| Ok(Release { page: page_name(&r.page)?, epoch: epoch(r.epoch)? })).collect()
+}
+
+/// The wire form of `releases`.
+pub(super) fn released(releases: &[Release]) -> Vec<pb::Released> {
+    releases.iter().map(|r| pb::Released { page: r.page.to_string(), epoch: r.epoch }).collect()
 }
 
 /// Longest lease a client accepts from a CM: a longer one is cut to it, so a

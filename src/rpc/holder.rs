@@ -5,13 +5,15 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::convert::{access_mode, epoch, error_from_status, fault_kind, mode, page_name, reply, socket_addr};
+use super::convert::{
+    access_mode, epoch, error_from_status, fault_kind, mode, page_name, released, releases, reply, socket_addr,
+};
 use super::net::{Channels, Server};
 use super::pb;
 use super::pb::page_holder_client::PageHolderClient as PbClient;
 use super::security::{require_node, AuthChannel, Callers, Security};
 use crate::error::Error;
-use crate::protocol::{ClientId, Epoch, Forward, PageName, Transfer};
+use crate::protocol::{ClientId, Epoch, Forward, PageName, Release, Transfer};
 
 /// A client as others reach it: its id and its PageHolder address.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +36,8 @@ pub trait HolderApi: Send + Sync + 'static {
     /// Copies of `page` older than `epoch` are invalid (their bytes are kept).
     async fn invalidate(&self, page: PageName, epoch: Epoch) -> Result<(), Error>;
     /// A later epoch of `page` is committed: copies older than `epoch` may go.
+    /// Releases arrive late, batched and out of order with other messages
+    /// (the protocol allows it: [`crate::protocol::Releases`]).
     async fn release(&self, page: PageName, epoch: Epoch) -> Result<(), Error>;
     /// Heartbeat mode: faults now go to the CM at `addr` (CHANGE_CM).
     async fn change_cm(&self, addr: String) -> Result<(), Error>;
@@ -75,6 +79,14 @@ impl Adapter {
         Ok(())
     }
 
+    /// Applies releases that came with a manager's request, before the request itself.
+    async fn apply(&self, releases: Vec<Release>) -> Result<(), Error> {
+        for r in releases {
+            self.api.release(r.page, r.epoch).await?;
+        }
+        Ok(())
+    }
+
     /// Refuses a call only the manager makes unless a CM node made it (TLS only;
     /// the token was checked before).
     fn only_manager<T>(&self, req: &Request<T>) -> Result<(), Status> {
@@ -93,10 +105,12 @@ impl pb::page_holder_server::PageHolder for Adapter {
         let forwarded = async {
             self.addressed(r.to)?;
             let page = page_name(&r.page)?;
+            let carried = releases(r.released)?;
             // The owner is this client: the handler knows itself.
             let fwd =
                 Forward { owner: 0, epoch: epoch(r.epoch)?, kind: fault_kind(r.mode)?, seq: r.seq, created: r.created };
             let requester = HolderRef { id: r.requester, addr: socket_addr("requester address", &r.requester_addr)? };
+            self.apply(carried).await?;
             self.api.forward(page, fwd, requester).await
         };
         reply(forwarded.await.map(|()| pb::ForwardReply {}))
@@ -118,17 +132,22 @@ impl pb::page_holder_server::PageHolder for Adapter {
         let r = req.into_inner();
         let done = async {
             self.addressed(r.to)?;
-            self.api.invalidate(page_name(&r.page)?, epoch(r.epoch)?).await
+            let (page, epoch, carried) = (page_name(&r.page)?, epoch(r.epoch)?, releases(r.released)?);
+            self.apply(carried).await?;
+            self.api.invalidate(page, epoch).await
         };
         reply(done.await.map(|()| pb::InvalidateReply {}))
     }
 
-    async fn release(&self, req: Request<pb::InvalidateRequest>) -> Result<Response<pb::InvalidateReply>, Status> {
+    async fn release(&self, req: Request<pb::ReleaseRequest>) -> Result<Response<pb::InvalidateReply>, Status> {
         self.only_manager(&req)?;
         let r = req.into_inner();
         let done = async {
             self.addressed(r.to)?;
-            self.api.release(page_name(&r.page)?, epoch(r.epoch)?).await
+            if r.released.is_empty() {
+                return Err(Error::Malformed("a release message with no releases".into()));
+            }
+            self.apply(releases(r.released)?).await
         };
         reply(done.await.map(|()| pb::InvalidateReply {}))
     }
@@ -163,27 +182,37 @@ impl HolderClient {
         holder_error(to, status)
     }
 
-    /// Tells `to` that its copies of `page` older than `epoch` are invalid.
-    pub async fn invalidate(&self, to: &HolderRef, page: &PageName, epoch: Epoch) -> Result<(), Error> {
-        let req = pb::InvalidateRequest { page: page.to_string(), epoch, to: to.id };
+    /// Tells `to` that its copies of `page` older than `epoch` are invalid,
+    /// after the `carried` releases.
+    pub async fn invalidate(
+        &self,
+        to: &HolderRef,
+        page: &PageName,
+        epoch: Epoch,
+        carried: &[Release],
+    ) -> Result<(), Error> {
+        let req = pb::InvalidateRequest { page: page.to_string(), epoch, to: to.id, released: released(carried) };
         self.stub(to)?.invalidate(req).await.map_err(|s| self.failed(to, &s))?;
         Ok(())
     }
 
-    /// Tells `to` that copies of `page` older than `epoch`, kept bytes included, may go.
-    pub async fn release(&self, to: &HolderRef, page: &PageName, epoch: Epoch) -> Result<(), Error> {
-        let req = pb::InvalidateRequest { page: page.to_string(), epoch, to: to.id };
+    /// Tells `to` that its copies older than each release's epoch, kept bytes
+    /// included, may go (at most [`crate::protocol::RELEASES_PER_MESSAGE`]).
+    pub async fn release(&self, to: &HolderRef, releases: &[Release]) -> Result<(), Error> {
+        let req = pb::ReleaseRequest { released: released(releases), to: to.id };
         self.stub(to)?.release(req).await.map_err(|s| self.failed(to, &s))?;
         Ok(())
     }
 
-    /// Asks owner `to` to send `page` to `requester`, as `fwd` says.
+    /// Asks owner `to` to send `page` to `requester`, as `fwd` says, after the
+    /// `carried` releases.
     pub async fn forward(
         &self,
         to: &HolderRef,
         page: &PageName,
         fwd: &Forward,
         requester: &HolderRef,
+        carried: &[Release],
     ) -> Result<(), Error> {
         let req = pb::ForwardRequest {
             page: page.to_string(),
@@ -194,6 +223,7 @@ impl HolderClient {
             seq: fwd.seq,
             created: fwd.created,
             to: to.id,
+            released: released(carried),
         };
         self.stub(to)?.forward(req).await.map_err(|s| self.failed(to, &s))?;
         Ok(())

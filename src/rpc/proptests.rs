@@ -143,21 +143,24 @@ proptest! {
 
     #[test]
     fn holder_requests(page in text(), epoch in small(), to in prop_oneof![Just(0u64), Just(7u64), small()],
-                       addr in text(), mode in -2i32..5, seq in small(), content in prop::collection::vec(any::<u8>(), 0..64)) {
+                       addr in text(), mode in -2i32..5, seq in small(), content in prop::collection::vec(any::<u8>(), 0..64),
+                       released in prop::collection::vec((text(), small()), 0..3)) {
         let fake = Arc::new(Fake::default());
         let adapter = super::holder::Adapter { api: fake.clone(), tls: false };
+        let released: Vec<pb::Released> = released.into_iter().map(|(page, epoch)| pb::Released { page, epoch }).collect();
         block_on(async {
-            let fwd = pb::ForwardRequest { page: page.clone(), epoch, requester: 3, requester_addr: addr.clone(), mode, seq, created: false, to };
+            let fwd = pb::ForwardRequest { page: page.clone(), epoch, requester: 3, requester_addr: addr.clone(), mode, seq, created: false, to, released: released.clone() };
             let n = fake.0.load(Ordering::SeqCst);
             reached_or_refused(&fake, n, adapter.forward(Request::new(fwd)).await)?;
             let send = pb::SendPageRequest { page: page.clone(), epoch, mode, content, from: 3, seq, to };
             let n = fake.0.load(Ordering::SeqCst);
             reached_or_refused(&fake, n, adapter.send_page(Request::new(send)).await)?;
-            let inv = pb::InvalidateRequest { page: page.clone(), epoch, to };
+            let inv = pb::InvalidateRequest { page: page.clone(), epoch, to, released: released.clone() };
             let n = fake.0.load(Ordering::SeqCst);
-            reached_or_refused(&fake, n, adapter.invalidate(Request::new(inv.clone())).await)?;
+            reached_or_refused(&fake, n, adapter.invalidate(Request::new(inv)).await)?;
+            let rel = pb::ReleaseRequest { released, to };
             let n = fake.0.load(Ordering::SeqCst);
-            reached_or_refused(&fake, n, adapter.release(Request::new(inv)).await)?;
+            reached_or_refused(&fake, n, adapter.release(Request::new(rel)).await)?;
             let n = fake.0.load(Ordering::SeqCst);
             reached_or_refused(&fake, n, adapter.change_cm(Request::new(pb::ChangeCmRequest { addr })).await)
         })?;
@@ -192,6 +195,10 @@ proptest! {
             if let Ok(m) = pb::InvalidateRequest::decode(bytes.as_slice()) {
                 let n = fake.0.load(Ordering::SeqCst);
                 reached_or_refused(&fake, n, holder.invalidate(Request::new(m)).await)?;
+            }
+            if let Ok(m) = pb::ReleaseRequest::decode(bytes.as_slice()) {
+                let n = fake.0.load(Ordering::SeqCst);
+                reached_or_refused(&fake, n, holder.release(Request::new(m)).await)?;
             }
             Ok::<(), TestCaseError>(())
         })?;
