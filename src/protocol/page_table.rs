@@ -21,7 +21,9 @@
 //! copy and marks its epoch, so a late reply can never install a copy that a newer fault
 //! superseded with access (the op faults again, or gets its bytes without access).
 //! An owner that hands its page away keeps the bytes with no access until a later
-//! epoch invalidates them (commit point 3), so a redone fault can be served.
+//! epoch invalidates them (commit point 3), so a redone fault can be served; it
+//! marks the epoch the page moves to, as an invalidation does, so no older copy
+//! that reaches it afterwards gets access, with or without the release.
 //! A copy holder can be promoted to owner when its owner is evicted, even one
 //! whose read reply never came: a forward naming a pending copy's epoch confirms
 //! it too, and an invalidated pending read copy keeps its bytes, so it can serve.
@@ -93,7 +95,8 @@ pub struct PageTable {
     /// invalidate it again; the op that faulted for it still gets its bytes.
     invalid_below: BTreeMap<PageName, Epoch>,
     /// Testing only: invalidations and releases leave pending copies, floors
-    /// and marks alone, so a late reply installs a superseded copy with access
+    /// and marks alone, and a write forward leaves no mark, so a late reply
+    /// installs a superseded copy with access
     /// (a broken build the chaos checker must catch).
     unsafe_late_install: bool,
 }
@@ -248,6 +251,13 @@ impl PageTable {
                 (Access::Write, epoch + 1)
             }
         };
+        if kind == FaultKind::Write && !self.unsafe_late_install {
+            // The page moves on to `epoch + 1`: a copy of an older epoch that
+            // arrives later (a deposed leader's forward to ourselves, a
+            // delayed transfer) gets no access, as an invalidated holder's
+            // would, whether or not the release ever comes.
+            self.mark_invalid_below(page, epoch + 1);
+        }
         Ok(Transfer { epoch: sent_epoch, access, content })
     }
 
