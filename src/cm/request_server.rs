@@ -57,7 +57,8 @@ pub const MAX_PAGES_SHOWN: usize = 10_000;
 const LEASE_CHECKS_PER_LEASE: u32 = 8;
 
 /// How often releases that found no forward or invalidation to ride on leave
-/// in a batch of their own: the longest a holder keeps bytes it may drop.
+/// in a batch of their own: the longest a release waits in the queue (one
+/// that is lost on the way is not sent again).
 pub const RELEASE_FLUSH: Duration = Duration::from_millis(100);
 
 /// The leader's request server.
@@ -69,7 +70,8 @@ pub struct RequestServer {
     skip_invalidation: bool,
     admission: Admission,
     locks: Mutex<HashMap<PageName, Arc<tokio::sync::Mutex<()>>>>,
-    releases: Mutex<Releases>,
+    /// Releases not yet sent, and the stretch of leadership they were queued in.
+    releases: Mutex<(Option<u64>, Releases)>,
     started: Instant,
 }
 
@@ -277,8 +279,20 @@ impl RequestServer {
         }
     }
 
+    /// Runs `f` on the queue of this node's current stretch of leadership. A
+    /// node that stopped serving, or serves a new term, drops what it queued
+    /// before: a heartbeat takeover can undo a primary's commits, and a
+    /// release that never comes costs memory only (docs/DESIGN.md, "Releases
+    /// ride along").
     fn queued<T>(&self, f: impl FnOnce(&mut Releases) -> T) -> T {
-        f(&mut self.releases.lock().unwrap_or_else(|e| e.into_inner()))
+        let term = self.replica.leader_term();
+        let mut queue = self.releases.lock().unwrap_or_else(|e| e.into_inner());
+        let (queued_in, releases) = &mut *queue;
+        if *queued_in != term {
+            *releases = Releases::default();
+            *queued_in = term;
+        }
+        f(releases)
     }
 
     /// The releases to carry on the next message to `holder`.
@@ -306,9 +320,7 @@ impl RequestServer {
     }
 
     /// Every [`RELEASE_FLUSH`], sends each holder the releases that found no
-    /// request to ride on; returns once the server is dropped. Releases are
-    /// facts of committed faults, so a node sends what it queued as leader
-    /// even after it stopped leading.
+    /// request to ride on; returns once the server is dropped.
     pub async fn deliver_releases(self: Arc<Self>) {
         let mut ticks = tokio::time::interval(RELEASE_FLUSH);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

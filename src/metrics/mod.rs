@@ -94,7 +94,7 @@ pub enum ReleaseVia {
     Forward,
     /// Carried on an invalidation to the holder.
     Invalidate,
-    /// In a `Release` message of their own.
+    /// In a `ReleaseBatch` message of their own.
     Release,
 }
 

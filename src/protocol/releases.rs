@@ -9,7 +9,7 @@
 //! always could (docs/DESIGN.md, "Releases ride along"). The leader therefore
 //! does not send one RPC per release: it queues them here, per holder, and they
 //! leave with the next forward or invalidation it sends that holder, or in one
-//! `Release` message per holder when [`RELEASES_PER_MESSAGE`] are waiting or the
+//! `ReleaseBatch` message per holder when [`RELEASES_PER_MESSAGE`] are waiting or the
 //! next flush comes. A later release of a page supersedes an earlier one for the
 //! same holder: only the newest epoch is kept.
 
@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use super::types::{ClientId, Epoch, PageName};
 
 /// Most releases one message carries (a forward, an invalidation or a
-/// `Release`): with page names of at most 64 bytes, under 3 KiB of the
+/// `ReleaseBatch`): with page names of at most 64 bytes, under 3 KiB of the
 /// envelope a holder accepts beyond a page.
 pub const RELEASES_PER_MESSAGE: usize = 32;
 

@@ -43,7 +43,9 @@ pub trait HolderApi: Send + Sync + 'static {
     async fn change_cm(&self, addr: String) -> Result<(), Error>;
 }
 
-/// Room in a `SendPage` message for everything but the page's bytes.
+/// Room in a holder's message for everything but a page's bytes: a
+/// `SendPage`'s fields, or a forward's or an invalidation's with the releases
+/// it carries (at most 32 of at most 79 bytes each).
 pub const PAGE_ENVELOPE_BYTES: usize = 4096;
 
 /// Serves `api` as a client's PageHolder service on `listener`, to members of
@@ -139,7 +141,19 @@ impl pb::page_holder_server::PageHolder for Adapter {
         reply(done.await.map(|()| pb::InvalidateReply {}))
     }
 
-    async fn release(&self, req: Request<pb::ReleaseRequest>) -> Result<Response<pb::InvalidateReply>, Status> {
+    async fn release(&self, req: Request<pb::InvalidateRequest>) -> Result<Response<pb::InvalidateReply>, Status> {
+        self.only_manager(&req)?;
+        let r = req.into_inner();
+        let done = async {
+            self.addressed(r.to)?;
+            let (page, epoch, carried) = (page_name(&r.page)?, epoch(r.epoch)?, releases(r.released)?);
+            self.apply(carried).await?;
+            self.api.release(page, epoch).await
+        };
+        reply(done.await.map(|()| pb::InvalidateReply {}))
+    }
+
+    async fn release_batch(&self, req: Request<pb::ReleaseRequest>) -> Result<Response<pb::InvalidateReply>, Status> {
         self.only_manager(&req)?;
         let r = req.into_inner();
         let done = async {
@@ -200,7 +214,7 @@ impl HolderClient {
     /// included, may go (at most [`crate::protocol::RELEASES_PER_MESSAGE`]).
     pub async fn release(&self, to: &HolderRef, releases: &[Release]) -> Result<(), Error> {
         let req = pb::ReleaseRequest { released: released(releases), to: to.id };
-        self.stub(to)?.release(req).await.map_err(|s| self.failed(to, &s))?;
+        self.stub(to)?.release_batch(req).await.map_err(|s| self.failed(to, &s))?;
         Ok(())
     }
 

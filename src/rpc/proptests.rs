@@ -157,10 +157,12 @@ proptest! {
             reached_or_refused(&fake, n, adapter.send_page(Request::new(send)).await)?;
             let inv = pb::InvalidateRequest { page: page.clone(), epoch, to, released: released.clone() };
             let n = fake.0.load(Ordering::SeqCst);
-            reached_or_refused(&fake, n, adapter.invalidate(Request::new(inv)).await)?;
+            reached_or_refused(&fake, n, adapter.invalidate(Request::new(inv.clone())).await)?;
+            let n = fake.0.load(Ordering::SeqCst);
+            reached_or_refused(&fake, n, adapter.release(Request::new(inv)).await)?;
             let rel = pb::ReleaseRequest { released, to };
             let n = fake.0.load(Ordering::SeqCst);
-            reached_or_refused(&fake, n, adapter.release(Request::new(rel)).await)?;
+            reached_or_refused(&fake, n, adapter.release_batch(Request::new(rel)).await)?;
             let n = fake.0.load(Ordering::SeqCst);
             reached_or_refused(&fake, n, adapter.change_cm(Request::new(pb::ChangeCmRequest { addr })).await)
         })?;
@@ -198,7 +200,7 @@ proptest! {
             }
             if let Ok(m) = pb::ReleaseRequest::decode(bytes.as_slice()) {
                 let n = fake.0.load(Ordering::SeqCst);
-                reached_or_refused(&fake, n, holder.release(Request::new(m)).await)?;
+                reached_or_refused(&fake, n, holder.release_batch(Request::new(m)).await)?;
             }
             Ok::<(), TestCaseError>(())
         })?;
@@ -234,4 +236,35 @@ proptest! {
         let err = super::error_from_status(&status, "CM 127.0.0.1:1");
         prop_assert!(!err.to_string().is_empty());
     }
+}
+
+/// A release message with none, or with more than one message's worth, is
+/// refused whole, and nothing of it is applied.
+#[test]
+fn release_batches_empty_or_too_long_are_refused() {
+    let fake = Arc::new(Fake::default());
+    let adapter = super::holder::Adapter { api: fake.clone(), tls: false };
+    let one = |i: usize| pb::Released { page: format!("P{i}"), epoch: 2 };
+    let too_many: Vec<pb::Released> = (0..=crate::protocol::RELEASES_PER_MESSAGE).map(one).collect();
+    block_on(async {
+        for released in [Vec::new(), too_many.clone()] {
+            let refused = adapter.release_batch(Request::new(pb::ReleaseRequest { released, to: 7 })).await;
+            assert_eq!(refused.expect_err("refused").code(), Code::InvalidArgument);
+        }
+        let fwd = pb::ForwardRequest {
+            page: "P1".into(),
+            epoch: 1,
+            requester: 3,
+            requester_addr: "127.0.0.1:9".into(),
+            mode: pb::Mode::Read as i32,
+            seq: 1,
+            created: false,
+            to: 7,
+            released: too_many,
+        };
+        assert_eq!(adapter.forward(Request::new(fwd)).await.expect_err("refused").code(), Code::InvalidArgument);
+        let full: Vec<pb::Released> = (0..crate::protocol::RELEASES_PER_MESSAGE).map(one).collect();
+        adapter.release_batch(Request::new(pb::ReleaseRequest { released: full, to: 7 })).await.expect("accepted");
+    });
+    assert_eq!(fake.0.load(Ordering::SeqCst), crate::protocol::RELEASES_PER_MESSAGE as u64);
 }
