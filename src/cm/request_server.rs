@@ -30,10 +30,12 @@ use crate::error::Error;
 use crate::metrics::{self, ReleaseVia};
 use crate::protocol::{
     Applied, Caps, ClientId, DirCmd, Directory, Epoch, FaultEvent, FaultRequest, FaultRun, FaultStep, Forward, Grant,
-    PageName, Release, Releases, SharedDirectory,
+    PageName, Releases, SharedDirectory,
 };
 use crate::rpc::{HolderClient, HolderRef, ManagerApi, Removal};
 use crate::status::{ClientLease, NodeStatus, PageState as ShownState, PageView, PagesReport};
+
+mod releases;
 
 /// How long a caller waits for its fault before it is told the outcome is
 /// unknown; below the client's per-RPC timeout, so the client hears why.
@@ -55,11 +57,6 @@ pub const MAX_PAGES_SHOWN: usize = 10_000;
 
 /// How often the leader looks for leases that ran out, as a share of the lease.
 const LEASE_CHECKS_PER_LEASE: u32 = 8;
-
-/// How often releases that found no forward or invalidation to ride on leave
-/// in a batch of their own: the longest a release waits in the queue (one
-/// that is lost on the way is not sent again).
-pub const RELEASE_FLUSH: Duration = Duration::from_millis(100);
 
 /// The leader's request server.
 pub struct RequestServer {
@@ -264,77 +261,6 @@ impl RequestServer {
         self.holders.forward(&owner, page, fwd, &requester, &carried).await
     }
 
-    /// Tells holders, best effort and without waiting, that their kept bytes
-    /// may go: queued, to ride on the next request to each holder; a holder
-    /// with a message's worth waiting gets them at once.
-    fn release(&self, holders: &[ClientId], page: &PageName, epoch: Epoch) {
-        if self.skip_invalidation {
-            return;
-        }
-        for id in holders {
-            let full = self.queued(|q| q.add(*id, page.clone(), epoch));
-            if full {
-                self.send_releases(*id);
-            }
-        }
-    }
-
-    /// Runs `f` on the queue of this node's current stretch of leadership. A
-    /// node that stopped serving, or serves a new term, drops what it queued
-    /// before: a heartbeat takeover can undo a primary's commits, and a
-    /// release that never comes costs memory only (docs/DESIGN.md, "Releases
-    /// ride along").
-    fn queued<T>(&self, f: impl FnOnce(&mut Releases) -> T) -> T {
-        let term = self.replica.leader_term();
-        let mut queue = self.releases.lock().unwrap_or_else(|e| e.into_inner());
-        let (queued_in, releases) = &mut *queue;
-        if *queued_in != term {
-            *releases = Releases::default();
-            *queued_in = term;
-        }
-        f(releases)
-    }
-
-    /// The releases to carry on the next message to `holder`.
-    fn take_releases(&self, holder: ClientId) -> Vec<Release> {
-        self.queued(|q| q.take(holder))
-    }
-
-    /// Sends one batch of `holder`'s waiting releases, without waiting for it.
-    fn send_releases(&self, id: ClientId) {
-        let holder = match self.holder(id) {
-            Ok(holder) => holder,
-            Err(_) => return self.queued(|q| q.forget(id)),
-        };
-        let batch = self.take_releases(id);
-        if batch.is_empty() {
-            return;
-        }
-        let rpc = self.holders.clone();
-        metrics::releases_sent(ReleaseVia::Release, batch.len());
-        tokio::spawn(async move {
-            if let Err(err) = rpc.release(&holder, &batch).await {
-                tracing::debug!("{} releases at client {}: {err}", batch.len(), holder.id);
-            }
-        });
-    }
-
-    /// Every [`RELEASE_FLUSH`], sends each holder the releases that found no
-    /// request to ride on; returns once the server is dropped.
-    pub async fn deliver_releases(self: Arc<Self>) {
-        let mut ticks = tokio::time::interval(RELEASE_FLUSH);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            ticks.tick().await;
-            if Arc::strong_count(&self) == 1 {
-                return;
-            }
-            for id in self.queued(|q| q.holders()) {
-                self.send_releases(id);
-            }
-        }
-    }
-
     /// A holder did not answer: evict it once its lease has run out, or wait a
     /// little for it; `Err` (naming when it will be evicted) once the fault has
     /// waited past the holder's eviction time. While it waits, `waiting` says why.
@@ -388,13 +314,8 @@ impl RequestServer {
     /// this node leads; runs until the server is dropped.
     pub async fn watch_leases(self: Arc<Self>) {
         let every = (self.leases.lease() / LEASE_CHECKS_PER_LEASE).max(Duration::from_millis(20));
-        let mut ticks = tokio::time::interval(every);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            ticks.tick().await;
-            if Arc::strong_count(&self) == 1 {
-                return;
-            }
+        let mut ticks = ticks(every);
+        while self.next_tick(&mut ticks).await {
             let Some(term) = self.replica.leader_term() else { continue };
             let registered: Vec<ClientId> = self.read(|d| d.clients().map(|(id, _)| *id).collect());
             for client in self.leases.expired(term, registered.into_iter(), Instant::now()) {
@@ -403,6 +324,13 @@ impl RequestServer {
                 }
             }
         }
+    }
+
+    /// Waits for the next of a background task's `ticks`; false once the task
+    /// holds the server's last reference (the node is gone).
+    async fn next_tick(self: &Arc<Self>, ticks: &mut tokio::time::Interval) -> bool {
+        ticks.tick().await;
+        Arc::strong_count(self) > 1
     }
 
     fn holder(&self, id: ClientId) -> Result<HolderRef, Error> {
@@ -572,4 +500,11 @@ impl ManagerApi for ManagerHandler {
             .collect();
         Ok(status)
     }
+}
+
+/// A background task's ticks: every `period`, a late tick delaying the next.
+fn ticks(period: Duration) -> tokio::time::Interval {
+    let mut ticks = tokio::time::interval(period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks
 }

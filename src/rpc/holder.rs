@@ -81,6 +81,16 @@ impl Adapter {
         Ok(())
     }
 
+    /// The page and epoch of an invalidation (or a single release) addressed to
+    /// this client, once everything in it is valid and the releases it
+    /// carries are applied.
+    async fn page_epoch(&self, r: pb::InvalidateRequest) -> Result<(PageName, Epoch), Error> {
+        self.addressed(r.to)?;
+        let (page, epoch, carried) = (page_name(&r.page)?, epoch(r.epoch)?, releases(r.released)?);
+        self.apply(carried).await?;
+        Ok((page, epoch))
+    }
+
     /// Applies releases that came with a manager's request, before the request itself.
     async fn apply(&self, releases: Vec<Release>) -> Result<(), Error> {
         for r in releases {
@@ -131,11 +141,8 @@ impl pb::page_holder_server::PageHolder for Adapter {
 
     async fn invalidate(&self, req: Request<pb::InvalidateRequest>) -> Result<Response<pb::InvalidateReply>, Status> {
         self.only_manager(&req)?;
-        let r = req.into_inner();
         let done = async {
-            self.addressed(r.to)?;
-            let (page, epoch, carried) = (page_name(&r.page)?, epoch(r.epoch)?, releases(r.released)?);
-            self.apply(carried).await?;
+            let (page, epoch) = self.page_epoch(req.into_inner()).await?;
             self.api.invalidate(page, epoch).await
         };
         reply(done.await.map(|()| pb::InvalidateReply {}))
@@ -143,11 +150,8 @@ impl pb::page_holder_server::PageHolder for Adapter {
 
     async fn release(&self, req: Request<pb::InvalidateRequest>) -> Result<Response<pb::InvalidateReply>, Status> {
         self.only_manager(&req)?;
-        let r = req.into_inner();
         let done = async {
-            self.addressed(r.to)?;
-            let (page, epoch, carried) = (page_name(&r.page)?, epoch(r.epoch)?, releases(r.released)?);
-            self.apply(carried).await?;
+            let (page, epoch) = self.page_epoch(req.into_inner()).await?;
             self.api.release(page, epoch).await
         };
         reply(done.await.map(|()| pb::InvalidateReply {}))
