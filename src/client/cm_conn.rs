@@ -73,7 +73,7 @@ impl CmConn {
     }
 
     /// Also follows a `NotLeader` hint to an address it was not given (and
-    /// remembers up to [`MAX_LEARNED_ADDRS`] of them): for a client given one
+    /// remembers up to `MAX_LEARNED_ADDRS` of them): for a client given one
     /// load-balanced name, such as a Kubernetes Service, whose nodes name each
     /// other by addresses the client can reach too.
     pub fn following_hints(mut self, follow: bool) -> Self {

@@ -64,7 +64,7 @@ impl Replica {
     /// True while this node is part of a working cluster (readiness): Raft, a
     /// leader with a fresh quorum or a follower with a fresh leader (see
     /// [`crate::raft::freshness`]); heartbeat, the acting primary, or a backup
-    /// whose last copy is at most [`BACKUP_FRESH_PULSES`] pulses old.
+    /// whose last copy is at most `BACKUP_FRESH_PULSES` pulses old.
     pub fn in_working_cluster(&self, pulse: Duration) -> bool {
         match self {
             Replica::Raft(r) => r.standing().in_working_cluster(),

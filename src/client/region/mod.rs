@@ -3,11 +3,11 @@
 //!
 //! A [`Region`] of `n` pages reserves `n` × 4096 bytes of anonymous memory and
 //! backs page `i` with the DSM page `<name>.<i>`. Memory faults become IVY
-//! faults on a dedicated thread ([`fault`]): a load of a missing page is a read
+//! faults on a dedicated thread (`fault`): a load of a missing page is a read
 //! fault whose copy is installed write-protected; a store to a write-protected
 //! page is an *acquire* (a write fault that keeps the owner's bytes) after which
 //! protection comes off. The client's holder service keeps the memory in line
-//! with the manager's calls ([`Regions::around`]): an invalidation zaps the page,
+//! with the manager's calls (`Regions::around`): an invalidation zaps the page,
 //! a forward first write-protects the page and takes its bytes from memory (so
 //! a read forward leaves it write-protected, a write forward zaps it).
 //!
@@ -16,7 +16,7 @@
 //! already have superseded. A fault the cluster cannot serve in time (no quorum,
 //! the page lost) *poisons* the region: the faulting thread is given a zero page
 //! and goes on, and every later call of the region returns
-//! [`Error::RegionPoisoned`] naming the page and the cause.
+//! [`crate::error::Error::RegionPoisoned`] naming the page and the cause.
 
 #[cfg(target_os = "linux")]
 mod fault;

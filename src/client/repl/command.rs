@@ -31,7 +31,7 @@ pub enum Command {
         /// How many.
         n: u64,
     },
-    /// Write P1..PN with "Content by client <id>".
+    /// Write P1..PN with "Content by client `<id>`".
     Seed {
         /// How many pages.
         n: u64,

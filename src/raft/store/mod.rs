@@ -2,7 +2,7 @@
 //! directory state machine's snapshots in sled, both in the node's data dir.
 //!
 //! - [`LogStore`] keeps the log entries, the vote and the log pointers in
-//!   `raft.wal` ([`wal`]), one `fdatasync` per append and per vote, and serves
+//!   `raft.wal` (`wal`), one `fdatasync` per append and per vote, and serves
 //!   them from memory.
 //! - [`StateMachine`] applies [`Batch`]es of directory commands to an in-memory
 //!   [`Directory`](crate::protocol::Directory) shared with the manager for reads;
@@ -20,9 +20,9 @@
 //! (a checksummed prefix) that fits in a page. Snapshots are rare and stay in sled.
 //! [`SyncPolicy::UnsafeSkip`] is the testing switch that syncs nothing.
 //!
-//! Everything stored is encoded with postcard ([`codec`]) and checksummed: the
+//! Everything stored is encoded with postcard (`codec`) and checksummed: the
 //! log's frames by the log file, the snapshot record in sled by
-//! [`codec::encode_stored`]; a corrupted record is a storage error naming the
+//! `codec::encode_stored`; a corrupted record is a storage error naming the
 //! data dir.
 
 pub(crate) mod codec;
