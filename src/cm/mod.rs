@@ -361,8 +361,7 @@ fn read_seed(data_dir: &std::path::Path) -> Result<Option<(PathBuf, crate::membe
 /// Every [`HEALTH_REFRESH`]: reports `ivy.Manager` SERVING exactly while the node
 /// is part of a working cluster, and sets the directory gauges.
 async fn watch(server: Arc<RequestServer>, health: Health, pulse: Duration) {
-    let mut every = tokio::time::interval(HEALTH_REFRESH);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut every = request_server::ticks(HEALTH_REFRESH);
     let mut was = None;
     loop {
         every.tick().await;

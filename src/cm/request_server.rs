@@ -503,7 +503,7 @@ impl ManagerApi for ManagerHandler {
 }
 
 /// A background task's ticks: every `period`, a late tick delaying the next.
-fn ticks(period: Duration) -> tokio::time::Interval {
+pub(super) fn ticks(period: Duration) -> tokio::time::Interval {
     let mut ticks = tokio::time::interval(period);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticks
